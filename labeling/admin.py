@@ -1,0 +1,95 @@
+from django.contrib import admin
+
+from labeling import models
+
+
+class MembershipInline(admin.TabularInline):
+    model = models.Membership
+    extra = 0
+    raw_id_fields = ["user"]
+    readonly_fields = ["pseudonym"]
+
+
+@admin.register(models.Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "k", "overlap", "base_model", "created_at"]
+    search_fields = ["slug", "name"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline]
+
+
+@admin.register(models.Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["project", "user", "role", "pseudonym"]
+    list_filter = ["role", "project"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["pseudonym"]
+
+
+@admin.register(models.Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "short_text", "split", "source", "created_at"]
+    list_filter = ["project", "split"]
+    search_fields = ["text"]
+    readonly_fields = ["content_hash"]
+
+    @admin.display(description="text")
+    def short_text(self, obj: models.Prompt) -> str:
+        return obj.text[:80]
+
+
+@admin.register(models.Demonstration)
+class DemonstrationAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "prompt", "author", "source", "created_at"]
+    list_filter = ["project", "source"]
+    raw_id_fields = ["prompt", "author"]
+
+
+class ResponseInline(admin.TabularInline):
+    model = models.Response
+    extra = 0
+    fields = ["position", "text", "token_count", "finished", "policy_version", "seed"]
+    readonly_fields = fields
+
+
+@admin.register(models.RankingTask)
+class RankingTaskAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "round", "status", "rankings_count", "overlap", "is_gold"]
+    list_filter = ["project", "status", "is_gold", "source"]
+    raw_id_fields = ["prompt", "round"]
+    inlines = [ResponseInline]
+
+
+@admin.register(models.Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "task", "labeler", "status", "expires_at"]
+    list_filter = ["status"]
+    raw_id_fields = ["task", "labeler"]
+
+
+@admin.register(models.Ranking)
+class RankingAdmin(admin.ModelAdmin):
+    """Read-only: submitted rankings are never silently changed."""
+
+    list_display = ["id", "task", "labeler", "all_unacceptable", "time_spent_ms", "created_at"]
+    list_filter = ["source", "all_unacceptable"]
+    raw_id_fields = ["task", "assignment", "labeler"]
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(models.Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "ranking", "chosen", "rejected", "margin", "round"]
+    list_filter = ["project"]
+    raw_id_fields = ["ranking", "task", "prompt", "chosen", "rejected", "round"]
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(models.Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "user", "rating", "policy_version", "created_at"]
+    list_filter = ["project", "rating"]

@@ -1,0 +1,160 @@
+"""The training domain: model versions (the registry), rounds of the loop, and runs.
+
+A TrainingRun row is the record of a piece of GPU work; Celery only carries its id.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from core.models import TimeStampedModel
+
+
+class ModelVersion(TimeStampedModel):
+    class Kind(models.TextChoices):
+        BASE = "base"  # the project's base model (e.g. SmolLM2), used as SFT when none exists
+        SFT = "sft"
+        RM = "rm"
+        PPO = "ppo"
+
+    class Role(models.TextChoices):
+        POLICY = "policy"
+        REWARD = "reward"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # artifact being written
+        READY = "ready"  # artifact complete and verified
+        FAILED = "failed"
+
+    project = models.ForeignKey(
+        "labeling.Project", on_delete=models.CASCADE, related_name="model_versions"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    role = models.CharField(max_length=8, choices=Role.choices)
+    version = models.PositiveIntegerField(help_text="1, 2, ... per project.")
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+    # A save_pretrained folder (safetensors), or a spec the ML core resolves ("default", "tiny").
+    artifact = models.CharField(max_length=1000)
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    is_current = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["project_id", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="unique_model_version"),
+            # One current policy and one current RM per project, enforced by the database.
+            models.UniqueConstraint(
+                fields=["project", "role"], condition=Q(is_current=True), name="one_current_per_role"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/{self.kind}-v{self.version}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-v{self.version}"
+
+
+class Round(TimeStampedModel):
+    class Stage(models.TextChoices):
+        GENERATING = "generating"
+        LABELING = "labeling"
+        BUILDING_PAIRS = "building_pairs"
+        TRAINING_RM = "training_rm"
+        TRAINING_PPO = "training_ppo"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.GENERATING)
+    num_prompts = models.PositiveIntegerField(default=0)
+    sampling_policy = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reward_model = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    policy = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    failed_stage = models.CharField(max_length=16, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["project_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="unique_round_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} round {self.number} ({self.stage})"
+
+
+class TrainingRun(TimeStampedModel):
+    class Kind(models.TextChoices):
+        GENERATE = "generate"
+        SFT = "sft"
+        RM = "rm"
+        PPO = "ppo"
+        EVAL = "eval"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    project = models.ForeignKey(
+        "labeling.Project", on_delete=models.CASCADE, related_name="training_runs"
+    )
+    round = models.ForeignKey(
+        Round, on_delete=models.CASCADE, null=True, blank=True, related_name="runs"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Final or latest metrics.")
+    config = models.JSONField(default=dict, blank=True)
+    inputs = models.JSONField(default=dict, blank=True)
+    logs = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    output = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk} ({self.status})"
+
+
+class MetricPoint(models.Model):
+    """One step of a run's metric series (append-only; the dashboard plots these)."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="points")
+    step = models.PositiveIntegerField()
+    values = models.JSONField()
+
+    class Meta:
+        ordering = ["run_id", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="unique_metric_step")]
