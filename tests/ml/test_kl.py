@@ -1,0 +1,69 @@
+"""KL controllers against a hand-unrolled reference; the KL estimators' invariants."""
+
+import pytest
+import torch
+
+from training.ml.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k3,
+    kl_penalty,
+    make_kl_controller,
+)
+
+
+def reference_beta(init: float, target: float, horizon: int, kls: list[float], n: int) -> float:
+    beta = init
+    for kl in kls:
+        error = kl / target - 1.0
+        error = 0.2 if error > 0.2 else -0.2 if error < -0.2 else error
+        beta = beta * (1.0 + error * n / horizon)
+    return beta
+
+
+def test_adaptive_controller_hand_numbers() -> None:
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10_000)
+    assert ctl.update(12.0, 256) == pytest.approx(0.2 * (1 + 0.2 * 256 / 10_000))  # clipped up
+    before = ctl.value
+    assert ctl.update(6.0, 256) == pytest.approx(before)  # on target: unchanged
+    assert ctl.update(0.0, 256) == pytest.approx(before * (1 - 0.2 * 256 / 10_000))  # clipped
+    before = ctl.value
+    assert ctl.update(6.6, 100) == pytest.approx(before * (1 + 0.1 * 100 / 10_000))
+
+
+def test_adaptive_controller_matches_reference_loop() -> None:
+    kls = [0.0, 1.5, 3.0, 5.9, 6.1, 7.0, 9.0, 30.0, 4.0, 6.0]
+    ctl = AdaptiveKLController(0.05, target=6.0, horizon=500)
+    for kl in kls:
+        ctl.update(kl, 64)
+    assert ctl.value == pytest.approx(reference_beta(0.05, 6.0, 500, kls, 64), rel=1e-12)
+
+
+def test_fixed_controller_and_factory() -> None:
+    fixed = make_kl_controller(0.1, None, 10_000)
+    assert isinstance(fixed, FixedKLController)
+    assert fixed.update(100.0, 64) == 0.1
+    assert isinstance(make_kl_controller(0.1, 6.0, 10_000), AdaptiveKLController)
+    with pytest.raises(ValueError, match="target"):
+        AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+def test_k3_is_never_negative_and_zero_when_equal() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.randn(64, 32, generator=gen) * 10 - 5
+    ref = torch.randn(64, 32, generator=gen) * 10 - 5
+    assert (kl_k3(logp, ref) >= 0).all()
+    assert (kl_penalty(logp, ref) < 0).any()  # k1 per sample can be negative; k3 cannot
+    assert kl_k3(logp, logp).abs().max().item() == 0.0
+    tiny = torch.full((4,), -1.0)
+    assert (kl_k3(tiny, tiny + 1e-7) >= 0).all()
+
+
+def test_k1_and_k3_expectations_equal_exact_kl() -> None:
+    # Over the whole support of pi, E_pi[k1] = E_pi[k3] = KL(pi || pi_ref) exactly.
+    logp = torch.log_softmax(torch.tensor([2.0, 0.5, -1.0, 0.0], dtype=torch.float64), dim=0)
+    ref = torch.log_softmax(torch.tensor([0.0, 1.0, 0.5, -2.0], dtype=torch.float64), dim=0)
+    p = logp.exp()
+    exact = (p * (logp - ref)).sum()
+    torch.testing.assert_close((p * kl_penalty(logp, ref)).sum(), exact)
+    torch.testing.assert_close((p * kl_k3(logp, ref)).sum(), exact)
