@@ -174,3 +174,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
 }
+
+# Runs write progress at most every RLHF_PROGRESS_INTERVAL seconds; a running run whose
+# heartbeat is older than RLHF_HEARTBEAT_TIMEOUT is considered abandoned (worker killed).
+RLHF_PROGRESS_INTERVAL = env.float("RLHF_PROGRESS_INTERVAL", default=1.0)
+RLHF_HEARTBEAT_TIMEOUT = env.int("RLHF_HEARTBEAT_TIMEOUT", default=300)

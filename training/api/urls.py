@@ -1,3 +1,15 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from training.api import views
+
+urlpatterns = [
+    path("projects/<slug:slug>/rounds/", views.RoundListApi.as_view(), name="api-round-list"),
+    path("rounds/<int:round_id>/", views.RoundDetailApi.as_view(), name="api-round-detail"),
+    path(
+        "rounds/<int:round_id>/advance/", views.RoundAdvanceApi.as_view(), name="api-round-advance"
+    ),
+    path("rounds/<int:round_id>/cancel/", views.RoundCancelApi.as_view(), name="api-round-cancel"),
+    path("projects/<slug:slug>/models/", views.ModelListApi.as_view(), name="api-model-list"),
+    path("projects/<slug:slug>/runs/", views.RunListApi.as_view(), name="api-run-list"),
+    path("runs/<int:run_id>/metrics/", views.RunMetricsApi.as_view(), name="api-run-metrics"),
+]

@@ -1,0 +1,60 @@
+from rest_framework import serializers
+
+from training.models import ModelVersion, Round, TrainingRun
+
+
+class ModelVersionOut(serializers.ModelSerializer):
+    label = serializers.CharField(read_only=True)
+    parent = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "label", "kind", "role", "version", "status", "is_current",
+            "parent", "metrics", "created_at",
+        ]  # fmt: skip
+
+    def get_parent(self, obj: ModelVersion) -> int | None:
+        return obj.parent_id
+
+
+class RunOut(serializers.ModelSerializer):
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "kind", "status", "progress", "metrics", "error", "output",
+            "started_at", "finished_at", "heartbeat_at",
+        ]  # fmt: skip
+
+    def get_progress(self, obj: TrainingRun) -> dict[str, int]:
+        return {"done": obj.progress_done, "total": obj.progress_total}
+
+
+class RoundOut(serializers.ModelSerializer):
+    progress = serializers.SerializerMethodField()
+    sampling_policy = ModelVersionOut(read_only=True)
+    reward_model = ModelVersionOut(read_only=True)
+    policy = ModelVersionOut(read_only=True)
+    runs = RunOut(many=True, read_only=True)
+    project = serializers.CharField(source="project.slug", read_only=True)
+
+    class Meta:
+        model = Round
+        fields = [
+            "id", "project", "number", "stage", "progress", "num_prompts", "metrics",
+            "error", "failed_stage", "sampling_policy", "reward_model", "policy", "runs",
+            "created_at", "updated_at",
+        ]  # fmt: skip
+
+    def get_progress(self, obj: Round) -> dict[str, int]:
+        """Labeling progress, or the running step's progress while a run works."""
+        running = next((r for r in obj.runs.all() if r.status == "running"), None)
+        if running is not None and running.progress_total:
+            return {"done": running.progress_done, "total": running.progress_total}
+        return {"done": obj.progress_done, "total": obj.progress_total}
+
+
+class RoundStartIn(serializers.Serializer):
+    num_prompts = serializers.IntegerField(required=False, min_value=1, max_value=100_000)

@@ -1,0 +1,59 @@
+"""Reads of the training domain, scoped through the labeling selectors' access checks."""
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from labeling.models import Project
+from labeling.selectors import access_project
+from training.models import MetricPoint, ModelVersion, Round, TrainingRun
+
+
+def access_round(*, user, round_id: int, admin: bool = True) -> Round:  # type: ignore[no-untyped-def]
+    """The round, if `user` may see it (404 otherwise; 403 for a labeler on admin routes)."""
+    round_ = Round.objects.select_related("project").filter(pk=round_id).first()
+    if round_ is None:
+        raise Http404("No such round.")
+    access_project(user=user, slug=round_.project.slug, admin=admin)
+    return round_
+
+
+def access_run(*, user, run_id: int, admin: bool = True) -> TrainingRun:  # type: ignore[no-untyped-def]
+    run = TrainingRun.objects.select_related("project").filter(pk=run_id).first()
+    if run is None:
+        raise Http404("No such run.")
+    access_project(user=user, slug=run.project.slug, admin=admin)
+    return run
+
+
+def rounds_for_project(*, project: Project) -> QuerySet[Round]:
+    return (
+        Round.objects.filter(project=project)
+        .select_related("sampling_policy", "reward_model", "policy")
+        .order_by("-number")
+    )
+
+
+def models_for_project(*, project: Project) -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.filter(project=project).select_related("parent").order_by("-version")
+
+
+def runs_for_round(*, round_: Round) -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.filter(round=round_).order_by("id")
+
+
+def runs_for_project(*, project: Project) -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.filter(project=project).select_related("round").order_by("-id")
+
+
+def metric_series(*, run: TrainingRun, after_step: int = -1) -> dict[str, list]:
+    """Column-wise series {"step": [...], "rm/loss": [...], ...} for plots (None for gaps)."""
+    points = list(
+        MetricPoint.objects.filter(run=run, step__gt=after_step)
+        .order_by("step")
+        .values_list("step", "values")
+    )
+    names = sorted({name for _, values in points for name in values})
+    series: dict[str, list] = {"step": [step for step, _ in points]}
+    for name in names:
+        series[name] = [values.get(name) for _, values in points]
+    return series

@@ -1,0 +1,291 @@
+"""Run bodies: the bridge from database rows to the ML core and back.
+
+Each body takes a TrainingRun and a RunReporter, loads plain data from the database,
+calls `training.ml` with callbacks, writes the artifact atomically and registers it.
+A new model version becomes current only after its artifact is complete and verified.
+torch is imported lazily here so the web process never loads it.
+"""
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from core.exceptions import ApplicationError
+from labeling.models import Prompt, RankingTask, Response
+from training.models import ModelVersion, Round, TrainingRun
+from training.services import datasets
+from training.services.registry import (
+    model_version_create,
+    model_version_fail,
+    model_version_promote,
+    reference_policy,
+)
+from training.services.runs import RunCancelled, RunReporter
+
+Body = Callable[[TrainingRun, RunReporter], dict[str, Any]]
+
+
+def body_for(kind: str) -> Body:
+    bodies: dict[str, Body] = {
+        TrainingRun.Kind.GENERATE: generate_body,
+        TrainingRun.Kind.RM: rm_body,
+        TrainingRun.Kind.PPO: ppo_body,
+        TrainingRun.Kind.SFT: sft_body,
+    }
+    if kind not in bodies:
+        raise ApplicationError(f"Unknown run kind {kind!r}.")
+    return bodies[kind]
+
+
+def _device_and_dtype() -> tuple[str, str]:
+    return settings.RLHF_DEVICE, settings.RLHF_DTYPE
+
+
+def _check_cancel(reporter: RunReporter) -> None:
+    if reporter.should_stop():
+        raise RunCancelled()
+
+
+def _stable_seed(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _prompts_for_round(round_: Round) -> list[Prompt]:
+    """Train prompts not yet tasked in this round, preferring prompts never ranked before."""
+    project = round_.project
+    already = RankingTask.objects.filter(round=round_).values_list("prompt_id", flat=True)
+    missing = round_.num_prompts - len(already)
+    if missing <= 0:
+        return []
+    candidates = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).exclude(
+        pk__in=already
+    )
+    used = set(RankingTask.objects.filter(project=project).values_list("prompt_id", flat=True))
+    fresh = [p for p in candidates.order_by("id") if p.pk not in used]
+    reused = [p for p in candidates.order_by("id") if p.pk in used]
+    return (fresh + reused)[:missing]
+
+
+def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
+    """Sample K responses per prompt from the round's policy; each prompt becomes a task."""
+    from training.ml.models import load_causal_lm
+    from training.ml.sampling import GenerationSettings, sample_responses
+
+    round_ = Round.objects.select_related("project", "sampling_policy").get(pk=run.round_id)
+    project, policy = round_.project, round_.sampling_policy
+    prompts = _prompts_for_round(round_)
+    if not prompts and not round_.tasks.exists():
+        raise ApplicationError("The project has no train prompts: import prompts first.")
+    device, dtype = _device_and_dtype()
+    model, tokenizer = load_causal_lm(policy.artifact, device=device, dtype=dtype)
+    batch = int(run.config.get("prompts_per_batch", 4))
+    total = len(prompts)
+    reporter.progress(0, total)
+    for start in range(0, total, batch):
+        _check_cancel(reporter)
+        chunk = prompts[start : start + batch]
+        gen = GenerationSettings(
+            max_new_tokens=project.max_new_tokens,
+            temperature=project.temperature,
+            top_p=project.top_p,
+            seed=_stable_seed(project.pk, round_.number, chunk[0].pk),
+        )
+        samples = sample_responses(
+            model, tokenizer, [p.as_input for p in chunk], k=project.k, settings=gen,
+            batch_size=int(run.config.get("batch_size", 8)),
+        )  # fmt: skip
+        _store_tasks(round_, chunk, samples, gen)
+        reporter.progress(min(start + batch, total), total)
+    return {"tasks": round_.tasks.count(), "policy": policy.label}
+
+
+def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) -> None:
+    generation = {
+        "max_new_tokens": gen.max_new_tokens,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+    }
+    for prompt, responses in zip(prompts, samples, strict=True):
+        try:
+            with transaction.atomic():
+                task = RankingTask.objects.create(
+                    project=round_.project, prompt=prompt, round=round_,
+                    overlap=round_.project.overlap, source="policy",
+                )  # fmt: skip
+                Response.objects.bulk_create(
+                    Response(
+                        task=task, position=i, text=s.text, token_count=len(s.token_ids),
+                        finished=s.finished, policy_version=round_.sampling_policy,
+                        policy_name=round_.sampling_policy.label, generation=generation,
+                        seed=s.seed,
+                    )
+                    for i, s in enumerate(responses)
+                )  # fmt: skip
+        except IntegrityError:
+            continue  # a retried run: this prompt already has its task in this round
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
+    """Train a fresh RM from the SFT policy on every ranking of the project."""
+    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.rm import RewardModel, RMConfig, evaluate_reward_model, train_reward_model
+
+    project = run.project
+    round_ = Round.objects.get(pk=run.round_id) if run.round_id else None
+    data = datasets.split_rm_data(
+        datasets.ranked_examples(project=project),
+        eval_fraction=float(run.config.get("eval_fraction", 0.1)),
+    )
+    if not data.train:
+        raise ApplicationError("No usable rankings to train the reward model on.")
+    init = reference_policy(project=project)
+    device, dtype = _device_and_dtype()
+    lm, tokenizer = load_causal_lm(init.artifact, device=device, dtype=dtype)
+    model = RewardModel.from_causal_lm(lm)
+    del lm
+    config = RMConfig(**_known_fields(RMConfig, run.config))
+    steps_total = max(1, -(-len(data.train) // config.batch_size)) * config.epochs
+    reporter.progress(0, steps_total)
+
+    def on_metrics(step: int, values: dict[str, Any]) -> None:
+        reporter.metrics(step, values)
+        reporter.progress(min(step, steps_total), steps_total)
+
+    result = train_reward_model(
+        model, tokenizer, data.train, config=config, eval=data.eval or None,
+        on_metrics=on_metrics, should_stop=reporter.should_stop,
+    )  # fmt: skip
+    if result.get("status") == "cancelled":
+        raise RunCancelled()
+    metrics = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    if data.heldout_labeler:
+        held = evaluate_reward_model(model, tokenizer, data.heldout_labeler)
+        metrics["heldout_labeler_accuracy"] = held["accuracy"]
+        metrics["heldout_labeler"] = data.heldout_labeler_name
+    if round_ is not None:
+        _calibrate_on_round_samples(model, tokenizer, round_)
+    version = model_version_create(
+        project=project, kind=ModelVersion.Kind.RM, parent=init, metrics=metrics
+    )
+    return _publish(run, version, lambda out: save_pretrained_atomic(model, tokenizer, out), metrics)
+
+
+def _calibrate_on_round_samples(model: Any, tokenizer: Any, round_: Round) -> None:
+    """Shift the RM so the policy's own samples of this round score 0 on average."""
+    from training.ml.rm import calibrate_offset
+
+    samples = [
+        (r.task.prompt.as_input, r.text)
+        for r in Response.objects.filter(task__round=round_).select_related("task__prompt")[:256]
+    ]
+    if samples:
+        calibrate_offset(model, tokenizer, samples)
+
+
+def _publish(
+    run: TrainingRun, version: ModelVersion, save: Callable[[Path], Any], metrics: dict
+) -> dict[str, Any]:
+    """Write the artifact atomically, verify it, then make it current."""
+    try:
+        save(Path(version.artifact))
+        version = model_version_promote(version=version, metrics=metrics)
+    except Exception as exc:
+        model_version_fail(version=version, error=str(exc))
+        raise
+    TrainingRun.objects.filter(pk=run.pk).update(output=version)
+    run.output = version
+    return {**metrics, "model_version": version.label}
+
+
+def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = set(getattr(cls, "__dataclass_fields__", {}))
+    return {k: v for k, v in values.items() if k in names}
+
+
+# --------------------------------------------------------------------------- PPO
+
+
+def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
+    """PPO from the round's policy against the new RM, KL to the frozen SFT reference."""
+    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.ppo import PPOConfig, train_ppo
+    from training.ml.rm import load_reward_model
+    from training.ml.rules import parse_rules
+
+    round_ = Round.objects.select_related("sampling_policy", "reward_model").get(pk=run.round_id)
+    project = run.project
+    if round_.reward_model is None:
+        raise ApplicationError("The round has no reward model yet.")
+    device, dtype = _device_and_dtype()
+    policy, tokenizer = load_causal_lm(round_.sampling_policy.artifact, device=device, dtype=dtype)
+    ref_version = reference_policy(project=project)
+    ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
+    reward_model, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
+    critic, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
+    config = PPOConfig(**_known_fields(PPOConfig, {
+        "max_new_tokens": project.max_new_tokens,
+        "temperature": project.temperature,
+        "top_p": project.top_p,
+        **run.config,
+    }))  # fmt: skip
+    rules = parse_rules(run.config.get("rules", []))
+    prompts = datasets.training_prompts(project=project)
+    ptx = datasets.demonstration_pairs(project=project) if config.ptx_coef else None
+    reporter.progress(0, getattr(config, "steps", 0) or 0)
+
+    def on_metrics(step: int, values: dict[str, Any]) -> None:
+        reporter.metrics(step, values)
+        reporter.progress(step, getattr(config, "steps", step) or step)
+
+    result = train_ppo(
+        policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
+        rules=rules, ptx_texts=ptx, on_metrics=on_metrics, should_stop=reporter.should_stop,
+        checkpoint_dir=str(Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints" / f"run-{run.pk}"),
+    )  # fmt: skip
+    if result.get("status") == "cancelled":
+        raise RunCancelled()
+    metrics = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    version = model_version_create(
+        project=project, kind=ModelVersion.Kind.PPO, parent=round_.sampling_policy, metrics=metrics
+    )
+    return _publish(run, version, lambda out: save_pretrained_atomic(policy, tokenizer, out), metrics)
+
+
+# --------------------------------------------------------------------------- SFT
+
+
+def sft_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
+    """Fine-tune the current policy on the project's demonstrations."""
+    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.sft import Demonstration, SFTConfig, train_sft
+
+    project = run.project
+    demos = [Demonstration(prompt=p, response=r) for p, r in datasets.demonstration_pairs(project=project)]
+    if not demos:
+        raise ApplicationError("The project has no demonstrations to fine-tune on.")
+    parent = reference_policy(project=project)
+    device, dtype = _device_and_dtype()
+    model, tokenizer = load_causal_lm(parent.artifact, device=device, dtype=dtype)
+    config = SFTConfig(**_known_fields(SFTConfig, run.config))
+    result = train_sft(
+        model, tokenizer, demos, config,
+        on_metrics=reporter.metrics, should_stop=reporter.should_stop,
+    )  # fmt: skip
+    if result.get("status") == "cancelled":
+        raise RunCancelled()
+    metrics = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    version = model_version_create(
+        project=project, kind=ModelVersion.Kind.SFT, parent=parent, metrics=metrics
+    )
+    return _publish(run, version, lambda out: save_pretrained_atomic(model, tokenizer, out), metrics)

@@ -1,0 +1,224 @@
+"""The round state machine of the loop (PRODUCT.md section 1.5).
+
+    generating -> labeling -> building_pairs -> training_rm -> training_ppo -> done
+          \\______________\\_____________\\_____________\\______-> failed | cancelled
+
+Each stage that needs a GPU is a TrainingRun on the `gpu` queue; when it finishes,
+`round_on_run_finished` moves the round on. A failed stage leaves the previous models
+current; `round_advance` on a failed round retries the stage that failed, and a retried
+stage never duplicates tasks or pairs (unique constraints + idempotent bodies).
+"""
+
+from django.db import transaction
+from django.db.models import Count, Max, Q
+
+from core.exceptions import ConflictError
+from labeling.models import Comparison, Project, Ranking, RankingTask
+from training.models import Round, TrainingRun
+from training.services.registry import current_policy
+from training.services.runs import run_create, run_request_cancel
+
+Stage = Round.Stage
+ACTIVE = {
+    Stage.GENERATING,
+    Stage.LABELING,
+    Stage.BUILDING_PAIRS,
+    Stage.TRAINING_RM,
+    Stage.TRAINING_PPO,
+}
+_RUN_OF_STAGE = {
+    Stage.GENERATING: TrainingRun.Kind.GENERATE,
+    Stage.TRAINING_RM: TrainingRun.Kind.RM,
+    Stage.TRAINING_PPO: TrainingRun.Kind.PPO,
+}
+DEFAULT_PROMPTS_PER_ROUND = 16
+
+
+def _lock(round_: Round) -> Round:
+    return Round.objects.select_for_update().select_related("project").get(pk=round_.pk)
+
+
+@transaction.atomic
+def round_start(*, project: Project, num_prompts: int | None = None, user=None) -> Round:  # type: ignore[no-untyped-def]
+    """Open the next round: the current policy samples K responses for `num_prompts` prompts."""
+    Project.objects.select_for_update().get(pk=project.pk)
+    active = Round.objects.filter(project=project, stage__in=ACTIVE).first()
+    if active:
+        raise ConflictError(
+            f"Round {active.number} is still {active.stage}: advance or cancel it first."
+        )
+    policy = current_policy(project=project)
+    number = (Round.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
+    wanted = num_prompts or project.training_config.get(
+        "prompts_per_round", DEFAULT_PROMPTS_PER_ROUND
+    )
+    round_ = Round.objects.create(
+        project=project,
+        number=number,
+        stage=Stage.GENERATING,
+        num_prompts=wanted,
+        sampling_policy=policy,
+        created_by=user,
+        progress_total=wanted,
+    )
+    _start_stage_run(round_, Stage.GENERATING)
+    return round_
+
+
+def _start_stage_run(round_: Round, stage: str) -> TrainingRun:
+    kind = _RUN_OF_STAGE[Stage(stage)]
+    config = dict(round_.project.training_config.get(kind, {}))
+    return run_create(project=round_.project, round=round_, kind=kind, config=config)
+
+
+@transaction.atomic
+def round_advance(*, round_: Round, user=None) -> Round:  # type: ignore[no-untyped-def]
+    """Admin's "next": end labeling early, or retry the stage that failed."""
+    round_ = _lock(round_)
+    if round_.stage == Stage.LABELING:
+        return _enter_building_pairs(round_)
+    if round_.stage == Stage.FAILED:
+        return _retry(round_)
+    if round_.stage in (Stage.DONE, Stage.CANCELLED):
+        raise ConflictError(f"Round {round_.number} is {round_.stage}; start a new round.")
+    raise ConflictError(
+        f"Round {round_.number} is {round_.stage}; it moves on by itself when that finishes."
+    )
+
+
+def _retry(round_: Round) -> Round:
+    stage = round_.failed_stage or Stage.GENERATING
+    round_.stage, round_.error, round_.failed_stage = stage, "", ""
+    round_.save(update_fields=["stage", "error", "failed_stage", "updated_at"])
+    if stage == Stage.BUILDING_PAIRS:
+        _queue_build_pairs(round_)
+    elif stage in _RUN_OF_STAGE:
+        _start_stage_run(round_, stage)
+    return round_
+
+
+def _enter_building_pairs(round_: Round) -> Round:
+    # Unfinished tasks of this round are closed: no new leases. Rankings already
+    # submitted are kept and their pairs are used.
+    RankingTask.objects.filter(round=round_, status=RankingTask.Status.OPEN).update(
+        status=RankingTask.Status.CLOSED
+    )
+    round_.stage = Stage.BUILDING_PAIRS
+    round_.save(update_fields=["stage", "updated_at"])
+    _queue_build_pairs(round_)
+    return round_
+
+
+def _queue_build_pairs(round_: Round) -> None:
+    from training import tasks
+
+    transaction.on_commit(lambda: tasks.round_build_pairs.delay(round_.pk))
+
+
+@transaction.atomic
+def round_build_pairs(*, round_: Round) -> Round:
+    """Make sure every ranking of the project has its pairs, then train the RM.
+
+    Pairs are normally built when a ranking is submitted; this step backfills any that
+    are missing (idempotent) and records the counts.
+    """
+    from labeling.services.rankings import comparisons_from_ranking
+
+    round_ = _lock(round_)
+    if round_.stage != Stage.BUILDING_PAIRS:
+        return round_
+    rankings = Ranking.objects.filter(
+        task__project=round_.project, all_unacceptable=False, comparisons__isnull=True
+    )
+    for ranking in rankings.select_related("task"):
+        comparisons_from_ranking(ranking=ranking)
+    counts = Comparison.objects.filter(project=round_.project).aggregate(
+        total=Count("id"), this_round=Count("id", filter=Q(round=round_))
+    )
+    round_.metrics = {
+        **round_.metrics,
+        "comparisons_total": counts["total"],
+        "comparisons_round": counts["this_round"],
+    }
+    if not counts["total"]:
+        return _fail(round_, Stage.BUILDING_PAIRS, "No comparisons to train on: rank tasks first.")
+    round_.stage = Stage.TRAINING_RM
+    round_.save(update_fields=["stage", "metrics", "updated_at"])
+    _start_stage_run(round_, Stage.TRAINING_RM)
+    return round_
+
+
+def _fail(round_: Round, stage: str, error: str) -> Round:
+    round_.stage, round_.failed_stage, round_.error = Stage.FAILED, stage, error[:5000]
+    round_.save(update_fields=["stage", "failed_stage", "error", "metrics", "updated_at"])
+    return round_
+
+
+@transaction.atomic
+def round_cancel(*, round_: Round, user=None) -> Round:  # type: ignore[no-untyped-def]
+    round_ = _lock(round_)
+    if round_.stage not in ACTIVE and round_.stage != Stage.FAILED:
+        raise ConflictError(f"Round {round_.number} is {round_.stage}; nothing to cancel.")
+    for run in round_.runs.all():
+        run_request_cancel(run=run)
+    RankingTask.objects.filter(round=round_, status=RankingTask.Status.OPEN).update(
+        status=RankingTask.Status.CLOSED
+    )
+    round_.stage = Stage.CANCELLED
+    round_.save(update_fields=["stage", "updated_at"])
+    return round_
+
+
+@transaction.atomic
+def round_on_run_finished(*, run: TrainingRun) -> Round | None:
+    """Move the run's round on after the run ended (called by the Celery door)."""
+    if run.round_id is None:
+        return None
+    round_ = _lock(run.round)  # type: ignore[arg-type]
+    expected = {v: k for k, v in _RUN_OF_STAGE.items()}.get(TrainingRun.Kind(run.kind))
+    if round_.stage != expected:
+        return round_  # cancelled meanwhile, or a stale redelivery
+    if run.status == TrainingRun.Status.FAILED:
+        return _fail(round_, round_.stage, f"{run.kind} run {run.pk} failed: {run.error}")
+    if run.status != TrainingRun.Status.SUCCEEDED:
+        return round_
+    round_.metrics = {**round_.metrics, **{f"{run.kind}/{k}": v for k, v in run.metrics.items()}}
+    if round_.stage == Stage.GENERATING:
+        round_.stage = Stage.LABELING
+        round_labeling_progress(round_=round_, save=False)
+    elif round_.stage == Stage.TRAINING_RM:
+        round_.reward_model = run.output
+        round_.stage = Stage.TRAINING_PPO
+    elif round_.stage == Stage.TRAINING_PPO:
+        round_.policy = run.output
+        round_.stage = Stage.DONE
+    round_.save()
+    if round_.stage == Stage.TRAINING_PPO:
+        _start_stage_run(round_, Stage.TRAINING_PPO)
+    elif round_.stage == Stage.LABELING and round_.progress_total == 0:
+        return _enter_building_pairs(round_)
+    return round_
+
+
+def round_labeling_progress(*, round_: Round, save: bool = True) -> Round:
+    """Progress of labeling = rankings submitted / rankings wanted (tasks x overlap)."""
+    tasks = RankingTask.objects.filter(round=round_)
+    agg = tasks.aggregate(done=Count("rankings"), total=Count("id", distinct=True))
+    wanted = sum(tasks.values_list("overlap", flat=True))
+    round_.progress_done, round_.progress_total = agg["done"], wanted
+    if save:
+        round_.save(update_fields=["progress_done", "progress_total", "updated_at"])
+    return round_
+
+
+@transaction.atomic
+def round_on_ranking_submitted(*, task: RankingTask) -> None:
+    """Update labeling progress; when every task of the round has its overlap, advance."""
+    if task.round_id is None:
+        return
+    round_ = _lock(task.round)  # type: ignore[arg-type]
+    if round_.stage != Stage.LABELING:
+        return
+    round_labeling_progress(round_=round_)
+    if not RankingTask.objects.filter(round=round_, status=RankingTask.Status.OPEN).exists():
+        _enter_building_pairs(round_)

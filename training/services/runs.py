@@ -1,0 +1,232 @@
+"""Training runs: creation, queueing on commit, and the execution harness.
+
+The run row is the record: a Celery message only carries the run id, and `run_execute` is
+idempotent on it (a redelivered or retried message for a finished run does nothing).
+Progress, metrics, heartbeats and cancellation go through the row, throttled so a fast
+training loop does not hammer the database.
+"""
+
+import logging
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from core.exceptions import ApplicationError
+from labeling.models import Project
+from training.models import MetricPoint, Round, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = {
+    TrainingRun.Status.SUCCEEDED,
+    TrainingRun.Status.FAILED,
+    TrainingRun.Status.CANCELLED,
+}
+
+
+class RunCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside a run body when an admin cancelled it."""
+
+
+def run_create(
+    *,
+    project: Project,
+    kind: str,
+    round: Round | None = None,
+    config: dict | None = None,
+    inputs: dict | None = None,
+) -> TrainingRun:
+    """Create a queued run and send it to the `gpu` queue once the transaction commits."""
+    run = TrainingRun.objects.create(
+        project=project, round=round, kind=kind, config=config or {}, inputs=inputs or {}
+    )
+    from training import tasks  # the Celery door; imported late to keep services testable
+
+    transaction.on_commit(lambda: tasks.gpu_execute_run.delay(run.pk))
+    return run
+
+
+@dataclass
+class RunReporter:
+    """Callbacks handed to the ML core: progress, metrics, cancellation, heartbeats."""
+
+    run_id: int
+    min_interval: float = 1.0
+    _last_write: float = 0.0
+    _last_cancel_check: float = 0.0
+    _pending: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, done: int, total: int) -> None:
+        self._pending.update(progress_done=done, progress_total=total)
+        self._flush(force=done >= total)
+
+    def metrics(self, step: int, values: dict[str, Any]) -> None:
+        clean = {k: _jsonable(v) for k, v in values.items()}
+        MetricPoint.objects.update_or_create(
+            run_id=self.run_id, step=step, defaults={"values": clean}
+        )
+        self._pending["metrics"] = clean
+        self._flush()
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_cancel_check < self.min_interval:
+            return False
+        self._last_cancel_check = now
+        self._flush(force=True)
+        return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+
+    def log(self, line: str) -> None:
+        run = TrainingRun.objects.only("logs").get(pk=self.run_id)
+        TrainingRun.objects.filter(pk=self.run_id).update(
+            logs=(run.logs + line.rstrip() + "\n")[-20000:]
+        )
+
+    def _flush(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < self.min_interval:
+            return
+        self._last_write = now
+        fields = {**self._pending, "heartbeat_at": timezone.now()}
+        self._pending.clear()
+        TrainingRun.objects.filter(pk=self.run_id).update(**fields)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+RunBody = Callable[[TrainingRun, RunReporter], dict[str, Any]]
+
+
+def run_execute(*, run_id: int, body: RunBody, worker: str | None = None) -> TrainingRun:
+    """Run `body` for a queued run exactly once and record the outcome.
+
+    Idempotent: a run that is already running elsewhere, finished or cancelled is left alone.
+    On an exception the run is marked failed with the error; the caller decides what the
+    failure means for its round (see rounds.round_on_run_finished).
+    """
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.status != TrainingRun.Status.QUEUED:
+            logger.info("run %s is %s; nothing to do", run_id, run.status)
+            return run
+        if run.cancel_requested:
+            run.status = TrainingRun.Status.CANCELLED
+            run.finished_at = timezone.now()
+            run.save(update_fields=["status", "finished_at", "updated_at"])
+            return run
+        run.status = TrainingRun.Status.RUNNING
+        run.started_at = run.heartbeat_at = timezone.now()
+        run.worker = worker or socket.gethostname()
+        run.save(update_fields=["status", "started_at", "heartbeat_at", "worker", "updated_at"])
+
+    reporter = RunReporter(run_id=run.pk, min_interval=settings.RLHF_PROGRESS_INTERVAL)
+    heartbeat = _Heartbeat(run.pk, interval=max(1.0, settings.RLHF_HEARTBEAT_TIMEOUT / 5))
+    heartbeat.start()
+    try:
+        metrics = body(run, reporter)
+    except RunCancelled:
+        return _finish(run, status=TrainingRun.Status.CANCELLED)
+    except ApplicationError as exc:
+        return _finish(run, status=TrainingRun.Status.FAILED, error=exc.message)
+    except Exception as exc:
+        logger.exception("run %s failed", run.pk)
+        error = f"{type(exc).__name__}: {exc}"
+        reporter.log(traceback.format_exc()[-4000:])
+        return _finish(run, status=TrainingRun.Status.FAILED, error=error)
+    finally:
+        heartbeat.stop()
+    return _finish(run, status=TrainingRun.Status.SUCCEEDED, metrics=metrics)
+
+
+class _Heartbeat(threading.Thread):
+    """Touches the run's heartbeat while the body works (model loading can be slow).
+
+    It dies with the process, which is the point: a SIGKILLed worker stops beating and
+    `runs_reap_stale` fails its run.
+    """
+
+    def __init__(self, run_id: int, *, interval: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{run_id}")
+        self.run_id, self.interval = run_id, interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                TrainingRun.objects.filter(
+                    pk=self.run_id, status=TrainingRun.Status.RUNNING
+                ).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _finish(
+    run: TrainingRun, *, status: str, error: str = "", metrics: dict | None = None
+) -> TrainingRun:
+    run.refresh_from_db()
+    run.status = status
+    run.error = error[:5000]
+    run.finished_at = timezone.now()
+    if metrics is not None:
+        run.metrics = {k: _jsonable(v) for k, v in metrics.items()}
+    run.save(update_fields=["status", "error", "finished_at", "metrics", "updated_at"])
+    return run
+
+
+def run_request_cancel(*, run: TrainingRun) -> None:
+    TrainingRun.objects.filter(pk=run.pk).exclude(status__in=TERMINAL).update(
+        cancel_requested=True
+    )
+    TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+    )
+
+
+def runs_reap_stale(*, now=None) -> list[int]:  # type: ignore[no-untyped-def]
+    """Mark runs whose worker stopped sending heartbeats as failed (a killed worker).
+
+    Returns the ids of the runs it failed. Called when a worker starts, by the periodic
+    bookkeeping task and before a round is advanced or retried.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT)
+    stale = list(
+        TrainingRun.objects.filter(
+            status=TrainingRun.Status.RUNNING, heartbeat_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    failed = []
+    for run_id in stale:
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update().get(pk=run_id)
+            if run.status != TrainingRun.Status.RUNNING or run.heartbeat_at >= cutoff:
+                continue
+            run.status = TrainingRun.Status.FAILED
+            run.error = (
+                f"The worker {run.worker or '?'} stopped responding "
+                f"(no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); "
+                "the run was abandoned and nothing it produced was made current."
+            )
+            run.finished_at = now
+            run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+            failed.append(run_id)
+    return failed

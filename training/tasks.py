@@ -1,0 +1,56 @@
+"""Celery doors: load the row, call one service, nothing else.
+
+Tasks named `gpu_*` are routed to the `gpu` queue (config/celery.py); the rest run on
+`default`. Every task is idempotent on the id it carries.
+"""
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_ready
+
+from training.models import Round, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="training.tasks.gpu_execute_run", acks_late=True)
+def gpu_execute_run(run_id: int) -> None:
+    from training.services import jobs, rounds
+    from training.services.runs import run_execute
+
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning("run %s does not exist (deleted?)", run_id)
+        return
+    run = run_execute(run_id=run_id, body=jobs.body_for(run.kind))
+    rounds.round_on_run_finished(run=run)
+
+
+@shared_task(name="training.tasks.round_build_pairs", acks_late=True)
+def round_build_pairs(round_id: int) -> None:
+    from training.services import rounds
+
+    round_ = Round.objects.filter(pk=round_id).first()
+    if round_ is not None:
+        rounds.round_build_pairs(round_=round_)
+
+
+@shared_task(name="training.tasks.reap_stale_runs")
+def reap_stale_runs() -> list[int]:
+    from training.services.rounds import round_on_run_finished
+    from training.services.runs import runs_reap_stale
+
+    failed = runs_reap_stale()
+    for run in TrainingRun.objects.filter(pk__in=failed):
+        round_on_run_finished(run=run)
+    return failed
+
+
+@worker_ready.connect
+def _reap_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """A worker that (re)starts fails the runs a killed worker left behind."""
+    try:
+        reap_stale_runs()
+    except Exception:  # never keep a worker from starting
+        logger.exception("reaping stale runs failed")
