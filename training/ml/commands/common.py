@@ -1,0 +1,152 @@
+"""Flags shared by every ``python -m training.ml`` command, and their plumbing.
+
+Heavy imports (torch, transformers) happen inside the helpers, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+class CommandError(Exception):
+    """Bad command-line input; the CLI prints the message on one line and exits 2."""
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, model_default: str = "default") -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--seed``."""
+    parser.add_argument(
+        "--model",
+        default=model_default,
+        help="default (SmolLM2-135M-Instruct), tiny[:SEED], a .gguf file or a "
+        "save_pretrained folder (safetensors)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bf16 or fp16")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """``--data``, ``--out``, hyperparameters and the memory options.
+
+    Hyperparameters default to None: each command fills in its config's own default.
+    """
+    parser.add_argument("--data", required=True, metavar="FILE", help="training data file")
+    parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    parser.add_argument("--epochs", type=float, default=None, help="passes over the data")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per step")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--max-length", type=int, default=None, help="max tokens per sequence")
+    add_memory_args(parser)
+
+
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    """``--train-top-layers``, ``--gradient-checkpointing``, ``--lora-r``."""
+    parser.add_argument(
+        "--train-top-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="freeze all but the top N blocks, the final norm and the head (a CPU budget)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations in backward"
+    )
+    parser.add_argument("--lora-r", type=int, default=None, help="train LoRA adapters of rank R")
+    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
+
+
+def memory_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """A ``MemoryConfig`` from the memory flags (``extra`` sets further fields)."""
+    from training.ml.models import MemoryConfig
+
+    top = getattr(args, "train_top_layers", None)
+    if top is not None and top < 0:
+        raise CommandError("--train-top-layers must be >= 0")
+    return MemoryConfig(
+        train_top_layers=top,
+        gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
+        lora_r=getattr(args, "lora_r", None),
+        lora_alpha=getattr(args, "lora_alpha", 16),
+        **extra,
+    )
+
+
+def quiet_transformers() -> None:
+    """Keep stderr for our own bars: no transformers info logs or weight-loading bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``--model`` on ``--device`` in ``--dtype``."""
+    from training.ml.models import load_causal_lm, resolve_device
+
+    quiet_transformers()
+    device = resolve_device(args.device)
+    return load_causal_lm(args.model, device=device, dtype=args.dtype)
+
+
+def set_threads_from_env() -> None:
+    """Honour ``RLHF_STUDIO_THREADS`` (torch intra-op threads) when it is set."""
+    threads = os.environ.get("RLHF_STUDIO_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """Config fields from flags that were given: ``{flag_dest: field_name}``."""
+    return {
+        field: getattr(args, dest)
+        for dest, field in names.items()
+        if getattr(args, dest, None) is not None
+    }
+
+
+def check_out_dir(out: str) -> Path:
+    """The parent of ``--out`` must exist or be creatable; refuse an existing file."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"--out {path} exists and is not a folder")
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a file via a temporary sibling renamed into place when complete."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # a 0-d tensor or numpy scalar
+        return _jsonable(value.item())
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+def emit_result(metrics: dict[str, Any]) -> None:
+    """The final metrics as ONE JSON line on stdout."""
+    sys.stdout.write(json.dumps(_jsonable(metrics), sort_keys=True) + "\n")
+    sys.stdout.flush()
