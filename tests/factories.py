@@ -74,6 +74,7 @@ class RankingTaskFactory(factory.django.DjangoModelFactory):
 
     class Meta:
         model = lm.RankingTask
+        skip_postgeneration_save = True
 
     project = factory.SubFactory(ProjectFactory)
     prompt = factory.SubFactory(PromptFactory, project=factory.SelfAttribute("..project"))

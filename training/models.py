@@ -47,7 +47,9 @@ class ModelVersion(TimeStampedModel):
             models.UniqueConstraint(fields=["project", "version"], name="unique_model_version"),
             # One current policy and one current RM per project, enforced by the database.
             models.UniqueConstraint(
-                fields=["project", "role"], condition=Q(is_current=True), name="one_current_per_role"
+                fields=["project", "role"],
+                condition=Q(is_current=True),
+                name="one_current_per_role",
             ),
         ]
 
@@ -158,3 +160,6 @@ class MetricPoint(models.Model):
     class Meta:
         ordering = ["run_id", "step"]
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="unique_metric_step")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} step {self.step}"

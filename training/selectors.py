@@ -2,9 +2,9 @@
 
 from django.db.models import QuerySet
 from django.http import Http404
+from labeling.selectors import access_project
 
 from labeling.models import Project
-from labeling.selectors import access_project
 from training.models import MetricPoint, ModelVersion, Round, TrainingRun
 
 
@@ -34,7 +34,9 @@ def rounds_for_project(*, project: Project) -> QuerySet[Round]:
 
 
 def models_for_project(*, project: Project) -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.filter(project=project).select_related("parent").order_by("-version")
+    return (
+        ModelVersion.objects.filter(project=project).select_related("parent").order_by("-version")
+    )
 
 
 def runs_for_round(*, round_: Round) -> QuerySet[TrainingRun]:

@@ -1,20 +1,22 @@
 """REST doors for rounds, runs and models: validate, call one service or selector, answer."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from labeling.selectors import access_project
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from labeling.selectors import access_project
 from training import selectors
 from training.api.serializers import ModelVersionOut, RoundOut, RoundStartIn, RunOut
 from training.services import rounds
 
 
 def _round_out(round_) -> dict:  # type: ignore[no-untyped-def]
-    round_ = selectors.rounds_for_project(project=round_.project).prefetch_related("runs").get(
-        pk=round_.pk
+    round_ = (
+        selectors.rounds_for_project(project=round_.project)
+        .prefetch_related("runs")
+        .get(pk=round_.pk)
     )
     return RoundOut(round_).data
 
@@ -62,7 +64,9 @@ class ModelListApi(APIView):
     @extend_schema(responses=ModelVersionOut(many=True))
     def get(self, request: Request, slug: str) -> Response:
         project = access_project(user=request.user, slug=slug)
-        return Response(ModelVersionOut(selectors.models_for_project(project=project), many=True).data)
+        return Response(
+            ModelVersionOut(selectors.models_for_project(project=project), many=True).data
+        )
 
 
 class RunListApi(APIView):

@@ -138,7 +138,7 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
 
 def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     """Train a fresh RM from the SFT policy on every ranking of the project."""
-    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.models import load_causal_lm
     from training.ml.rm import RewardModel, RMConfig, evaluate_reward_model, train_reward_model
 
     project = run.project
@@ -178,7 +178,7 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.RM, parent=init, metrics=metrics
     )
-    return _publish(run, version, lambda out: save_pretrained_atomic(model, tokenizer, out), metrics)
+    return _publish(run, version, _saver(model, tokenizer), metrics)
 
 
 def _calibrate_on_round_samples(model: Any, tokenizer: Any, round_: Round) -> None:
@@ -208,6 +208,12 @@ def _publish(
     return {**metrics, "model_version": version.label}
 
 
+def _saver(model: Any, tokenizer: Any) -> Callable[[Path], Any]:
+    from training.ml.models import save_pretrained_atomic
+
+    return lambda out: save_pretrained_atomic(model, tokenizer, out)
+
+
 def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     names = set(getattr(cls, "__dataclass_fields__", {}))
     return {k: v for k, v in values.items() if k in names}
@@ -218,7 +224,7 @@ def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     """PPO from the round's policy against the new RM, KL to the frozen SFT reference."""
-    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.models import load_causal_lm
     from training.ml.ppo import PPOConfig, train_ppo
     from training.ml.rm import load_reward_model
     from training.ml.rules import parse_rules
@@ -259,7 +265,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.PPO, parent=round_.sampling_policy, metrics=metrics
     )
-    return _publish(run, version, lambda out: save_pretrained_atomic(policy, tokenizer, out), metrics)
+    return _publish(run, version, _saver(policy, tokenizer), metrics)
 
 
 # --------------------------------------------------------------------------- SFT
@@ -267,11 +273,14 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
 def sft_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     """Fine-tune the current policy on the project's demonstrations."""
-    from training.ml.models import load_causal_lm, save_pretrained_atomic
+    from training.ml.models import load_causal_lm
     from training.ml.sft import Demonstration, SFTConfig, train_sft
 
     project = run.project
-    demos = [Demonstration(prompt=p, response=r) for p, r in datasets.demonstration_pairs(project=project)]
+    demos = [
+        Demonstration(prompt=p, response=r)
+        for p, r in datasets.demonstration_pairs(project=project)
+    ]
     if not demos:
         raise ApplicationError("The project has no demonstrations to fine-tune on.")
     parent = reference_policy(project=project)
@@ -288,4 +297,4 @@ def sft_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.SFT, parent=parent, metrics=metrics
     )
-    return _publish(run, version, lambda out: save_pretrained_atomic(model, tokenizer, out), metrics)
+    return _publish(run, version, _saver(model, tokenizer), metrics)

@@ -33,7 +33,7 @@ TERMINAL = {
 }
 
 
-class RunCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class RunCancelled(Exception):
     """Raised inside a run body when an admin cancelled it."""
 
 
@@ -193,9 +193,7 @@ def _finish(
 
 
 def run_request_cancel(*, run: TrainingRun) -> None:
-    TrainingRun.objects.filter(pk=run.pk).exclude(status__in=TERMINAL).update(
-        cancel_requested=True
-    )
+    TrainingRun.objects.filter(pk=run.pk).exclude(status__in=TERMINAL).update(cancel_requested=True)
     TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
         status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
     )

@@ -1,0 +1,189 @@
+"""The round state machine, with the ML bodies replaced by small recorders.
+
+The real bodies are exercised end to end in test_loop_tiny.py and test_e2e_worker.py; here
+the point is the transitions, failures, retries, cancellation and reaping.
+"""
+
+import json
+from datetime import timedelta
+
+import pytest
+import torch
+from django.utils import timezone
+from safetensors.torch import save_file
+
+from core.exceptions import ConflictError
+from tests.factories import PromptFactory, RankingTaskFactory
+from training.models import ModelVersion, Round, TrainingRun
+from training.services import jobs, registry, rounds, runs
+
+
+def _artifact(path):  # type: ignore[no-untyped-def]
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"w": torch.zeros(1)}, str(path / "model.safetensors"))
+    return path
+
+
+class Bodies:
+    """Stand-ins for the ML bodies that follow the same contract: produce a verified
+    artifact through the registry, or fail."""
+
+    def __init__(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        self.tmp_path, self.calls, self.fail = tmp_path, [], set()
+
+    def __call__(self, kind: str):  # type: ignore[no-untyped-def]
+        def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
+            self.calls.append(kind)
+            if kind in self.fail:
+                raise RuntimeError(f"{kind} exploded")
+            reporter.metrics(1, {"loss": 0.5})
+            if kind == "generate":
+                round_ = run.round
+                for prompt in run.project.prompts.all()[: round_.num_prompts]:
+                    RankingTaskFactory(project=run.project, prompt=prompt, round=round_)
+                return {"tasks": round_.tasks.count()}
+            kind_of = {"rm": "rm", "ppo": "ppo"}[kind]
+            version = registry.model_version_create(project=run.project, kind=kind_of)
+            _artifact(self.tmp_path / f"{kind}-{version.version}")
+            version.artifact = str(self.tmp_path / f"{kind}-{version.version}")
+            version.save()
+            return jobs._publish(run, version, lambda out: None, {"accuracy": 0.75})
+
+        return body
+
+
+@pytest.fixture
+def bodies(monkeypatch, tmp_path, settings):  # type: ignore[no-untyped-def]
+    settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
+    recorder = Bodies(tmp_path)
+    monkeypatch.setattr(jobs, "body_for", recorder)
+    return recorder
+
+
+@pytest.fixture
+def project_with_prompts(project):  # type: ignore[no-untyped-def]
+    PromptFactory.create_batch(3, project=project)
+    return project
+
+
+def _rank_all(round_: Round) -> None:
+    from labeling.models import Ranking
+
+    for task in round_.tasks.all():
+        ids = list(task.responses.values_list("id", flat=True))
+        Ranking.objects.create(task=task, tie_groups=[[i] for i in ids], source="imported")
+        task.status = "complete"
+        task.save()
+
+
+@pytest.mark.django_db
+def test_a_round_walks_every_stage(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    project = project_with_prompts
+    with django_capture_on_commit_callbacks(execute=True):
+        round_ = rounds.round_start(project=project, num_prompts=2)
+    round_.refresh_from_db()
+    assert round_.stage == "labeling"
+    assert round_.tasks.count() == 2
+    assert round_.sampling_policy.kind == "base"
+    with pytest.raises(ConflictError, match="still labeling"):
+        rounds.round_start(project=project)
+
+    _rank_all(round_)
+    with django_capture_on_commit_callbacks(execute=True):
+        rounds.round_advance(round_=round_)
+    round_.refresh_from_db()
+    assert round_.stage == "done", round_.error
+    assert bodies.calls == ["generate", "rm", "ppo"]
+    assert round_.reward_model.is_current and round_.policy.is_current
+    assert round_.policy.kind == "ppo"
+    assert round_.metrics["rm/accuracy"] == 0.75
+
+    # The next round samples from the new policy.
+    with django_capture_on_commit_callbacks(execute=True):
+        second = rounds.round_start(project=project, num_prompts=1)
+    assert second.sampling_policy == round_.policy
+
+
+@pytest.mark.django_db
+def test_a_failed_stage_keeps_old_models_and_can_be_retried(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    project = project_with_prompts
+    with django_capture_on_commit_callbacks(execute=True):
+        round_ = rounds.round_start(project=project, num_prompts=2)
+    _rank_all(round_)
+    base = registry.current_policy(project=project)
+    bodies.fail.add("rm")
+    with django_capture_on_commit_callbacks(execute=True):
+        rounds.round_advance(round_=round_)
+    round_.refresh_from_db()
+    assert (round_.stage, round_.failed_stage) == ("failed", "training_rm")
+    assert "rm exploded" in round_.error
+    assert registry.current_policy(project=project) == base
+    assert registry.current_reward_model(project=project) is None
+
+    bodies.fail.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        rounds.round_advance(round_=round_)
+    round_.refresh_from_db()
+    assert round_.stage == "done"
+    assert round_.runs.filter(kind="rm").count() == 2  # the failed one is kept as a record
+    assert round_.tasks.count() == 2  # retrying did not duplicate tasks
+
+
+@pytest.mark.django_db
+def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks(execute=True):
+        round_ = rounds.round_start(project=project_with_prompts, num_prompts=2)
+    rounds.round_cancel(round_=round_)
+    round_.refresh_from_db()
+    assert round_.stage == "cancelled"
+    assert not round_.tasks.filter(status="open").exists()
+    with pytest.raises(ConflictError):
+        rounds.round_advance(round_=round_)
+
+
+@pytest.mark.django_db
+def test_run_execute_is_idempotent_on_the_run_id(bodies, project) -> None:  # type: ignore[no-untyped-def]
+    run = TrainingRun.objects.create(project=project, kind="rm")
+    runs.run_execute(run_id=run.pk, body=bodies("rm"))
+    runs.run_execute(run_id=run.pk, body=bodies("rm"))  # a redelivered message
+    assert bodies.calls == ["rm"]
+    assert ModelVersion.objects.filter(project=project, kind="rm").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_cancel_flag_is_seen_by_the_body(project) -> None:  # type: ignore[no-untyped-def]
+    run = TrainingRun.objects.create(project=project, kind="rm")
+
+    def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
+        TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        reporter._last_cancel_check = -1e9
+        if reporter.should_stop():
+            raise runs.RunCancelled()
+        return {}
+
+    assert runs.run_execute(run_id=run.pk, body=body).status == "cancelled"
+
+
+@pytest.mark.django_db
+def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, settings) -> None:  # type: ignore[no-untyped-def]
+    from training.tasks import reap_stale_runs
+
+    round_ = Round.objects.create(
+        project=project_with_prompts, number=1, stage="training_rm",
+        sampling_policy=registry.current_policy(project=project_with_prompts),
+    )  # fmt: skip
+    stale = TrainingRun.objects.create(
+        project=round_.project, round=round_, kind="rm", status="running", worker="w1",
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT + 5),
+    )  # fmt: skip
+    fresh = TrainingRun.objects.create(
+        project=round_.project, kind="ppo", status="running", heartbeat_at=timezone.now()
+    )
+    assert reap_stale_runs() == [stale.pk]
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    round_.refresh_from_db()
+    assert stale.status == "failed" and "stopped responding" in stale.error
+    assert fresh.status == "running"
+    assert (round_.stage, round_.failed_stage) == ("failed", "training_rm")
