@@ -1,0 +1,283 @@
+"""K responses per prompt from a causal LM: batched, left-padded, with the KV cache.
+
+Our own decoding loop (not ``model.generate``) so that every response has its own
+``torch.Generator`` seeded from its recorded seed: a response is reproducible from its
+seed whatever batch it was sampled in, and the log-probs come out of the same forward
+passes that chose the tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from training.ml.models import encode_prompt
+
+PromptInput = str | list[dict]
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled (a Project's generation settings)."""
+
+    max_new_tokens: int = 64
+    """Response length limit; a response without EOS within it has ``finished=False``."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampling distribution; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample among the smallest token set with this total probability."""
+    seed: int | None = None
+    """Base seed: response ``j`` of prompt ``i`` uses ``seed + i * k + j`` (None: random)."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this keep their last tokens (the assistant opening survives)."""
+
+
+@dataclass
+class Sample:
+    """One sampled response.
+
+    ``token_ids`` are the response tokens, including the terminating EOS token when
+    ``finished`` (nothing after it). ``logprobs[t]`` is ``log pi(token_ids[t] | prompt,
+    token_ids[:t])`` under the model's own logits at temperature 1, without top-p
+    truncation: the policy log-prob PPO needs, not the probability of the (tempered,
+    truncated) sampling distribution. ``text`` is decoded without the EOS token.
+    ``seed`` seeds this response's own generator.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool
+    seed: int | None
+
+    @property
+    def token_count(self) -> int:
+        return len(self.token_ids)
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(B, T)``, padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_attention_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` positions counting only real tokens (pads get 0), for left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Tokens that end a response: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(int(i) for i in extra)
+    if not ids:
+        raise ValueError("the tokenizer and the model define no EOS token")
+    return ids
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set logits outside the nucleus to -inf (Holtzman et al. 2020); ``(B, V)`` in/out."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    # drop a token when the tokens strictly before it already cover top_p; keeps the first
+    drop_sorted = probs.cumsum(-1) - probs > top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def pick_tokens(
+    logits: torch.Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Next token per row from ``(B, V)`` float logits; row ``b`` uses ``generators[b]``."""
+    if settings.temperature <= 0:
+        return logits.argmax(-1)
+    probs = top_p_filter(logits / settings.temperature, settings.top_p).softmax(-1)
+    picked = [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)]
+    return torch.cat(picked)
+
+
+# --------------------------------------------------------------------------- decoding loop
+
+
+@dataclass
+class _Row:
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool = False
+
+
+@torch.inference_mode()
+def _decode_batch(
+    model: nn.Module,
+    prompts: Sequence[list[int]],
+    seeds: Sequence[int],
+    settings: GenerationSettings,
+    eos_ids: set[int],
+    pad_id: int,
+) -> list[_Row]:
+    """Sample one response per prompt row; rows stop at EOS or ``max_new_tokens``."""
+    device = next(model.parameters()).device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
+    positions = position_ids_from_attention_mask(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    rows = [_Row([], []) for _ in prompts]
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    for step in range(settings.max_new_tokens):
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        tokens = pick_tokens(logits, settings, generators)  # (B,)
+        token_logp = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)  # (B,)
+        _append(rows, tokens, token_logp, done)
+        done = done | torch.isin(tokens, eos)
+        if bool(done.all()) or step == settings.max_new_tokens - 1:
+            break
+        tokens = tokens.masked_fill(done, pad_id)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, P + step + 1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        next_pos = next_pos + 1
+    for row in rows:
+        row.finished = bool(row.token_ids) and row.token_ids[-1] in eos_ids
+    return rows
+
+
+def _append(rows: list[_Row], tokens: torch.Tensor, logp: torch.Tensor, done: torch.Tensor) -> None:
+    for row, token, value, stopped in zip(
+        rows, tokens.tolist(), logp.tolist(), done.tolist(), strict=True
+    ):
+        if not stopped:
+            row.token_ids.append(int(token))
+            row.logprobs.append(float(value))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def sample_responses(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[PromptInput],
+    *,
+    k: int,
+    settings: GenerationSettings,
+    batch_size: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[list[Sample]]:
+    """``k`` responses for each prompt (chat template applied); ``result[i][j]``.
+
+    Rows are batched ``batch_size`` at a time, longest prompts first, left-padded. The
+    same settings and seed give the same texts. ``on_progress(done, total)`` counts
+    responses. The model is put in eval mode and restored afterwards.
+    """
+    if k < 1 or batch_size < 1 or settings.max_new_tokens < 1:
+        raise ValueError("k, batch_size and max_new_tokens must be >= 1")
+    encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
+    base = settings.seed if settings.seed is not None else random.randrange(2**31)
+    total = len(prompts) * k
+    order = sorted(range(total), key=lambda r: -len(encoded[r // k]))  # less padding
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    results: list[Sample | None] = [None] * total
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, total, batch_size):
+            chunk = order[start : start + batch_size]
+            rows = _decode_batch(
+                model,
+                [encoded[r // k] for r in chunk],
+                [base + r for r in chunk],
+                settings,
+                eos_ids,
+                pad_id,
+            )
+            for r, row in zip(chunk, rows, strict=True):
+                results[r] = _to_sample(tokenizer, row, base + r)
+            if on_progress is not None:
+                on_progress(min(start + batch_size, total), total)
+    finally:
+        model.train(was_training)
+    return [[s for s in results[i * k : (i + 1) * k] if s is not None] for i in range(len(prompts))]
+
+
+def _to_sample(tokenizer: PreTrainedTokenizerBase, row: _Row, seed: int) -> Sample:
+    text_ids = row.token_ids[:-1] if row.finished else row.token_ids
+    text = tokenizer.decode(text_ids, skip_special_tokens=True)
+    return Sample(text, row.token_ids, row.logprobs, row.finished, seed)
+
+
+def bench_sampling(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    prompts: Sequence[PromptInput],
+    k: int,
+    settings: GenerationSettings,
+    batch_size: int = 8,
+    warmup: bool = True,
+) -> dict[str, float | int | str]:
+    """Time ``sample_responses``; new tokens per second over the whole run.
+
+    ``warmup`` first samples 2 tokens for one prompt so one-time costs are not timed.
+    """
+    if warmup:
+        short = GenerationSettings(max_new_tokens=2, temperature=settings.temperature, seed=0)
+        sample_responses(model, tokenizer, prompts[:1], k=1, settings=short)
+    started = time.perf_counter()
+    samples = sample_responses(
+        model, tokenizer, prompts, k=k, settings=settings, batch_size=batch_size
+    )
+    seconds = time.perf_counter() - started
+    flat = [s for group in samples for s in group]
+    tokens = sum(s.token_count for s in flat)
+    device = next(model.parameters()).device
+    return {
+        "prompts": len(prompts),
+        "k": k,
+        "responses": len(flat),
+        "batch_size": batch_size,
+        "max_new_tokens": settings.max_new_tokens,
+        "new_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "responses_per_s": len(flat) / seconds if seconds > 0 else 0.0,
+        "mean_response_tokens": tokens / max(len(flat), 1),
+        "finished_fraction": sum(s.finished for s in flat) / max(len(flat), 1),
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+    }
