@@ -1,0 +1,350 @@
+"""Labeling API under load, and export throughput (issue 3, item 10).
+
+    .venv/bin/python -m bench.labeling_load [--labelers 50] [--duration 30]
+
+1. 50 simulated labelers (threads, one HTTP session and API token each) loop
+   `GET tasks/next/` + `POST tasks/{id}/rankings/` against the app served by gunicorn on
+   PostgreSQL; we report p50/p95/p99 latency of each request and of the pair, errors, and
+   then check the database: no task over-leased, no accepted submission lost.
+2. Export: 100,000 comparisons streamed through `comparison_rows` + `jsonl_stream`
+   (in-process) and through the HTTP endpoint; rows/s, and peak Python memory at 10k and
+   100k rows to show it stays flat in the row count.
+
+Needs PostgreSQL (BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/rlhf_bench;
+the database is created if missing and its bench project replaced on every run).
+"""
+
+import argparse
+import json
+import os
+import random
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/rlhf_bench"
+
+
+def _ensure_database(url: str) -> None:
+    from urllib.parse import urlparse
+
+    import psycopg
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    admin = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+    os.environ["DJANGO_DEBUG"] = "false"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _seed(*, labelers: int, tasks: int, k: int, overlap: int) -> tuple[str, list[str]]:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from labeling.models import Membership, Project, Prompt, RankingTask, Response
+
+    Project.objects.filter(slug="bench").delete()
+    project = Project.objects.create(slug="bench", name="Bench", k=k, overlap=overlap)
+    user_model = get_user_model()
+    keys = []
+    for i in range(labelers):
+        user, _ = user_model.objects.get_or_create(username=f"bench-labeler-{i}")
+        Membership.objects.create(project=project, user=user, role="labeler")
+        Token.objects.filter(user=user).delete()
+        keys.append(Token.objects.create(user=user).key)
+    prompts = Prompt.objects.bulk_create(
+        Prompt(project=project, text=f"Prompt {i}: explain idea {i}.", content_hash=f"{i:064x}")
+        for i in range(tasks)
+    )
+    task_rows = RankingTask.objects.bulk_create(
+        RankingTask(project=project, prompt=p, overlap=overlap, source="imported") for p in prompts
+    )
+    Response.objects.bulk_create(
+        Response(task=t, position=j, text=f"Answer {j} to task {t.pk}. " * 20, policy_name="bench")
+        for t in task_rows
+        for j in range(k)
+    )
+    return project.slug, keys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_gunicorn(url: str, port: int, workers: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_LOG_LEVEL": "WARNING",
+    }
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{port}",
+        "-w", str(workers), "-k", "gthread", "--threads", "8", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("gunicorn did not start")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Labeler(threading.Thread):
+    def __init__(self, base: str, slug: str, key: str, until: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        import requests
+
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {key}"
+        self.base, self.slug, self.until = base, slug, until
+        self.rng = random.Random(seed)
+        self.next_ms: list[float] = []
+        self.submit_ms: list[float] = []
+        self.cycle_ms: list[float] = []
+        self.errors: list[str] = []
+        self.accepted: list[int] = []
+
+    def run(self) -> None:
+        while time.time() < self.until:
+            t0 = time.perf_counter()
+            resp = self.session.get(f"{self.base}/api/v1/projects/{self.slug}/tasks/next/")
+            t1 = time.perf_counter()
+            self.next_ms.append((t1 - t0) * 1000)
+            if resp.status_code == 204:
+                return
+            if resp.status_code != 200:
+                self.errors.append(f"next {resp.status_code}")
+                continue
+            task = resp.json()
+            ids = [r["id"] for r in task["responses"]]
+            self.rng.shuffle(ids)
+            order: list[list[int]] = [[ids[0]]]
+            for rid in ids[1:]:  # about one tie in four
+                if self.rng.random() < 0.25:
+                    order[-1].append(rid)
+                else:
+                    order.append([rid])
+            body = {"order": order, "flags": {}, "time_spent_ms": self.rng.randint(2000, 60000)}
+            t2 = time.perf_counter()
+            sub = self.session.post(f"{self.base}/api/v1/tasks/{task['id']}/rankings/", json=body)
+            t3 = time.perf_counter()
+            self.submit_ms.append((t3 - t2) * 1000)
+            self.cycle_ms.append((t1 - t0 + t3 - t2) * 1000)
+            if sub.status_code == 201:
+                self.accepted.append(task["id"])
+            else:
+                self.errors.append(f"submit {sub.status_code}: {sub.text[:100]}")
+
+
+def load_test(args: argparse.Namespace) -> dict:
+    from django.db.models import Count, Q
+
+    from labeling.models import Ranking, RankingTask
+
+    slug, keys = _seed(labelers=args.labelers, tasks=args.tasks, k=4, overlap=3)
+    port = _free_port()
+    server = _start_gunicorn(args.database_url, port, args.workers)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        warm = Labeler(base, slug, keys[0], time.time() + 2, seed=0)  # warm connections
+        warm.run()
+        until = time.time() + args.duration
+        threads = [Labeler(base, slug, key, until, seed=i) for i, key in enumerate(keys)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    accepted = [tid for t in [warm, *threads] for tid in t.accepted]
+    tasks = RankingTask.objects.filter(project__slug=slug).annotate(
+        leased=Count("assignments", filter=~Q(assignments__status="skipped")),
+        ranked=Count("rankings", distinct=True),
+    )
+    over_leased = sum(1 for t in tasks if t.ranked > t.overlap or t.leased > t.overlap)
+    stored = Ranking.objects.filter(task__project__slug=slug).count()
+    cycles = [c for t in threads for c in t.cycle_ms]
+    nexts = [c for t in threads for c in t.next_ms]
+    submits = [c for t in threads for c in t.submit_ms]
+    errors = [e for t in threads for e in t.errors]
+    return {
+        "labelers": args.labelers,
+        "gunicorn_workers": args.workers,
+        "duration_s": round(elapsed, 1),
+        "submissions": len(cycles),
+        "submissions_per_s": round(len(cycles) / elapsed, 1),
+        "cycle_ms": {"p50": _percentile(cycles, 0.5), "p95": _percentile(cycles, 0.95),
+                     "p99": _percentile(cycles, 0.99)},
+        "next_ms": {"p50": _percentile(nexts, 0.5), "p95": _percentile(nexts, 0.95)},
+        "submit_ms": {"p50": _percentile(submits, 0.5), "p95": _percentile(submits, 0.95)},
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "over_leased_tasks": over_leased,
+        "accepted_submissions": len(accepted),
+        "stored_rankings": stored,
+        "lost_submissions": len(accepted) - stored,
+    }  # fmt: skip
+
+
+def _seed_comparisons(rows: int) -> str:
+    from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask, Response
+
+    Project.objects.filter(slug="bench-export").delete()
+    project = Project.objects.create(slug="bench-export", name="Bench export", k=4)
+    n_tasks = -(-rows // 6)
+    prompts = Prompt.objects.bulk_create(
+        Prompt(project=project, text=f"Export prompt {i}", content_hash=f"e{i:063x}")
+        for i in range(n_tasks)
+    )
+    tasks = RankingTask.objects.bulk_create(
+        RankingTask(project=project, prompt=p, status="closed", source="preferences")
+        for p in prompts
+    )
+    responses = Response.objects.bulk_create(
+        (Response(task=t, position=j, text=f"Exported answer {j} " * 15) for t in tasks
+         for j in range(4)), batch_size=5000,
+    )  # fmt: skip
+    by_task = [responses[i : i + 4] for i in range(0, len(responses), 4)]
+    rankings = Ranking.objects.bulk_create(
+        (Ranking(task=t, tie_groups=[[r.pk] for r in rs], source="imported")
+         for t, rs in zip(tasks, by_task, strict=True)), batch_size=5000,
+    )  # fmt: skip
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+    def comparisons():  # type: ignore[no-untyped-def]
+        made = 0
+        for ranking, task, rs in zip(rankings, tasks, by_task, strict=True):
+            for w, lo in pairs:
+                if made == rows:
+                    return
+                made += 1
+                yield Comparison(project=project, ranking=ranking, task=task, prompt_id=task.prompt_id,
+                                 chosen=rs[w], rejected=rs[lo], margin=lo - w)  # fmt: skip
+
+    Comparison.objects.bulk_create(comparisons(), batch_size=5000)
+    return project.slug
+
+
+def export_bench(args: argparse.Namespace) -> dict:
+    from labeling.exports import comparison_rows, jsonl_stream
+    from labeling.models import Comparison
+    from labeling.selectors import comparisons_for_project
+
+    slug = _seed_comparisons(args.export_rows)
+    from labeling.models import Project
+
+    project = Project.objects.get(slug=slug)
+    result: dict = {"rows": Comparison.objects.filter(project=project).count()}
+    for limit in (args.export_rows // 10, args.export_rows):
+        qs = comparisons_for_project(project=project)
+        ids = list(qs.values_list("id", flat=True)[:limit])
+        qs = comparisons_for_project(project=project).filter(id__lte=ids[-1])
+        tracemalloc.start()
+        started = time.perf_counter()
+        size = sum(len(chunk) for chunk in jsonl_stream(comparison_rows(qs)))
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result[f"in_process_{limit}"] = {
+            "rows_per_s": round(limit / elapsed), "mb": round(size / 2**20, 1),
+            "peak_python_mb": round(peak / 2**20, 1),
+        }  # fmt: skip
+    # Through the HTTP endpoint (gunicorn, streamed).
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from labeling.models import Membership
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-exporter")
+    Membership.objects.get_or_create(project=project, user=user, defaults={"role": "admin"})
+    key = Token.objects.get_or_create(user=user)[0].key
+    port = _free_port()
+    server = _start_gunicorn(args.database_url, port, 1)
+    try:
+        import requests
+
+        started = time.perf_counter()
+        with requests.get(
+            f"http://127.0.0.1:{port}/api/v1/projects/{slug}/comparisons/?format=jsonl",
+            headers={"Authorization": f"Token {key}"}, stream=True, timeout=600,
+        ) as resp:  # fmt: skip
+            resp.raise_for_status()
+            lines = sum(chunk.count(b"\n") for chunk in resp.iter_content(1 << 16))
+        elapsed = time.perf_counter() - started
+        result["http"] = {"rows": lines, "rows_per_s": round(lines / elapsed)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--labelers", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--export-rows", type=int, default=100_000)
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-export", action="store_true")
+    args = parser.parse_args()
+    _ensure_database(args.database_url)
+    _setup_django(args.database_url)
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+    if not args.skip_load:
+        report["load"] = load_test(args)
+        print(json.dumps(report["load"], indent=2), flush=True)
+    if not args.skip_export:
+        report["export"] = export_bench(args)
+        print(json.dumps(report["export"], indent=2), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "labeling_load.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
