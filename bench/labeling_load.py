@@ -20,7 +20,6 @@ import os
 import random
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -126,7 +125,7 @@ def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Labeler(threading.Thread):
@@ -262,8 +261,10 @@ def _seed_comparisons(rows: int) -> str:
                 if made == rows:
                     return
                 made += 1
-                yield Comparison(project=project, ranking=ranking, task=task, prompt_id=task.prompt_id,
-                                 chosen=rs[w], rejected=rs[lo], margin=lo - w)  # fmt: skip
+                yield Comparison(
+                    project=project, ranking=ranking, task=task, prompt_id=task.prompt_id,
+                    chosen=rs[w], rejected=rs[lo], margin=lo - w,
+                )  # fmt: skip
 
     Comparison.objects.bulk_create(comparisons(), batch_size=5000)
     return project.slug
@@ -271,11 +272,10 @@ def _seed_comparisons(rows: int) -> str:
 
 def export_bench(args: argparse.Namespace) -> dict:
     from labeling.exports import comparison_rows, jsonl_stream
-    from labeling.models import Comparison
+    from labeling.models import Comparison, Project
     from labeling.selectors import comparisons_for_project
 
     slug = _seed_comparisons(args.export_rows)
-    from labeling.models import Project
 
     project = Project.objects.get(slug=slug)
     result: dict = {"rows": Comparison.objects.filter(project=project).count()}
