@@ -22,7 +22,7 @@ def main() -> int:
     for module in BENCHMARKS:
         print(f"\n=== {module} ===", flush=True)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", module, *sys.argv[1:]])
+        code = subprocess.call([sys.executable, "-m", module])
         print(f"=== {module}: exit {code} in {time.perf_counter() - started:.0f} s ===", flush=True)
         if code:
             failed.append(module)
