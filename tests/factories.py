@@ -117,3 +117,28 @@ class TrainingRunFactory(factory.django.DjangoModelFactory):
 
     project = factory.SubFactory(ProjectFactory)
     kind = tm.TrainingRun.Kind.RM
+
+
+class RankingFactory(factory.django.DjangoModelFactory):
+    """A submitted ranking; pass `tie_groups` (response ids, best first). Defaults to the
+    task's responses in position order, no ties."""
+
+    class Meta:
+        model = lm.Ranking
+
+    task = factory.SubFactory(RankingTaskFactory)
+    labeler = factory.SubFactory(UserFactory)
+    tie_groups = factory.LazyAttribute(
+        lambda o: [[r.pk] for r in o.task.responses.order_by("position")]
+    )
+    time_spent_ms = 30_000
+    source = "labeler"
+
+
+class MetricPointFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = tm.MetricPoint
+
+    run = factory.SubFactory(TrainingRunFactory)
+    step = factory.Sequence(lambda n: n + 1)
+    values = factory.LazyAttribute(lambda o: {"rm/loss": 1.0 / o.step, "rm/accuracy": 0.5})
