@@ -13,3 +13,13 @@ urlpatterns = [
     path("projects/<slug:slug>/runs/", views.RunListApi.as_view(), name="api-run-list"),
     path("runs/<int:run_id>/metrics/", views.RunMetricsApi.as_view(), name="api-run-metrics"),
 ]
+
+from training.api import stats  # noqa: E402
+
+urlpatterns += [
+    path(
+        "projects/<slug:slug>/labelers/stats/",
+        stats.LabelerStatsApi.as_view(),
+        name="api-labeler-stats",
+    ),
+]
