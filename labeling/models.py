@@ -50,7 +50,9 @@ class Project(TimeStampedModel):
         default=15 * 60, help_text="How long a labeler holds a task before it is offered again."
     )
     training_config = models.JSONField(
-        default=dict, blank=True, help_text="Overrides for RM/PPO hyper-parameters and reward rules."
+        default=dict,
+        blank=True,
+        help_text="Overrides for RM/PPO hyper-parameters and reward rules.",
     )
     members = models.ManyToManyField(  # type: ignore[var-annotated]
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
@@ -157,7 +159,9 @@ class RankingTask(TimeStampedModel):
         constraints = [
             # One task per prompt per round: a retried generation step cannot duplicate tasks.
             models.UniqueConstraint(
-                fields=["round", "prompt"], condition=Q(round__isnull=False), name="one_task_per_round_prompt"
+                fields=["round", "prompt"],
+                condition=Q(round__isnull=False),
+                name="one_task_per_round_prompt",
             )
         ]
 
@@ -224,12 +228,16 @@ class Ranking(TimeStampedModel):
     all_unacceptable = models.BooleanField(default=False)
     time_spent_ms = models.PositiveIntegerField(default=0)
     source = models.CharField(max_length=32, default="labeler")  # labeler | imported | simulated
+    # The labeler named in an imported preference file (its `labeler` key), if any.
+    imported_labeler = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["task", "labeler"], condition=Q(labeler__isnull=False), name="one_ranking_per_labeler"
+                fields=["task", "labeler"],
+                condition=Q(labeler__isnull=False),
+                name="one_ranking_per_labeler",
             )
         ]
 

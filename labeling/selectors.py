@@ -1,0 +1,133 @@
+"""Reads of the labeling domain, always scoped to what the user may see.
+
+`access_*` functions are the only way to load an object named by user input (a slug or an
+id): they raise Http404 for objects of projects the user is not a member of, so a
+stranger cannot even learn that the object exists, and PermissionDenied (403) when a
+labeler asks for an admin-only action of their own project. Django superusers see all.
+"""
+
+from datetime import datetime, time
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from labeling.models import (
+    Assignment,
+    Comparison,
+    Membership,
+    Project,
+    Prompt,
+    Ranking,
+    RankingTask,
+)
+
+
+def project_list_for_user(*, user: Any) -> QuerySet[Project]:
+    """The projects `user` is a member of (all of them for a superuser)."""
+    if not getattr(user, "is_authenticated", False):
+        return Project.objects.none()
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user)
+
+
+def membership_for(*, user: Any, project: Project) -> Membership | None:
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Membership.objects.filter(project=project, user=user).first()
+
+
+def is_project_admin(*, user: Any, project: Project) -> bool:
+    if getattr(user, "is_superuser", False):
+        return True
+    membership = membership_for(user=user, project=project)
+    return membership is not None and membership.role == Membership.Role.ADMIN
+
+
+def access_project(*, user: Any, slug: str, admin: bool = False) -> Project:
+    """The project `slug` if `user` is a member (Http404 otherwise).
+
+    With `admin=True` a member who is not an admin of the project gets PermissionDenied.
+    """
+    project = Project.objects.filter(slug=slug).first()
+    if project is None or not getattr(user, "is_authenticated", False):
+        raise Http404("No such project.")
+    if user.is_superuser:
+        return project
+    membership = membership_for(user=user, project=project)
+    if membership is None:
+        raise Http404("No such project.")
+    if admin and membership.role != Membership.Role.ADMIN:
+        raise PermissionDenied("Only project admins may do this.")
+    return project
+
+
+def access_task(*, user: Any, task_id: int) -> RankingTask:
+    """The ranking task `task_id` if `user` is a member of its project (Http404 otherwise)."""
+    task = RankingTask.objects.select_related("project", "prompt").filter(pk=task_id).first()
+    if task is None or not getattr(user, "is_authenticated", False):
+        raise Http404("No such task.")
+    if not user.is_superuser and membership_for(user=user, project=task.project) is None:
+        raise Http404("No such task.")
+    return task
+
+
+def prompts_for_project(*, project: Project, split: str | None = None) -> QuerySet[Prompt]:
+    prompts = Prompt.objects.filter(project=project)
+    if split is not None:
+        prompts = prompts.filter(split=split)
+    return prompts.order_by("id")
+
+
+def comparisons_for_project(
+    *, project: Project, round_number: int | None = None
+) -> QuerySet[Comparison]:
+    """The project's comparisons with everything an export row needs, oldest first."""
+    comparisons = Comparison.objects.filter(project=project)
+    if round_number is not None:
+        comparisons = comparisons.filter(round__number=round_number)
+    return comparisons.select_related(
+        "chosen__policy_version", "rejected", "prompt", "ranking", "round"
+    ).order_by("id")
+
+
+def rankings_for_project(*, project: Project, round_number: int | None = None) -> QuerySet[Ranking]:
+    """The project's rankings with their task, prompt and responses, oldest first."""
+    rankings = Ranking.objects.filter(task__project=project)
+    if round_number is not None:
+        rankings = rankings.filter(task__round__number=round_number)
+    return (
+        rankings.select_related("task__prompt", "task__round", "labeler")
+        .prefetch_related("task__responses")
+        .order_by("id")
+    )
+
+
+def labeler_counts(*, project: Project, user: Any) -> dict[str, int]:
+    """The work counter of the ranking screen.
+
+    `done_today` and `done_total`: rankings `user` submitted in the project (today in the
+    server's time zone, and ever); `skipped`: tasks they skipped; `remaining`: open tasks
+    they have not ranked or skipped (an upper bound: some may be leased to others).
+    """
+    mine = Ranking.objects.filter(task__project=project, labeler=user)
+    start_of_day = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
+    finished_by_user = Assignment.objects.filter(
+        task=OuterRef("pk"),
+        labeler=user,
+        status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
+    )
+    remaining = RankingTask.objects.filter(project=project, status=RankingTask.Status.OPEN).filter(
+        ~Exists(finished_by_user)
+    )
+    return {
+        "done_today": mine.filter(created_at__gte=start_of_day).count(),
+        "done_total": mine.count(),
+        "skipped": Assignment.objects.filter(
+            task__project=project, labeler=user, status=Assignment.Status.SKIPPED
+        ).count(),
+        "remaining": remaining.count(),
+    }

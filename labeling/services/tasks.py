@@ -1,0 +1,144 @@
+"""Ranking tasks: leases to labelers, skips, and tasks imported from files.
+
+Lease invariant (PRODUCT.md section 2): a task is never held by more labelers than its
+`overlap` needs, and never given twice to one labeler. A task's *used slots* are its
+submitted assignments plus its active, unexpired leases. Every write that can change the
+used slots of a task (lease, submit, skip) happens while holding the task's row lock, so a
+count taken under the lock is exact.
+"""
+
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from core.exceptions import ConflictError
+from labeling.models import Assignment, Membership, Project, RankingTask
+from labeling.services.leases import holds_slot, lock_task, of_self, used_slots
+from labeling.services.task_imports import preferences_import, tasks_import_responses
+
+__all__ = [
+    "preferences_import",
+    "task_lease_next",
+    "task_skip",
+    "tasks_import_responses",
+    "used_slots",
+]
+
+ACTIVE, SUBMITTED, SKIPPED = (
+    Assignment.Status.ACTIVE,
+    Assignment.Status.SUBMITTED,
+    Assignment.Status.SKIPPED,
+)
+
+
+@transaction.atomic
+def task_lease_next(
+    *, project: Project, labeler: object, now: datetime | None = None
+) -> Assignment | None:
+    """The labeler's next task, leased until `now + project.lease_seconds`; None when none.
+
+    The labeler's own unexpired lease comes first, so reloading the page shows the same
+    task. Otherwise the oldest open task with a free slot that the labeler has never ranked
+    or skipped is leased (the labeler's own expired lease on it is renewed, since a task
+    has one assignment row per labeler). Gold tasks are offered like any other.
+    """
+    now = now or timezone.now()
+    _lock_membership(project, labeler)
+    current = _current_lease(project, labeler, now)
+    if current is not None:
+        return current
+    tried: list[int] = []
+    while (task := _lock_candidate(project, labeler, now, exclude=tried)) is not None:
+        # The candidate query counted slots from its snapshot; recount under the lock.
+        if used_slots(task=task, now=now, exclude_labeler=labeler) < task.overlap:
+            return _lease(task, labeler, now + timedelta(seconds=project.lease_seconds))
+        tried.append(task.pk)
+    return None
+
+
+@transaction.atomic
+def task_skip(*, task: RankingTask, labeler: object) -> None:
+    """The labeler passes on `task`: their lease ends and the task is never offered to them
+    again. Skipping a task one has already ranked is a conflict; skipping twice is a no-op."""
+    task = lock_task(task)
+    assignment = Assignment.objects.filter(task=task, labeler=labeler).first()
+    if assignment is None:
+        Assignment.objects.create(
+            task=task, labeler=labeler, status=SKIPPED, expires_at=timezone.now()
+        )
+    elif assignment.status == SUBMITTED:
+        raise ConflictError("You have already ranked this task; it cannot be skipped.")
+    elif assignment.status == ACTIVE:
+        assignment.status = SKIPPED
+        assignment.save(update_fields=["status", "updated_at"])
+
+
+def _current_lease(project: Project, labeler: object, now: datetime) -> Assignment | None:
+    return (
+        Assignment.objects.select_related("task__prompt", "task__project")
+        .filter(
+            task__project=project,
+            task__status=RankingTask.Status.OPEN,
+            labeler=labeler,
+            status=ACTIVE,
+            expires_at__gt=now,
+        )
+        .order_by("id")
+        .first()
+    )
+
+
+def _lock_membership(project: Project, labeler: object) -> None:
+    # Serialises one labeler's own lease requests (a double click, two tabs), so a labeler
+    # does not end up holding two leases. Other labelers are not blocked.
+    if connection.features.has_select_for_update:
+        list(Membership.objects.select_for_update().filter(project=project, user=labeler))
+
+
+def _lock_candidate(
+    project: Project, labeler: object, now: datetime, exclude: list[int]
+) -> RankingTask | None:
+    """Lock and return the oldest open task that seems to have a free slot for `labeler`.
+
+    Tasks locked by a concurrent transaction are skipped (PostgreSQL SKIP LOCKED), so
+    labelers never queue behind each other's leases.
+    """
+    candidates = _candidates(project, labeler, now).exclude(pk__in=exclude).order_by("id")
+    if connection.features.has_select_for_update_skip_locked:
+        candidates = candidates.select_for_update(skip_locked=True, of=of_self())
+    return candidates.select_related("prompt", "project").first()
+
+
+def _candidates(project: Project, labeler: object, now: datetime) -> QuerySet[RankingTask]:
+    done_by_labeler = Assignment.objects.filter(
+        task=OuterRef("pk"), labeler=labeler, status__in=[SUBMITTED, SKIPPED]
+    )
+    # A correlated count (not a GROUP BY, which PostgreSQL forbids with FOR UPDATE).
+    slots = (
+        Assignment.objects.filter(holds_slot(now), task=OuterRef("pk"))
+        .exclude(labeler=labeler)
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        RankingTask.objects.filter(project=project, status=RankingTask.Status.OPEN)
+        .filter(~Exists(done_by_labeler))
+        .annotate(used=Coalesce(Subquery(slots, output_field=IntegerField()), 0))
+        .filter(used__lt=F("overlap"))
+    )
+
+
+def _lease(task: RankingTask, labeler: object, expires_at: datetime) -> Assignment:
+    """Create the labeler's assignment of `task`, or renew their expired one. Hold the lock."""
+    assignment, created = Assignment.objects.get_or_create(
+        task=task, labeler=labeler, defaults={"status": ACTIVE, "expires_at": expires_at}
+    )
+    if not created:
+        assignment.status, assignment.expires_at = ACTIVE, expires_at
+        assignment.save(update_fields=["status", "expires_at", "updated_at"])
+    assignment.task = task
+    return assignment
