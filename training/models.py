@@ -163,3 +163,41 @@ class MetricPoint(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id} step {self.step}"
+
+
+class PlaygroundReply(TimeStampedModel):
+    """One reply of the current policy to a playground prompt: queued, then done or failed.
+
+    The row is the record (the Celery message carries only its id); thumbs on the reply
+    are stored as a labeling Feedback, linked here so a second click changes the rating
+    instead of adding a row.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        DONE = "done"
+        FAILED = "failed"
+
+    project = models.ForeignKey(
+        "labeling.Project", on_delete=models.CASCADE, related_name="playground_replies"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="playground_replies"
+    )
+    prompt = models.JSONField(help_text="A string or a chat list ending with a user turn.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    text = models.TextField(blank=True)
+    finished = models.BooleanField(null=True, help_text="EOS reached within the length limit.")
+    policy_version = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    error = models.TextField(blank=True)
+    feedback = models.OneToOneField(
+        "labeling.Feedback", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"playground reply {self.pk} ({self.status})"
