@@ -1,0 +1,364 @@
+"""Supervised fine-tuning on demonstrations (InstructGPT section 3.5, "SFT").
+
+"We fine-tune GPT-3 on our labeler demonstrations using supervised learning ... cosine
+learning rate decay". The loss is the token-mean negative log-likelihood of the response
+tokens only: prompt tokens and padding carry the label -100.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from training.ml.data import Demonstration
+from training.ml.models import MemoryConfig, encode_prompt, prepare_for_training
+
+IGNORE_INDEX = -100
+
+__all__ = ["Demonstration", "SFTConfig", "build_sft_example", "cosine_with_warmup", "train_sft"]
+
+
+@dataclass
+class SFTConfig:
+    """Hyperparameters of one SFT run."""
+
+    epochs: float = 1.0
+    """Passes over the training demonstrations (fractions allowed)."""
+    batch_size: int = 8
+    """Demonstrations per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-5
+    """Peak learning rate of AdamW."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps with a linear warm-up from 0 to ``lr``."""
+    min_lr_ratio: float = 0.0
+    """The cosine decays to ``lr * min_lr_ratio`` at the last step."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip (0 disables)."""
+    max_length: int = 512
+    """Max tokens of prompt + response; the prompt is cut on the left first."""
+    eval_fraction: float = 0.1
+    """Share of the demonstrations held out for the eval loss (when none are given)."""
+    eval_every: int = 0
+    """Steps between held-out evaluations (0: at the start and the end only)."""
+    seed: int = 0
+    """Seed of the train/eval split and the shuffling."""
+    train_top_layers: int | None = None
+    """Train only the top N blocks, the final norm and the head (None: all)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    lora_r: int | None = None
+    """Train LoRA adapters of this rank, merged into the model at the end (None: off)."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+
+    def validate(self) -> None:
+        if self.epochs <= 0 or self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("epochs must be > 0, batch_size and grad_accum_steps >= 1")
+        if self.lr <= 0 or self.max_length < 8:
+            raise ValueError("lr must be > 0 and max_length >= 8")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError("eval_fraction must be in [0, 1)")
+
+    def memory(self) -> MemoryConfig:
+        return MemoryConfig(
+            train_top_layers=self.train_top_layers,
+            gradient_checkpointing=self.gradient_checkpointing,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+        )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_sft_example(
+    tokenizer: PreTrainedTokenizerBase, demo: Demonstration, max_length: int
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)``: chat-templated prompt + response + EOS; prompt labels -100.
+
+    When too long, the response keeps at least half of ``max_length`` and the prompt
+    keeps its last tokens (its assistant opening).
+    """
+    prompt = encode_prompt(tokenizer, demo.prompt, max_length=0)
+    response = tokenizer(demo.response, add_special_tokens=False)["input_ids"]
+    response = [*response, tokenizer.eos_token_id]
+    response = response[: max_length - min(len(prompt), max_length // 2)]
+    prompt = prompt[len(prompt) - (max_length - len(response)) :] if prompt else prompt
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + response
+
+
+def collate_right_padded(
+    examples: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask``, ``labels``: each ``(B, T)``, padded on the right."""
+    width = max(len(ids) for ids, _ in examples)
+    batch = {
+        "input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
+        "labels": torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long),
+    }
+    for row, (ids, labels) in enumerate(examples):
+        batch["input_ids"][row, : len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][row, : len(ids)] = 1
+        batch["labels"][row, : len(labels)] = torch.tensor(labels)
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def response_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the labelled tokens and their count (next-token prediction)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),  # (B*(T-1), V)
+        targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier at ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup - 1, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _split(demos: list[Demonstration], config: SFTConfig) -> tuple[list, list]:
+    shuffled = list(demos)
+    random.Random(config.seed).shuffle(shuffled)
+    if config.eval_fraction <= 0 or len(shuffled) < 2:
+        return shuffled, []
+    n_eval = min(max(1, round(len(shuffled) * config.eval_fraction)), len(shuffled) - 1)
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def _micro_batches(
+    examples: list[tuple[list[int], list[int]]], batch_size: int, seed: int
+) -> Iterator[list[tuple[list[int], list[int]]]]:
+    """Shuffled micro-batches, epoch after epoch, forever."""
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed + epoch).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield [examples[i] for i in order[start : start + batch_size]]
+        epoch += 1
+
+
+# --------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate_sft_loss(
+    model: nn.Module,
+    examples: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch_size: int = 8,
+) -> float:
+    """Token-mean response NLL over ``examples`` (NaN when empty)."""
+    if not examples:
+        return float("nan")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate_right_padded(examples[start : start + batch_size], pad_id, device)
+        loss, n = response_nll(model, batch)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _optimizer_step(
+    model: nn.Module,
+    micro: list[list[tuple[list[int], list[int]]]],
+    pad_id: int,
+    params: list[nn.Parameter],
+    config: SFTConfig,
+) -> tuple[float, float, int]:
+    """One AdamW step's gradients: token-mean loss over all micro-batches; (loss, norm, tokens)."""
+    device = params[0].device
+    batches = [collate_right_padded(m, pad_id, device) for m in micro]
+    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        loss, _ = response_nll(model, batch)
+        (loss / max(n_targets, 1)).backward()
+        total += float(loss.detach())
+    norm = (
+        float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        if config.max_grad_norm > 0
+        else float("nan")
+    )
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return total / max(n_targets, 1), norm, tokens
+
+
+@dataclass
+class _Plan:
+    """Tokenized data and step counts of one run."""
+
+    train: list[tuple[list[int], list[int]]]
+    held_out: list[tuple[list[int], list[int]]]
+    pad_id: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _plan(
+    tokenizer: PreTrainedTokenizerBase,
+    demos: list[Demonstration],
+    eval_demos: list[Demonstration] | None,
+    config: SFTConfig,
+) -> _Plan:
+    if not demos:
+        raise ValueError("SFT needs at least one demonstration")
+    train, held_out = (demos, eval_demos) if eval_demos is not None else _split(demos, config)
+    pad_id = tokenizer.pad_token_id
+    steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum_steps))
+    return _Plan(
+        train=[build_sft_example(tokenizer, d, config.max_length) for d in train],
+        held_out=[build_sft_example(tokenizer, d, config.max_length) for d in held_out],
+        pad_id=pad_id if pad_id is not None else tokenizer.eos_token_id,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, math.ceil(config.epochs * steps_per_epoch)),
+    )
+
+
+def _optimizer(
+    params: list[nn.Parameter], config: SFTConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a linear warm-up then cosine decay (InstructGPT: cosine lr decay)."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = round(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup, config.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def train_sft(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: list[Demonstration],
+    config: SFTConfig,
+    *,
+    eval_demos: list[Demonstration] | None = None,
+    on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on ``demos``; returns the final metrics.
+
+    ``on_metrics(step, values)`` gets ``sft/loss``, ``sft/lr``, ``sft/grad_norm``,
+    ``sft/epoch``, ``charts/tokens_per_s``, ``step`` and ``total_steps`` every step, plus
+    ``sft/eval_loss`` on evaluation steps. ``should_stop()`` is checked before every
+    step; the result's ``status`` is then ``"cancelled"`` (else ``"completed"``).
+    Held-out data: ``eval_demos`` if given, else ``config.eval_fraction`` of ``demos``.
+    With LoRA the adapters are merged into ``model`` at the end.
+    """
+    config.validate()
+    plan = _plan(tokenizer, demos, eval_demos, config)
+    trained = prepare_for_training(model, config.memory())  # type: ignore[arg-type]
+    params = [p for p in trained.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters (check train_top_layers / LoRA options)")
+    result: dict[str, Any] = {
+        "sft/train_examples": len(plan.train),
+        "sft/eval_examples": len(plan.held_out),
+        "sft/trainable_params": sum(p.numel() for p in params),
+        "sft/eval_loss_initial": evaluate_sft_loss(
+            trained, plan.held_out, plan.pad_id, config.batch_size
+        ),
+    }
+    result.update(_train_loop(trained, params, plan, config, on_metrics, should_stop))
+    result["sft/eval_loss"] = evaluate_sft_loss(
+        trained, plan.held_out, plan.pad_id, config.batch_size
+    )
+    _finish(model, trained, config)
+    return result
+
+
+def _train_loop(
+    trained: nn.Module,
+    params: list[nn.Parameter],
+    plan: _Plan,
+    config: SFTConfig,
+    on_metrics: Callable[[int, dict[str, Any]], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    optimizer, scheduler = _optimizer(params, config, plan.total_steps)
+    stream = _micro_batches(plan.train, config.batch_size, config.seed)
+    losses: list[float] = []
+    tokens_seen, started, status = 0, time.perf_counter(), "completed"
+    trained.train()
+    for step in range(1, plan.total_steps + 1):
+        if should_stop is not None and should_stop():
+            status = "cancelled"
+            break
+        micro = [next(stream) for _ in range(config.grad_accum_steps)]
+        loss, norm, tokens = _optimizer_step(trained, micro, plan.pad_id, params, config)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss)
+        tokens_seen += tokens
+        values = {
+            "sft/loss": loss,
+            "sft/lr": lr,
+            "sft/grad_norm": norm,
+            "sft/epoch": step / plan.steps_per_epoch,
+            "charts/tokens_per_s": tokens_seen / (time.perf_counter() - started),
+            "step": step,
+            "total_steps": plan.total_steps,
+        }
+        if plan.held_out and _eval_due(step, plan.total_steps, config.eval_every):
+            values["sft/eval_loss"] = evaluate_sft_loss(
+                trained, plan.held_out, plan.pad_id, config.batch_size
+            )
+        if on_metrics is not None:
+            on_metrics(step, values)
+    seconds = time.perf_counter() - started
+    window = losses[-10:]  # the reported train loss: mean of the last (up to) 10 steps
+    return {
+        "status": status,
+        "sft/steps": len(losses),
+        "total_steps": plan.total_steps,
+        "sft/loss": sum(window) / len(window) if window else float("nan"),
+        "sft/first_loss": losses[0] if losses else float("nan"),
+        "sft/tokens": tokens_seen,
+        "sft/seconds": seconds,
+        "charts/tokens_per_s": tokens_seen / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _eval_due(step: int, total_steps: int, every: int) -> bool:
+    return step == total_steps or (every > 0 and step % every == 0)
+
+
+def _finish(model: nn.Module, trained: nn.Module, config: SFTConfig) -> None:
+    """Merge LoRA into ``model``, undo checkpointing and freezing; leave it in eval mode."""
+    if trained is not model and hasattr(trained, "merge_and_unload"):
+        trained.merge_and_unload()  # replaces the LoRA layers inside ``model`` in place
+    if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
+        model.config.use_cache = True
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.eval()
