@@ -15,23 +15,17 @@ from tqdm import tqdm
 
 
 class CountProgress:
-    """An ``on_progress(done, total)`` callback drawing one bar (created on first call)."""
+    """An ``on_progress(done, total)`` callback drawing one bar on stderr."""
 
     def __init__(self, desc: str, unit: str = "it") -> None:
-        self.desc = desc
-        self.unit = unit
-        self.bar: tqdm | None = None
+        self.bar = tqdm(total=None, desc=desc, unit=unit, file=sys.stderr)  # clock starts now
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr)
         self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
     def __enter__(self) -> CountProgress:
         return self
@@ -52,16 +46,14 @@ class MetricsProgress:
         self.desc = desc
         self.total = total
         self.keys = list(keys) if keys is not None else None
-        self.bar: tqdm | None = None
+        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
 
     def __call__(self, step: int, values: dict[str, Any]) -> None:
         total = values.get("total_steps", self.total)
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr)
         if total is not None:
             self.bar.total = int(total)
-        self.bar.n = step
-        self.bar.set_postfix(self._postfix(values), refresh=True)
+        self.bar.set_postfix(self._postfix(values), refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def _postfix(self, values: dict[str, Any]) -> dict[str, str]:
         keys = self.keys if self.keys is not None else list(values)
@@ -73,8 +65,7 @@ class MetricsProgress:
         return shown
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
     def __enter__(self) -> MetricsProgress:
         return self

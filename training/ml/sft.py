@@ -134,7 +134,7 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.
     """LR multiplier at ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup - 1, 1)
+    progress = (step - warmup) / max(total - warmup, 1)  # the last step keeps lr > 0
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 

@@ -1,0 +1,74 @@
+"""``sft``: fine-tune a policy on demonstrations; writes a ``save_pretrained`` folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from training.ml.commands.common import (
+    CommandError,
+    add_model_args,
+    add_training_args,
+    check_out_dir,
+    load_model_from_args,
+    overrides,
+    set_threads_from_env,
+)
+
+FLAG_TO_FIELD = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "max_length": "max_length",
+    "eval_fraction": "eval_fraction",
+    "warmup_ratio": "warmup_ratio",
+    "grad_accum_steps": "grad_accum_steps",
+    "seed": "seed",
+    "train_top_layers": "train_top_layers",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sft",
+        help="supervised fine-tuning on demonstrations",
+        description="Fine-tune on {prompt, response} demonstrations (loss on responses only).",
+    )
+    add_model_args(parser)
+    add_training_args(parser, out_help="output save_pretrained folder (safetensors)")
+    parser.add_argument("--eval-data", metavar="FILE", help="held-out demonstrations")
+    parser.add_argument("--eval-fraction", type=float, default=None, help="held-out share")
+    parser.add_argument("--warmup-ratio", type=float, default=None)
+    parser.add_argument("--grad-accum-steps", type=int, default=None)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from training.ml.data import read_demonstrations
+    from training.ml.models import save_pretrained_atomic
+    from training.ml.progress import MetricsProgress
+    from training.ml.sft import SFTConfig, train_sft
+
+    demos = read_demonstrations(args.data)  # every line checked before the model loads
+    eval_demos = read_demonstrations(args.eval_data) if args.eval_data else None
+    out = check_out_dir(args.out)
+    config = SFTConfig(**overrides(args, FLAG_TO_FIELD))
+    config.gradient_checkpointing = args.gradient_checkpointing
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    set_threads_from_env()
+    model, tokenizer = load_model_from_args(args)
+    with MetricsProgress("sft", keys=["sft/loss", "sft/eval_loss", "sft/lr"]) as progress:
+        result = train_sft(
+            model, tokenizer, demos, config, eval_demos=eval_demos, on_metrics=progress
+        )
+    if result["status"] != "completed":
+        return {**result, "out": None}
+    metrics = json.dumps({**result, "config": vars(config)}, indent=2, default=str)
+    save_pretrained_atomic(model, tokenizer, out, extra_files={"sft_metrics.json": metrics})
+    return {**result, "out": str(out)}
