@@ -54,3 +54,15 @@ def _reap_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-de
         reap_stale_runs()
     except Exception:  # never keep a worker from starting
         logger.exception("reaping stale runs failed")
+
+
+@shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
+def gpu_playground_reply(reply_id: int) -> None:
+    from training.models import PlaygroundReply
+    from training.services.playground import playground_reply_generate
+
+    reply = PlaygroundReply.objects.select_related("project").filter(pk=reply_id).first()
+    if reply is None:
+        logger.warning("playground reply %s does not exist (deleted?)", reply_id)
+        return
+    playground_reply_generate(reply=reply)

@@ -23,3 +23,28 @@ urlpatterns += [
         name="api-labeler-stats",
     ),
 ]
+
+from training.api import playground  # noqa: E402
+
+urlpatterns += [
+    path(
+        "projects/<slug:slug>/playground/",
+        playground.PlaygroundRequestApi.as_view(),
+        name="api-playground-request",
+    ),
+    path(
+        "playground/<int:reply_id>/",
+        playground.PlaygroundReplyApi.as_view(),
+        name="api-playground-reply",
+    ),
+    path(
+        "playground/<int:reply_id>/feedback/",
+        playground.PlaygroundFeedbackApi.as_view(),
+        name="api-playground-feedback",
+    ),
+    path(
+        "playground/<int:reply_id>/demonstration/",
+        playground.PlaygroundDemonstrationApi.as_view(),
+        name="api-playground-demonstration",
+    ),
+]

@@ -1,0 +1,197 @@
+"""The playground: members chat with the project's current policy (PRODUCT.md section 3).
+
+A request stores a queued PlaygroundReply and sends its id to the `gpu` queue when the
+transaction commits; the worker loads the current policy (kept loaded between requests)
+and samples one response. Thumbs on a reply become a labeling Feedback; a "better answer"
+becomes a Demonstration of the prompt, i.e. SFT data.
+"""
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import Http404
+
+from core.exceptions import ApplicationError, ConflictError
+from labeling.models import Demonstration, Feedback, Project
+from labeling.selectors import access_project
+from labeling.services.imports import ImportFileError, check_prompt_content
+from training.models import PlaygroundReply
+from training.services.registry import current_policy
+
+logger = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 20_000
+MAX_TURNS = 64
+
+PromptContent = str | list[dict[str, str]]
+
+
+def access_playground_reply(*, user: Any, reply_id: int) -> PlaygroundReply:
+    """The reply, if `user` asked for it and is still a member of its project (404 otherwise).
+
+    A playground chat is personal: other members, even admins, do not see it.
+    """
+    reply = (
+        PlaygroundReply.objects.select_related("project", "policy_version", "feedback")
+        .filter(pk=reply_id)
+        .first()
+    )
+    if reply is None or not getattr(user, "is_authenticated", False):
+        raise Http404("No such reply.")
+    access_project(user=user, slug=reply.project.slug)
+    if reply.user_id != user.pk and not user.is_superuser:
+        raise Http404("No such reply.")
+    return reply
+
+
+def check_playground_prompt(value: Any) -> PromptContent:
+    """A non-blank string or a chat ending with a user turn, within size limits.
+
+    A chat of one user message is stored as its string, so that a "better answer" to it
+    lands on the same Prompt row as the same text imported from a file.
+    """
+    try:
+        content = check_prompt_content(value, 0)
+    except ImportFileError as error:
+        raise ApplicationError(f"prompt: {error.reason}") from None
+    if isinstance(content, list):
+        if len(content) > MAX_TURNS:
+            raise ApplicationError(f"prompt: at most {MAX_TURNS} chat messages")
+        if len(content) == 1 and content[0]["role"] == "user":
+            content = content[0]["content"]
+    size = len(content) if isinstance(content, str) else sum(len(m["content"]) for m in content)
+    if size > MAX_PROMPT_CHARS:
+        raise ApplicationError(f"prompt: at most {MAX_PROMPT_CHARS} characters")
+    return content
+
+
+@transaction.atomic
+def playground_reply_request(*, project: Project, user: Any, prompt: Any) -> PlaygroundReply:
+    """Queue a reply of the current policy to `prompt` (a string or a chat)."""
+    content = check_playground_prompt(prompt)
+    reply = PlaygroundReply.objects.create(project=project, user=user, prompt=content)
+    from training import tasks  # the Celery door; imported late to keep services testable
+
+    transaction.on_commit(lambda: tasks.gpu_playground_reply.delay(reply.pk))
+    return reply
+
+
+# --------------------------------------------------------------------------- generation
+
+# One policy stays loaded per worker process: a playground conversation sends many
+# requests to the same version, and loading is the slow part. A new current policy
+# (after a round) replaces it, so memory stays at one model.
+_cache_lock = threading.Lock()
+_cached: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def _loaded_policy(artifact: str) -> tuple[Any, Any]:
+    """(model, tokenizer) for `artifact`; call while holding `_cache_lock`."""
+    from training.ml.models import load_causal_lm
+
+    key = (artifact, str(settings.RLHF_DEVICE), str(settings.RLHF_DTYPE))
+    if key not in _cached:
+        _cached.clear()  # drop the previous policy before loading the next one
+        _cached[key] = load_causal_lm(
+            artifact, device=settings.RLHF_DEVICE, dtype=settings.RLHF_DTYPE
+        )
+    return _cached[key]
+
+
+def _seed(reply: PlaygroundReply) -> int:
+    """A seed fixed by the reply, so a redelivered task samples the same text."""
+    digest = hashlib.sha256(f"playground/{reply.pk}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
+    """Sample the reply from the current policy and store it (idempotent on the row).
+
+    Only a queued reply is worked on, and only a queued reply is written: a redelivered
+    message for a finished reply does nothing.
+    """
+    from training.ml.sampling import GenerationSettings, sample_responses
+
+    if reply.status != PlaygroundReply.Status.QUEUED:
+        return reply
+    project = reply.project
+    try:
+        policy = current_policy(project=project)
+        gen = GenerationSettings(
+            max_new_tokens=project.max_new_tokens,
+            temperature=project.temperature,
+            top_p=project.top_p,
+            seed=_seed(reply),
+        )
+        with _cache_lock:
+            model, tokenizer = _loaded_policy(policy.artifact)
+            [[sample]] = sample_responses(
+                model, tokenizer, [reply.prompt], k=1, settings=gen, batch_size=1
+            )
+        fields: dict[str, Any] = {
+            "status": PlaygroundReply.Status.DONE,
+            "text": sample.text,
+            "finished": sample.finished,
+            "policy_version": policy,
+            "error": "",
+        }
+    except Exception as exc:  # the reply shows the error; the worker keeps serving
+        logger.exception("playground reply %s failed", reply.pk)
+        fields = {"status": PlaygroundReply.Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+    PlaygroundReply.objects.filter(pk=reply.pk, status=PlaygroundReply.Status.QUEUED).update(
+        **fields
+    )
+    reply.refresh_from_db()
+    return reply
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def _check_done(reply: PlaygroundReply) -> None:
+    if reply.status != PlaygroundReply.Status.DONE:
+        raise ConflictError(f"The reply is {reply.status}; only a finished reply can be rated.")
+
+
+@transaction.atomic
+def playground_feedback_set(*, reply: PlaygroundReply, user: Any, rating: int) -> Feedback:
+    """Thumbs up (1) or down (-1) on a reply; rating it again changes the rating."""
+    if rating not in (1, -1):
+        raise ApplicationError("rating: must be 1 (up) or -1 (down)")
+    reply = PlaygroundReply.objects.select_for_update().get(pk=reply.pk)
+    _check_done(reply)
+    if reply.feedback_id is not None:
+        Feedback.objects.filter(pk=reply.feedback_id).update(rating=rating)
+        return Feedback.objects.get(pk=reply.feedback_id)
+    feedback = Feedback.objects.create(
+        project_id=reply.project_id,
+        user=user,
+        prompt=reply.prompt,
+        response=reply.text,
+        rating=rating,
+        policy_version_id=reply.policy_version_id,
+    )
+    reply.feedback = feedback
+    reply.save(update_fields=["feedback", "updated_at"])
+    return feedback
+
+
+@transaction.atomic
+def playground_demonstration_create(
+    *, reply: PlaygroundReply, user: Any, response: str
+) -> Demonstration:
+    """ "Write a better answer": the user's answer to the reply's prompt becomes a
+    Demonstration (the prompt becomes, or is found as, a Prompt of the project)."""
+    from labeling.services.demonstrations import demonstration_create
+
+    _check_done(reply)
+    demonstration = demonstration_create(
+        project=reply.project, author=user, prompt=reply.prompt, response=response
+    )
+    demonstration.source = "playground"
+    demonstration.save(update_fields=["source", "updated_at"])
+    return demonstration
