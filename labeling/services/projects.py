@@ -1,0 +1,173 @@
+"""Projects, their members, and API tokens."""
+
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from core.exceptions import ApplicationError
+from labeling.models import Membership, Project
+
+BUILTIN_MODELS = ("default", "tiny")
+UPDATABLE_FIELDS = {
+    "name",
+    "guidelines",
+    "k",
+    "overlap",
+    "flag_vocabulary",
+    "base_model",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "lease_seconds",
+    "training_config",
+}
+MAX_FLAG_LENGTH = 40
+
+
+@transaction.atomic
+def project_create(
+    *,
+    slug: str,
+    name: str = "",
+    k: int = 4,
+    overlap: int = 1,
+    guidelines: str = "",
+    base_model: str = "default",
+    created_by: Any = None,
+) -> Project:
+    """A new project; its creator (if any) becomes an admin member."""
+    project = Project(
+        slug=slug,
+        name=name or slug.replace("-", " ").replace("_", " ").title(),
+        k=k,
+        overlap=overlap,
+        guidelines=guidelines,
+        base_model=check_base_model(base_model),
+    )
+    _full_clean(project)
+    project.save()
+    if created_by is not None:
+        Membership.objects.create(project=project, user=created_by, role=Membership.Role.ADMIN)
+    return project
+
+
+@transaction.atomic
+def project_update(*, project: Project, **fields: Any) -> Project:
+    """Change the settings in `fields` (see UPDATABLE_FIELDS). Existing tasks keep their
+    overlap and responses; new tasks use the new settings."""
+    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ApplicationError(f"{unknown[0]}: this field cannot be changed")
+    if "base_model" in fields:
+        fields["base_model"] = check_base_model(fields["base_model"])
+    if "flag_vocabulary" in fields:
+        fields["flag_vocabulary"] = check_flag_vocabulary(fields["flag_vocabulary"])
+    for name, value in fields.items():
+        setattr(project, name, value)
+    _full_clean(project)
+    project.save()
+    return project
+
+
+@transaction.atomic
+def membership_add(
+    *, project: Project, username: str, role: str, password: str | None = None
+) -> Membership:
+    """Make `username` a member with `role`, creating the user if needed.
+
+    A new user without `password` gets an unusable password (they cannot log in until an
+    admin sets one); a given password is checked by Django's password validators and set.
+    An existing member gets the new role.
+    """
+    if role not in Membership.Role.values:
+        raise ApplicationError(f"role: must be one of {', '.join(Membership.Role.values)}")
+    user = _get_or_create_user(username)
+    if password is not None:
+        _set_password(user, password)
+    membership, created = Membership.objects.get_or_create(
+        project=project, user=user, defaults={"role": role}
+    )
+    if not created and membership.role != role:
+        membership.role = role
+        membership.save(update_fields=["role", "updated_at"])
+    return membership
+
+
+def api_token_create(*, username: str) -> str:
+    """The user's API token key, created if they have none (revoke it to get a new one)."""
+    token, _ = Token.objects.get_or_create(user=_active_user(username))
+    return str(token.key)
+
+
+def api_token_revoke(*, username: str) -> None:
+    """Delete the user's API token: requests with it fail from now on."""
+    Token.objects.filter(user=_active_user(username, active_only=False)).delete()
+
+
+def check_base_model(base_model: str) -> str:
+    """`default`, `tiny`, a save_pretrained folder or a .gguf file that exists here."""
+    if base_model in BUILTIN_MODELS:
+        return base_model
+    path = Path(base_model).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return str(path.resolve())
+    raise ApplicationError(
+        f"base_model: {base_model!r} is not 'default', 'tiny', a model folder or a .gguf file"
+    )
+
+
+def check_flag_vocabulary(flags: Any) -> list[str]:
+    if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags):
+        raise ApplicationError("flag_vocabulary: must be a list of strings")
+    clean = [flag.strip() for flag in flags]
+    if any(not flag or len(flag) > MAX_FLAG_LENGTH for flag in clean):
+        raise ApplicationError(f"flag_vocabulary: flags are 1 to {MAX_FLAG_LENGTH} characters")
+    if len(set(clean)) != len(clean):
+        raise ApplicationError("flag_vocabulary: a flag appears twice")
+    return clean
+
+
+def _get_or_create_user(username: str) -> Any:
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    if user is not None:
+        return user
+    user = user_model(username=username)
+    try:
+        user_model.username_validator(username)
+    except ValidationError as error:
+        raise ApplicationError(f"username: {error.messages[0]}") from None
+    user.set_unusable_password()
+    user.save()
+    return user
+
+
+def _set_password(user: Any, password: str) -> None:
+    try:
+        validate_password(password, user)
+    except ValidationError as error:
+        raise ApplicationError(f"password: {' '.join(error.messages)}") from None
+    user.set_password(password)
+    user.save(update_fields=["password"])
+
+
+def _active_user(username: str, *, active_only: bool = True) -> Any:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None or (active_only and not user.is_active):
+        raise ApplicationError(f"username: no active user {username!r}")
+    return user
+
+
+def _full_clean(project: Project) -> None:
+    try:
+        project.full_clean()
+    except ValidationError as error:
+        field, messages = next(iter(error.message_dict.items()))
+        raise ApplicationError(
+            f"{field}: {messages[0]}", extra={"errors": error.message_dict}
+        ) from None

@@ -1,0 +1,144 @@
+"""Leases: overlap honoured, never twice to one labeler, expiry, the current lease first."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from core.exceptions import ConflictError
+from labeling.models import Assignment, RankingTask
+from labeling.services.rankings import ranking_submit
+from labeling.services.tasks import task_lease_next, task_skip
+from tests.factories import MembershipFactory, RankingTaskFactory
+
+
+@pytest.fixture
+def labelers(project):  # type: ignore[no-untyped-def]
+    return [MembershipFactory(project=project).user for _ in range(4)]
+
+
+def submit(task: RankingTask, labeler: object) -> None:
+    ids = list(task.responses.values_list("id", flat=True))
+    ranking_submit(task=task, labeler=labeler, order=[ids], flags=None, time_spent_ms=1)
+
+
+def test_lease_has_expiry_from_project(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    project.lease_seconds = 90
+    project.save()
+    task = RankingTaskFactory(project=project)
+    now = timezone.now()
+    assignment = task_lease_next(project=project, labeler=labeler, now=now)
+    assert assignment is not None
+    assert (assignment.task, assignment.labeler, assignment.status) == (task, labeler, "active")
+    assert assignment.expires_at == now + timedelta(seconds=90)
+
+
+def test_no_task_gives_none(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    assert task_lease_next(project=project, labeler=labeler) is None
+
+
+def test_current_lease_is_returned_again(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    RankingTaskFactory.create_batch(3, project=project)
+    first = task_lease_next(project=project, labeler=labeler)
+    again = task_lease_next(project=project, labeler=labeler)
+    assert again is not None and first is not None
+    assert (again.pk, again.expires_at) == (first.pk, first.expires_at)
+    assert Assignment.objects.count() == 1
+
+
+def test_oldest_open_task_first_and_gold_offered_like_others(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    gold = RankingTaskFactory(project=project, is_gold=True)
+    RankingTaskFactory(project=project, status=RankingTask.Status.CLOSED)
+    later = RankingTaskFactory(project=project)
+    assert task_lease_next(project=project, labeler=labelers[0]).task == gold  # type: ignore[union-attr]
+    assert task_lease_next(project=project, labeler=labelers[1]).task == later  # type: ignore[union-attr]
+    assert task_lease_next(project=project, labeler=labelers[2]) is None  # closed is never offered
+
+
+def test_overlap_is_honoured(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project, overlap=2)
+    leases = [task_lease_next(project=project, labeler=user) for user in labelers]
+    assert [lease.task if lease else None for lease in leases] == [task, task, None, None]
+
+
+def test_submitted_rankings_hold_their_slots(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project, overlap=2)
+    later = timezone.now() + timedelta(days=1)  # every lease has expired by then
+    for user in labelers[:2]:
+        task_lease_next(project=project, labeler=user)
+        submit(task, user)
+    task.refresh_from_db()
+    assert task.status == "complete"
+    assert task_lease_next(project=project, labeler=labelers[2], now=later) is None
+
+
+def test_never_twice_to_one_labeler(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    ranked, skipped = RankingTaskFactory.create_batch(2, project=project, overlap=3)
+    me = labelers[0]
+    task_lease_next(project=project, labeler=me)
+    submit(ranked, me)
+    assert task_lease_next(project=project, labeler=me).task == skipped  # type: ignore[union-attr]
+    task_skip(task=skipped, labeler=me)
+    assert task_lease_next(project=project, labeler=me) is None
+    # Others still get both tasks: the overlap is not used up.
+    assert task_lease_next(project=project, labeler=labelers[1]).task == ranked  # type: ignore[union-attr]
+    assert Assignment.objects.filter(labeler=me).count() == 2  # one row per (task, labeler)
+
+
+def test_expired_lease_goes_to_another_labeler(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    project.lease_seconds = 60
+    project.save()
+    task = RankingTaskFactory(project=project)
+    start = timezone.now()
+    task_lease_next(project=project, labeler=labelers[0], now=start)
+    assert task_lease_next(project=project, labeler=labelers[1], now=start) is None
+    after_expiry = start + timedelta(seconds=61)
+    lease = task_lease_next(project=project, labeler=labelers[1], now=after_expiry)
+    assert lease is not None and lease.task == task
+    # The first labeler's expired lease does not come back: the slot is taken.
+    assert task_lease_next(project=project, labeler=labelers[0], now=after_expiry) is None
+
+
+def test_own_expired_lease_is_renewed(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    project.lease_seconds = 60
+    project.save()
+    RankingTaskFactory(project=project)
+    start = timezone.now()
+    first = task_lease_next(project=project, labeler=labeler, now=start)
+    later = start + timedelta(seconds=600)
+    renewed = task_lease_next(project=project, labeler=labeler, now=later)
+    assert renewed is not None and first is not None
+    assert renewed.pk == first.pk
+    assert renewed.expires_at == later + timedelta(seconds=60)
+    assert Assignment.objects.count() == 1
+
+
+def test_skipping_frees_the_slot(project, labelers) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project)
+    task_lease_next(project=project, labeler=labelers[0])
+    assert task_lease_next(project=project, labeler=labelers[1]) is None
+    task_skip(task=task, labeler=labelers[0])
+    assert Assignment.objects.get(labeler=labelers[0]).status == "skipped"
+    assert task_lease_next(project=project, labeler=labelers[1]).task == task  # type: ignore[union-attr]
+
+
+def test_skip_without_lease_and_twice(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project)
+    task_skip(task=task, labeler=labeler)
+    task_skip(task=task, labeler=labeler)
+    assert Assignment.objects.get().status == "skipped"
+    assert task_lease_next(project=project, labeler=labeler) is None
+
+
+def test_skip_after_ranking_is_a_conflict(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project)
+    task_lease_next(project=project, labeler=labeler)
+    submit(task, labeler)
+    with pytest.raises(ConflictError):
+        task_skip(task=task, labeler=labeler)
+    assert Assignment.objects.get().status == "submitted"
+
+
+def test_tasks_of_other_projects_are_not_offered(project, labeler, outsider) -> None:  # type: ignore[no-untyped-def]
+    RankingTaskFactory(project=outsider.memberships.get().project)
+    assert task_lease_next(project=project, labeler=labeler) is None
