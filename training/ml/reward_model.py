@@ -1,0 +1,164 @@
+"""The reward model r(x, y) (InstructGPT section 3.5): a scalar head on the SFT backbone.
+
+The artifact is a plain transformers ``*ForSequenceClassification`` (num_labels=1)
+``save_pretrained`` folder in safetensors, readable by TRL. Our scores do not depend on
+transformers' pad-token pooling: the score is read at the last attended token of each
+row, found from the attention mask, so left- and right-padded batches agree. A constant
+``config.rlhf_reward_offset`` (set after training so SFT samples average 0) is added.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from training.ml import models
+
+OFFSET_KEY = "rlhf_reward_offset"
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """(B,) position of the last attended token of each row, for left or right padding."""
+    width = attention_mask.shape[-1]
+    return width - 1 - attention_mask.flip(-1).argmax(dim=-1)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """(B, T) positions counted over attended tokens, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+class RewardModel(nn.Module):
+    """r(x, y): a transformers sequence-classification model read at the last real token."""
+
+    def __init__(self, seq: PreTrainedModel) -> None:
+        super().__init__()
+        if seq.config.num_labels != 1:
+            raise ValueError(
+                f"a reward model has one output, got num_labels={seq.config.num_labels}"
+            )
+        self.seq = seq
+
+    @classmethod
+    def from_causal_lm(cls, lm: PreTrainedModel) -> RewardModel:
+        """Initialise from an (SFT) causal LM: copy its backbone, replace the unembedding by a
+        scalar head with std 1/sqrt(d+1) (Stiennon et al. 2020; OpenAI lm-human-preferences)."""
+        config = copy.deepcopy(lm.config)
+        config.num_labels = 1
+        config.architectures = None
+        seq = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+        backbone = getattr(lm, lm.base_model_prefix)
+        getattr(seq, seq.base_model_prefix).load_state_dict(backbone.state_dict())
+        head: nn.Linear = seq.score
+        nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
+        setattr(seq.config, OFFSET_KEY, 0.0)
+        return cls(seq.to(lm.device))
+
+    @property
+    def reward_offset(self) -> float:
+        return float(getattr(self._base().config, OFFSET_KEY, 0.0) or 0.0)
+
+    @reward_offset.setter
+    def reward_offset(self, value: float) -> None:
+        setattr(self._base().config, OFFSET_KEY, float(value))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: object) -> None:
+        """Save the sequence-classification model (LoRA merged into a copy), offset included,
+        so ``models.save_pretrained_atomic`` can write a RewardModel directly."""
+        setattr(self._base().config, OFFSET_KEY, self.reward_offset)
+        seq = self.seq
+        if hasattr(seq, "merge_and_unload"):
+            seq = copy.deepcopy(seq).merge_and_unload()  # type: ignore[operator]
+        seq.save_pretrained(str(save_directory), **kwargs)
+
+    def _base(self) -> PreTrainedModel:
+        """The sequence-classification model, under any LoRA (peft) wrapper."""
+        seq = self.seq
+        return seq.get_base_model() if hasattr(seq, "get_base_model") else seq  # type: ignore[return-value]
+
+    def token_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, T) float32 head output plus offset at every position (PPO's critic values)."""
+        base = self._base()
+        backbone = getattr(base, base.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (B, T, H)
+        return base.score(hidden).squeeze(-1).float() + self.reward_offset  # (B, T)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B,) reward: the head at the last non-pad token of each row, plus the offset."""
+        values = self.token_values(input_ids, attention_mask)  # (B, T)
+        last = last_token_index(attention_mask)  # (B,)
+        return values.gather(1, last[:, None]).squeeze(1)
+
+
+# --------------------------------------------------------------------------- load / save
+
+
+def is_reward_model_folder(path: str | Path) -> bool:
+    """True for a save_pretrained folder holding a *ForSequenceClassification with 1 label."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    architectures = data.get("architectures") or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def load_reward_model(
+    spec: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+    """An RM folder, or any ``models.load_causal_lm`` spec (the RM is then initialised
+    from that LM). Safetensors only: a pickled checkpoint raises ModelLoadError."""
+    target = device if isinstance(device, torch.device) else models.resolve_device(device)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else models.resolve_dtype(dtype, target)
+    if not models._is_tiny(spec) and spec != "default" and is_reward_model_folder(spec):
+        folder = models.pretrained_folder(spec)  # refuses pickles, needs *.safetensors
+        tokenizer = models.load_tokenizer(str(folder))
+        try:
+            seq = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), dtype=torch_dtype, use_safetensors=True
+            )
+        except Exception as exc:  # report the folder, not a traceback
+            raise models.ModelLoadError(f"cannot load reward model from {folder}: {exc}") from exc
+        model = RewardModel(seq).to(target)
+    else:
+        lm, tokenizer = models.load_causal_lm(spec, device=target, dtype=torch_dtype)
+        model = RewardModel.from_causal_lm(lm)
+        del lm
+    model.eval()
+    return model, tokenizer
+
+
+def save_reward_model(
+    model: RewardModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+) -> Path:
+    """Write the RM as a safetensors save_pretrained folder (atomically: temp, then rename).
+
+    The saved tokenizer pads with a token other than EOS when it can, and the config names
+    it, so transformers' own pad-token pooling (TRL, pipelines) reads the same last token.
+    """
+    saved_tokenizer = copy.deepcopy(tokenizer)
+    eos = saved_tokenizer.eos_token_id
+    if saved_tokenizer.pad_token_id == eos and saved_tokenizer.unk_token_id not in (None, eos):
+        saved_tokenizer.pad_token = saved_tokenizer.unk_token
+    saved_tokenizer.padding_side = "right"
+    model._base().config.pad_token_id = saved_tokenizer.pad_token_id
+    return models.save_pretrained_atomic(model, saved_tokenizer, out_dir)

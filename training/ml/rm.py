@@ -1,0 +1,389 @@
+"""Reward-model training with the K-wise loss of InstructGPT (Ouyang et al. 2022, 3.5).
+
+Each step takes B prompts, forwards each of their K responses ONCE as one flat batch,
+and forms all pairs between tie groups from the (B, K) scores: the paper's guard against
+over-fitting, and why it needs K forwards per prompt where pairwise trainers need
+2 x C(K, 2). One epoch, cosine decay to 10% of the lr; afterwards an offset makes SFT
+samples score 0 on average.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from training.ml import models
+from training.ml.losses import correct_pairs, kwise_ranking_loss
+from training.ml.preferences import Prompt, RankedExample
+from training.ml.reward_model import (
+    OFFSET_KEY,
+    RewardModel,
+    is_reward_model_folder,
+    load_reward_model,
+    save_reward_model,
+)
+from training.ml.rm_batches import (
+    EncodedRanking,
+    RankingBatch,
+    collate_rankings,
+    encode_rankings,
+    encode_sequence,
+    length_bucketed_batches,
+    micro_batches,
+    pad_right,
+)
+
+__all__ = [
+    "OFFSET_KEY",
+    "RMConfig",
+    "RewardModel",
+    "calibrate_offset",
+    "evaluate_reward_model",
+    "is_reward_model_folder",
+    "load_reward_model",
+    "save_reward_model",
+    "score_texts",
+    "split_eval",
+    "train_reward_model",
+]
+
+MetricsCallback = Callable[[int, dict[str, Any]], None]
+
+
+def score_rankings(model: RewardModel, batch: RankingBatch) -> Tensor:
+    """(B, K) scores: every response forwarded once in ONE flat batch, then regrouped."""
+    flat = model(batch.input_ids, batch.attention_mask)  # (N,)
+    b, k = batch.prefer.shape[:2]
+    grid = flat.new_zeros(b * k).index_copy(0, batch.slots, flat)  # padding slots stay 0
+    return grid.view(b, k)
+
+
+@dataclass
+class RMConfig:
+    """Hyperparameters of reward-model training (InstructGPT: one epoch, cosine to 10%)."""
+
+    lr: float = 1e-5
+    """Peak AdamW learning rate (InstructGPT's 6B RM: 9e-6)."""
+    epochs: float = 1.0
+    """Passes over the rankings (a fraction stops early); more over-fits (InstructGPT 3.5)."""
+    batch_size: int = 8
+    """Prompts per optimizer step; all of a prompt's pairs are one batch element."""
+    max_length: int = 512
+    """Tokens per prompt+response sequence; the prompt is cut from its start first."""
+    warmup_steps: int = 0
+    """Linear warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at this fraction of ``lr``."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices (not on norms or biases)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping norm (None: no clipping)."""
+    margin: float = 0.0
+    """If > 0, require r_w - r_l > margin x tie-group distance (Llama 2's margin loss)."""
+    train_top_layers: int | None = None
+    """Freeze all but the top N blocks and the head (None: train everything)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    lora_r: int | None = None
+    """LoRA rank (peft) for the backbone; the head always trains in full."""
+    max_sequences_per_forward: int | None = None
+    """Split a step into forwards of at most this many sequences (gradient accumulation)."""
+    eval_every: int = 0
+    """Evaluate on the eval set every N steps (0: only at the end)."""
+    eval_fraction: float = 0.0
+    """Fraction of the training file held out for evaluation when no eval set is given."""
+    length_bucketing: bool = True
+    """Batch prompts of similar length together to reduce padding."""
+    seed: int = 0
+    """Seed of the batch order (and of the eval split)."""
+
+
+def split_eval(
+    examples: Sequence[RankedExample], fraction: float, seed: int
+) -> tuple[list[RankedExample], list[RankedExample]]:
+    """A seeded random (train, eval) split of rankings; whole prompts stay on one side."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(order) * fraction)
+    if fraction > 0 and n_eval == 0:
+        n_eval = 1
+    return order[n_eval:], order[:n_eval]
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
+    """lr multiplier: linear warmup, then cosine from 1 down to ``floor`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _optimizer(model: nn.Module, config: RMConfig) -> torch.optim.AdamW:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _prepare(model: RewardModel, config: RMConfig) -> None:
+    memory = models.MemoryConfig(
+        train_top_layers=config.train_top_layers,
+        gradient_checkpointing=config.gradient_checkpointing,
+        lora_r=config.lora_r,
+        lora_modules_to_save=["score"] if config.lora_r else None,
+    )
+    if memory.lora_r or memory.train_top_layers is not None or memory.gradient_checkpointing:
+        model.seq = models.prepare_for_training(model.seq, memory)  # type: ignore[arg-type]
+
+
+def _step(
+    model: RewardModel, batch: list[EncodedRanking], pad_id: int, config: RMConfig
+) -> tuple[float, int, int]:
+    """Forward/backward one optimizer step's prompts; returns (loss, correct, pairs)."""
+    weight = sum(1 for r in batch if r.pair_count)
+    loss_sum, correct, pairs = 0.0, 0, 0
+    for part in micro_batches(batch, config.max_sequences_per_forward):
+        rb = collate_rankings(part, pad_id, model.device)
+        scores = score_rankings(model, rb)  # (B, K)
+        margin = config.margin * rb.distance if config.margin else None
+        loss = kwise_ranking_loss(scores, rb.prefer, margin)
+        share = sum(1 for r in part if r.pair_count) / weight
+        (loss * share).backward()
+        loss_sum += loss.item() * share
+        correct += int(correct_pairs(scores.detach(), rb.prefer).sum())
+        pairs += rb.pairs
+    return loss_sum, correct, pairs
+
+
+def train_reward_model(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Sequence[RankedExample],
+    *,
+    config: RMConfig,
+    eval: Sequence[RankedExample] | None = None,
+    on_metrics: MetricsCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place on rankings; returns the final metrics.
+
+    Each step takes ``config.batch_size`` prompts, forwards their K responses once as one
+    flat batch and applies the K-wise loss to the (B, K) scores (PRODUCT.md 1.3). Without
+    ``eval``, ``config.eval_fraction`` of the rankings is held out. ``should_stop`` is
+    checked before every step; a stop returns ``status="cancelled"``.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    if eval is None and config.eval_fraction > 0:
+        train, eval = split_eval(train, config.eval_fraction, config.seed)
+    _prepare(model, config)
+    rankings = [r for r in encode_rankings(tokenizer, train, config.max_length) if r.pair_count]
+    if not rankings:
+        raise ValueError("no training ranking has a pair (every ranking is one tie group)")
+    plan = _plan_batches(rankings, config, random.Random(config.seed))
+    optimizer = _optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: cosine_with_warmup(s, len(plan), config.warmup_steps, config.min_lr_ratio),
+    )
+    model.train()
+    totals = {"loss": 0.0, "correct": 0, "pairs": 0, "steps": 0, "prompts": 0}
+    for step, batch in enumerate(plan, start=1):
+        if should_stop is not None and should_stop():
+            break
+        lr = schedule.get_last_lr()[0]
+        loss, correct, pairs = _optimizer_step(
+            model, batch, tokenizer.pad_token_id, config, optimizer
+        )
+        schedule.step()
+        for key, value in zip(
+            ("loss", "correct", "pairs", "steps", "prompts"),
+            (loss, correct, pairs, 1, len(batch)),
+            strict=True,
+        ):
+            totals[key] += value
+        metrics = {
+            "rm/loss": loss,
+            "rm/accuracy": correct / max(pairs, 1),
+            "rm/lr": lr,
+            "charts/pairs_per_s": totals["pairs"] / (time.perf_counter() - start),
+            "total_steps": len(plan),
+        }
+        if eval and config.eval_every and step % config.eval_every == 0 and step < len(plan):
+            metrics["rm/eval_accuracy"] = _eval_accuracy(model, tokenizer, eval, config)
+        if on_metrics is not None:
+            on_metrics(step, metrics)
+    model.eval()
+    result = _summary(totals, time.perf_counter() - start, cancelled=totals["steps"] < len(plan))
+    if eval and result["status"] == "completed":
+        evaluation = evaluate_reward_model(
+            model, tokenizer, eval, max_length=config.max_length, batch_size=config.batch_size
+        )
+        result.update(
+            {
+                "rm/eval_accuracy": evaluation["accuracy"],
+                "rm/eval_loss": evaluation["loss"],
+                "eval": evaluation,
+            }
+        )
+    return result
+
+
+def _optimizer_step(
+    model: RewardModel,
+    batch: list[EncodedRanking],
+    pad_id: int,
+    config: RMConfig,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[float, int, int]:
+    optimizer.zero_grad(set_to_none=True)
+    loss, correct, pairs = _step(model, batch, pad_id, config)
+    if config.max_grad_norm:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    optimizer.step()
+    return loss, correct, pairs
+
+
+def _summary(totals: dict[str, Any], seconds: float, *, cancelled: bool) -> dict[str, Any]:
+    steps = totals["steps"]
+    return {
+        "rm/loss": totals["loss"] / steps if steps else float("nan"),
+        "rm/accuracy": totals["correct"] / totals["pairs"] if totals["pairs"] else float("nan"),
+        "charts/pairs_per_s": totals["pairs"] / seconds,
+        "steps": steps,
+        "pairs": totals["pairs"],
+        "prompts": totals["prompts"],
+        "seconds": seconds,
+        "status": "cancelled" if cancelled else "completed",
+    }
+
+
+def _plan_batches(
+    rankings: list[EncodedRanking], config: RMConfig, rng: random.Random
+) -> list[list[EncodedRanking]]:
+    """The step plan: ``epochs`` passes (a fraction cuts the last one short)."""
+    plan: list[list[EncodedRanking]] = []
+    per_epoch = math.ceil(len(rankings) / config.batch_size)
+    for _ in range(math.ceil(config.epochs)):
+        if config.length_bucketing:
+            plan += length_bucketed_batches(rankings, config.batch_size, rng)
+        else:
+            order = list(rankings)
+            rng.shuffle(order)
+            plan += [
+                order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+            ]
+    return plan[: max(1, round(config.epochs * per_epoch))]
+
+
+def _eval_accuracy(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval: Sequence[RankedExample],
+    config: RMConfig,
+) -> float:
+    return float(
+        evaluate_reward_model(
+            model, tokenizer, eval, max_length=config.max_length, batch_size=config.batch_size
+        )["accuracy"]
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_reward_model(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[RankedExample],
+    *,
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Held-out pairwise accuracy (strict wins), K-wise loss, and both split by labeler."""
+    was_training = model.training
+    model.eval()
+    rankings = encode_rankings(tokenizer, examples, max_length)
+    per_labeler: dict[str | None, list[float]] = {}
+    loss_sum, prompts_with_pairs = 0.0, 0
+    for start in range(0, len(rankings), batch_size):
+        part = rankings[start : start + batch_size]
+        batch = collate_rankings(part, tokenizer.pad_token_id, model.device)
+        scores = score_rankings(model, batch)  # (B, K)
+        correct = correct_pairs(scores, batch.prefer).tolist()  # (B,)
+        with_pairs = sum(1 for r in part if r.pair_count)
+        if with_pairs:
+            loss_sum += kwise_ranking_loss(scores, batch.prefer).item() * with_pairs
+            prompts_with_pairs += with_pairs
+        for ranking, right in zip(part, correct, strict=True):
+            tally = per_labeler.setdefault(ranking.labeler, [0, 0])
+            tally[0] += right
+            tally[1] += ranking.pair_count
+    model.train(was_training)
+    right = sum(t[0] for t in per_labeler.values())
+    pairs = int(sum(t[1] for t in per_labeler.values()))
+    return {
+        "accuracy": right / pairs if pairs else float("nan"),
+        "pairs": pairs,
+        "loss": loss_sum / prompts_with_pairs if prompts_with_pairs else float("nan"),
+        "by_labeler": {
+            name: {"accuracy": t[0] / t[1] if t[1] else float("nan"), "pairs": int(t[1])}
+            for name, t in per_labeler.items()
+            if name is not None
+        },
+    }
+
+
+@torch.no_grad()
+def score_texts(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[tuple[Prompt, str]],
+    *,
+    max_length: int = 512,
+    batch_size: int = 32,
+) -> Tensor:
+    """(N,) rewards of (prompt, response) pairs, tokenised exactly as in training."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(samples), batch_size):
+        flat = [
+            encode_sequence(tokenizer, models.encode_prompt(tokenizer, prompt, 0), text, max_length)
+            for prompt, text in samples[start : start + batch_size]
+        ]
+        input_ids, attention_mask = pad_right(flat, tokenizer.pad_token_id, model.device)
+        scores.append(model(input_ids, attention_mask).cpu())
+    model.train(was_training)
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def calibrate_offset(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_and_sft_samples: Sequence[tuple[Prompt, str]],
+    *,
+    max_length: int = 512,
+    batch_size: int = 32,
+) -> float:
+    """Set the offset so the given SFT samples score 0 on average (InstructGPT 3.5);
+    returns the new offset."""
+    if not prompts_and_sft_samples:
+        raise ValueError("calibration needs at least one (prompt, SFT sample) pair")
+    raw = score_texts(
+        model, tokenizer, prompts_and_sft_samples, max_length=max_length, batch_size=batch_size
+    )
+    model.reward_offset = model.reward_offset - float(raw.double().mean())
+    return model.reward_offset

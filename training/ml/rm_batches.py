@@ -1,0 +1,151 @@
+"""Rankings as token ids, and batches that forward each response of a prompt once.
+
+A step's B prompts with K_b responses each become ONE right-padded batch of
+N = sum(K_b) sequences; ``slots`` maps each row back to its (prompt, response) cell of a
+(B, K) score grid, and the rankings become a (B, K, K) preference matrix.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from training.ml import models
+from training.ml.losses import preference_matrix
+from training.ml.preferences import RankedExample
+
+
+@dataclass
+class EncodedRanking:
+    """One ranking as token ids: K sequences ``prompt + response + EOS``."""
+
+    sequences: list[list[int]]
+    tie_groups: list[list[int]]
+    labeler: str | None = None
+
+    @property
+    def pair_count(self) -> int:
+        sizes = [len(group) for group in self.tie_groups]
+        return (sum(sizes) ** 2 - sum(size * size for size in sizes)) // 2
+
+
+def join_prompt_response(
+    prompt_ids: Sequence[int], response_ids: Sequence[int], max_length: int
+) -> list[int]:
+    """``prompt + response`` in at most ``max_length`` tokens, keeping what the score needs.
+
+    The response keeps its start and at least half the window; the prompt loses its
+    beginning (the turns furthest from the response) first.
+    """
+    room = max(max_length - len(prompt_ids), max_length // 2)
+    response = list(response_ids[:room])
+    prompt = list(prompt_ids[len(prompt_ids) - (max_length - len(response)) :])
+    return (prompt if max_length > len(response) else []) + response
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
+    """A response's ids as the policy would emit them: its tokens then EOS."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.eos_token_id]
+
+
+def encode_sequence(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int], response: str, max_length: int
+) -> list[int]:
+    return join_prompt_response(prompt_ids, encode_response(tokenizer, response), max_length)
+
+
+def encode_rankings(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[RankedExample], max_length: int
+) -> list[EncodedRanking]:
+    """Tokenise each prompt once (chat template) and each of its responses."""
+    encoded = []
+    for example in examples:
+        prompt_ids = models.encode_prompt(tokenizer, example.prompt, 0)
+        sequences = [
+            encode_sequence(tokenizer, prompt_ids, text, max_length) for text in example.responses
+        ]
+        encoded.append(EncodedRanking(sequences, example.tie_groups, example.labeler))
+    return encoded
+
+
+@dataclass
+class RankingBatch:
+    """B rankings flattened into one padded batch of N = sum(K_b) sequences."""
+
+    input_ids: Tensor  # (N, T) right-padded
+    attention_mask: Tensor  # (N, T)
+    slots: Tensor  # (N,) index of each sequence in the (B * K) score grid
+    prefer: Tensor  # (B, K, K) bool
+    distance: Tensor  # (B, K, K) tie-group distance of each pair
+    pairs: int
+
+
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(N, T) input ids and attention mask of right-padded sequences."""
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def collate_rankings(
+    rankings: Sequence[EncodedRanking], pad_id: int, device: torch.device
+) -> RankingBatch:
+    k = max(len(r.sequences) for r in rankings)
+    input_ids, attention_mask = pad_right(
+        [seq for r in rankings for seq in r.sequences], pad_id, device
+    )
+    slots = [b * k + i for b, r in enumerate(rankings) for i in range(len(r.sequences))]
+    prefer, distance = preference_matrix([r.tie_groups for r in rankings], k, device=device)
+    return RankingBatch(
+        input_ids,
+        attention_mask,
+        torch.tensor(slots, device=device),
+        prefer,
+        distance,
+        int(prefer.sum()),
+    )
+
+
+def length_bucketed_batches(
+    rankings: Sequence[EncodedRanking], batch_size: int, rng: random.Random, bucket: int = 50
+) -> list[list[EncodedRanking]]:
+    """Shuffled batches of similar length: shuffle, sort within windows of ``bucket``
+    batches by longest sequence, cut, then shuffle the batch order (less padding)."""
+    order = list(rankings)
+    rng.shuffle(order)
+    batches: list[list[EncodedRanking]] = []
+    window = batch_size * bucket
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda r: max(map(len, r.sequences)))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def micro_batches(
+    rankings: list[EncodedRanking], max_sequences: int | None
+) -> list[list[EncodedRanking]]:
+    """Split a step's prompts so one forward holds at most ``max_sequences`` sequences."""
+    if not max_sequences:
+        return [rankings]
+    groups: list[list[EncodedRanking]] = [[]]
+    for ranking in rankings:
+        if (
+            groups[-1]
+            and sum(len(r.sequences) for r in groups[-1]) + len(ranking.sequences) > max_sequences
+        ):
+            groups.append([])
+        groups[-1].append(ranking)
+    return groups
