@@ -20,7 +20,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from training.ml.data import Demonstration
-from training.ml.models import MemoryConfig, encode_prompt, prepare_for_training
+from training.ml.models import (
+    MemoryConfig,
+    disable_gradient_checkpointing,
+    encode_prompt,
+    prepare_for_training,
+)
 
 IGNORE_INDEX = -100
 
@@ -356,9 +361,8 @@ def _finish(model: nn.Module, trained: nn.Module, config: SFTConfig) -> None:
     """Merge LoRA into ``model``, undo checkpointing and freezing; leave it in eval mode."""
     if trained is not model and hasattr(trained, "merge_and_unload"):
         trained.merge_and_unload()  # replaces the LoRA layers inside ``model`` in place
-    if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-        model.gradient_checkpointing_disable()
-        model.config.use_cache = True
+    if config.gradient_checkpointing:
+        disable_gradient_checkpointing(model)
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()

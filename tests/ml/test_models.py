@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ml.models import (
+    ModelLoadError,
+    apply_lora,
+    chat_text,
+    count_trainable,
+    decoder_layers,
+    encode_prompt,
+    freeze_all_but_top_layers,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    save_pretrained_atomic,
+)
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    ids = torch.tensor([encode_prompt(tokenizer, "Hello there", 64)])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_tiny_has_the_real_tokenizer_and_left_padding(tiny_lm):
+    model, tokenizer = tiny_lm
+    assert len(tokenizer) == 49152 == model.config.vocab_size
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+    assert tokenizer.pad_token_id is not None and tokenizer.padding_side == "left"
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_tiny_is_deterministic_per_seed(tiny_lm):
+    model, tokenizer = tiny_lm
+    again, _ = load_causal_lm("tiny")
+    other, _ = load_causal_lm("tiny:7")
+    assert torch.equal(_logits(model, tokenizer), _logits(again, tokenizer))
+    assert not torch.allclose(_logits(model, tokenizer), _logits(other, tokenizer))
+
+
+def test_tiny_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_causal_lm("tiny")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_folder_roundtrip_through_save_pretrained_atomic(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    out = save_pretrained_atomic(model, tokenizer, tmp_path / "policy", extra_files={"a.txt": "x"})
+    assert (out / "model.safetensors").is_file() and (out / "a.txt").read_text() == "x"
+    assert not list(tmp_path.glob(".policy.*")), "temporary folders must be gone"
+    loaded, loaded_tok = load_causal_lm(str(out))
+    assert torch.allclose(_logits(model, tokenizer), _logits(loaded, loaded_tok), atol=1e-6)
+    assert loaded_tok.padding_side == "left"
+    assert chat_text(loaded_tok, "hi") == chat_text(tokenizer, "hi")
+
+
+def test_save_replaces_an_existing_folder(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    target = tmp_path / "policy"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    save_pretrained_atomic(model, tokenizer, target)
+    assert not (target / "stale.txt").exists()
+    assert (target / "model.safetensors").is_file()
+
+
+def test_failed_save_leaves_the_old_folder_in_place(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    target = save_pretrained_atomic(model, tokenizer, tmp_path / "policy")
+    with pytest.raises(TypeError):
+        save_pretrained_atomic(model, tokenizer, target, extra_files={"bad": 123})  # type: ignore[dict-item]
+    assert (target / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]
+
+
+def test_pickled_checkpoint_folder_is_refused(tiny_lm, tmp_path):
+    model, _ = tiny_lm
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"pickled.*pytorch_model\.bin"):
+        load_causal_lm(str(folder))
+
+
+def test_missing_and_corrupt_checkpoints_name_the_path(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    with pytest.raises(ModelLoadError, match="nowhere"):
+        load_causal_lm(str(tmp_path / "nowhere"))
+    folder = save_pretrained_atomic(model, tokenizer, tmp_path / "corrupt")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match=str(folder)):
+        load_causal_lm(str(folder))
+    with pytest.raises(ModelLoadError, match="tiny"):
+        load_causal_lm("tiny:abc")
+
+
+def test_resolve_device_and_dtype():
+    cpu = resolve_device("cpu")
+    assert cpu == torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16 == resolve_dtype("bfloat16", cpu)
+    assert resolve_dtype("fp32", cpu) == torch.float32
+    with pytest.raises(ModelLoadError):
+        resolve_dtype("int3", cpu)
+
+
+def test_load_honours_dtype():
+    model, _ = load_causal_lm("tiny", device="cpu", dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_freeze_all_but_top_layers(fresh_tiny_lm):
+    model, _ = fresh_tiny_lm
+    n = freeze_all_but_top_layers(model, 1)
+    top, bottom = decoder_layers(model)[1], decoder_layers(model)[0]
+    expected = sum(p.numel() for p in top.parameters()) + model.model.norm.weight.numel()
+    assert n == expected == count_trainable(model)
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in bottom.parameters())
+    assert not model.model.embed_tokens.weight.requires_grad  # tied lm_head stays frozen
+
+
+def test_chat_prompt_and_left_truncation(tiny_lm):
+    _, tokenizer = tiny_lm
+    text = chat_text(tokenizer, "What is 2+2?")
+    assert text == chat_text(tokenizer, [{"role": "user", "content": "What is 2+2?"}])
+    assert "What is 2+2?" in text and text.endswith("<|im_start|>assistant\n")
+    full = encode_prompt(tokenizer, "What is 2+2?", 10_000)
+    assert encode_prompt(tokenizer, "What is 2+2?", 5) == full[-5:]
+
+
+def test_load_tokenizer_of_a_folder(tiny_lm, tmp_path: Path):
+    model, tokenizer = tiny_lm
+    folder = save_pretrained_atomic(model, tokenizer, tmp_path / "m")
+    assert load_tokenizer(str(folder)).get_vocab() == tokenizer.get_vocab()
+
+
+def test_lora_trains_adapters_only_and_saves_merged(fresh_tiny_lm, tmp_path):
+    model, tokenizer = fresh_tiny_lm
+    wrapped = apply_lora(model, r=4, alpha=8)
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():  # make the adapters do something
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    expected = _logits(wrapped, tokenizer)
+    out = save_pretrained_atomic(wrapped, tokenizer, tmp_path / "lora")
+    reloaded, _ = load_causal_lm(str(out))
+    assert torch.allclose(_logits(reloaded, tokenizer), expected, atol=1e-4)

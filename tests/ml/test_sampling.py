@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.ml.models import encode_prompt
+from training.ml.sampling import (
+    GenerationSettings,
+    bench_sampling,
+    left_pad,
+    position_ids_from_attention_mask,
+    sample_responses,
+    top_p_filter,
+)
+
+PROMPTS = [
+    "Hi",
+    "Please write a long and careful answer about the water cycle and rain.",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}],
+]
+GREEDY = GenerationSettings(max_new_tokens=12, temperature=0.0)
+
+
+def test_left_pad_and_positions():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert position_ids_from_attention_mask(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_batched_left_padding_matches_each_prompt_alone(tiny_lm):
+    model, tokenizer = tiny_lm
+    together = sample_responses(model, tokenizer, PROMPTS, k=1, settings=GREEDY, batch_size=3)
+    for prompt, group in zip(PROMPTS, together, strict=True):
+        alone = sample_responses(model, tokenizer, [prompt], k=1, settings=GREEDY)
+        assert group[0].token_ids == alone[0][0].token_ids
+        assert group[0].logprobs == pytest.approx(alone[0][0].logprobs, abs=1e-4)
+
+
+def test_logprobs_are_the_policy_logprobs_of_the_sampled_tokens(tiny_lm):
+    model, tokenizer = tiny_lm
+    settings = GenerationSettings(max_new_tokens=8, temperature=0.7, top_p=0.9, seed=4)
+    sample = sample_responses(model, tokenizer, [PROMPTS[1]], k=1, settings=settings)[0][0]
+    prompt = encode_prompt(tokenizer, PROMPTS[1], settings.max_prompt_tokens)
+    ids = torch.tensor([prompt + sample.token_ids])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # (T-1, V)
+    start = len(prompt) - 1  # logits at position t predict token t+1
+    steps = torch.arange(len(sample.token_ids))
+    expected = logp[start + steps, torch.tensor(sample.token_ids)]
+    assert sample.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_same_seed_same_texts_other_seed_other_texts(tiny_lm):
+    model, tokenizer = tiny_lm
+    settings = GenerationSettings(max_new_tokens=10, temperature=1.0, seed=11)
+    first = sample_responses(model, tokenizer, PROMPTS, k=2, settings=settings, batch_size=4)
+    again = sample_responses(model, tokenizer, PROMPTS, k=2, settings=settings, batch_size=2)
+    other = sample_responses(
+        model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=10, seed=12)
+    )
+    texts = [[s.text for s in g] for g in first]
+    assert texts == [[s.text for s in g] for g in again]
+    assert texts != [[s.text for s in g] for g in other]
+    assert [s.seed for s in first[1]] == [13, 14]  # seed + prompt index * k + j
+    assert first[0][0].text != first[0][1].text  # the K responses differ
+
+
+def test_one_response_is_reproducible_from_its_recorded_seed(tiny_lm):
+    model, tokenizer = tiny_lm
+    settings = GenerationSettings(max_new_tokens=10, seed=100)
+    sample = sample_responses(model, tokenizer, PROMPTS, k=3, settings=settings)[2][1]
+    alone = GenerationSettings(max_new_tokens=10, seed=sample.seed)
+    again = sample_responses(model, tokenizer, [PROMPTS[2]], k=1, settings=alone)[0][0]
+    assert (again.token_ids, again.text, again.seed) == (sample.token_ids, sample.text, sample.seed)
+    assert again.logprobs == pytest.approx(sample.logprobs, abs=1e-4)  # batch shape: float noise
+
+
+class _ForceToken:
+    """Forward hook on the LM head making ``token`` the most likely next token."""
+
+    def __init__(self, model, token: int) -> None:
+        self.handle = model.lm_head.register_forward_hook(self.hook)
+        self.token = token
+
+    def hook(self, module, args, output):
+        output = output.clone()
+        output[..., self.token] += 1000.0
+        return output
+
+
+def test_eos_finishes_and_is_the_last_token(tiny_lm):
+    model, tokenizer = tiny_lm
+    force = _ForceToken(model, tokenizer.eos_token_id)
+    try:
+        groups = sample_responses(
+            model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=5, seed=0)
+        )
+    finally:
+        force.handle.remove()
+    for sample in (s for g in groups for s in g):
+        assert sample.finished and sample.token_ids == [tokenizer.eos_token_id]
+        assert sample.text == "" and len(sample.logprobs) == 1
+
+
+def test_without_eos_the_limit_leaves_it_unfinished(tiny_lm):
+    model, tokenizer = tiny_lm
+    force = _ForceToken(model, tokenizer.convert_tokens_to_ids("hello"))
+    try:
+        sample = sample_responses(
+            model, tokenizer, ["Hi"], k=1, settings=GenerationSettings(max_new_tokens=4, seed=0)
+        )[0][0]
+    finally:
+        force.handle.remove()
+    assert not sample.finished and sample.token_count == 4
+    assert sample.text == "hellohellohellohello"
+
+
+def test_progress_counts_responses(tiny_lm):
+    model, tokenizer = tiny_lm
+    calls: list[tuple[int, int]] = []
+    sample_responses(
+        model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=2, seed=0),
+        batch_size=4, on_progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert calls == [(4, 6), (6, 6)]
+
+
+def test_top_p_filter_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(top_p_filter(logits, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_bench_sampling_reports_tokens_per_second(tiny_lm):
+    model, tokenizer = tiny_lm
+    report = bench_sampling(
+        model, tokenizer, prompts=PROMPTS[:2], k=2,
+        settings=GenerationSettings(max_new_tokens=4, seed=0),
+    )  # fmt: skip
+    assert report["responses"] == 4 and report["new_tokens"] > 0
+    assert report["tokens_per_s"] == pytest.approx(report["new_tokens"] / report["seconds"])
