@@ -117,7 +117,10 @@ def is_reward_model_folder(path: str | Path) -> bool:
     config = Path(path) / "config.json"
     if not config.is_file():
         return False
-    data = json.loads(config.read_text())
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False  # not readable: the causal-LM loader reports it with the path
     architectures = data.get("architectures") or []
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
@@ -148,7 +151,11 @@ def load_reward_model(
 
 
 def save_reward_model(
-    model: RewardModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    extra_files: dict[str, str | bytes] | None = None,
 ) -> Path:
     """Write the RM as a safetensors save_pretrained folder (atomically: temp, then rename).
 
@@ -161,4 +168,4 @@ def save_reward_model(
         saved_tokenizer.pad_token = saved_tokenizer.unk_token
     saved_tokenizer.padding_side = "right"
     model._base().config.pad_token_id = saved_tokenizer.pad_token_id
-    return models.save_pretrained_atomic(model, saved_tokenizer, out_dir)
+    return models.save_pretrained_atomic(model, saved_tokenizer, out_dir, extra_files=extra_files)

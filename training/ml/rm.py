@@ -105,6 +105,24 @@ class RMConfig:
     seed: int = 0
     """Seed of the batch order (and of the eval split)."""
 
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range field."""
+        checks = {
+            "lr": self.lr > 0,
+            "epochs": self.epochs > 0,
+            "batch_size": self.batch_size >= 1,
+            "max_length": self.max_length >= 8,
+            "warmup_steps": self.warmup_steps >= 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "margin": self.margin >= 0,
+            "train_top_layers": self.train_top_layers is None or self.train_top_layers >= 0,
+            "eval_fraction": 0 <= self.eval_fraction < 1,
+            "max_sequences_per_forward": (self.max_sequences_per_forward or 1) >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"RMConfig.{name} is out of range: {getattr(self, name)!r}")
+
 
 def split_eval(
     examples: Sequence[RankedExample], fraction: float, seed: int
@@ -182,6 +200,7 @@ def train_reward_model(
     ``eval``, ``config.eval_fraction`` of the rankings is held out. ``should_stop`` is
     checked before every step; a stop returns ``status="cancelled"``.
     """
+    config.validate()
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     if eval is None and config.eval_fraction > 0:
