@@ -70,9 +70,9 @@ function showTask(task) {
   dom.meta.textContent = `Task ${task.id} · ${app.cards.length} responses`;
   showScreen("task");
   for (const node of dom.cards.children) view.updateOverflow(node);
+  app.busy = false;
   render();
   app.timer.start();
-  app.busy = false;
   prefetch(task.id);
 }
 
