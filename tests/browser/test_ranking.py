@@ -137,7 +137,7 @@ def test_drag_and_drop_ranking_with_a_tie(page, project, labeler) -> None:  # ty
     card(2).drag_to(page.locator(".group[data-group='1']"))  # tie with card 1
     card(4).drag_to(page.locator(".gap[data-gap='1']"))  # a rank between 3 and (1 = 2)
     assert page.locator(".group").count() == 3
-    page.locator(".slot[data-response-id='%d']" % ids[4]).drag_to(page.locator(".gap--end"))
+    page.locator(f".slot[data-response-id='{ids[4]}']").drag_to(page.locator(".gap--end"))
     page.click("#submit")
 
     page.wait_for_selector("#empty:not([hidden])")

@@ -13,7 +13,9 @@ SCENARIOS = """async () => {
     return { order: s.order(), complete: s.isComplete(), tieNext: s.tieNext };
   };
   const shuffles = new Set();
-  for (let task = 0; task < 200; task++) shuffles.add(seededShuffle([1, 2, 3, 4], `${task}:7`).join());
+  for (let task = 0; task < 200; task++) {
+    shuffles.add(seededShuffle([1, 2, 3, 4], `${task}:7`).join());
+  }
   return {
     keys: run([['append', 20], ['markTie'], ['append', 10], ['append', 30], ['append', 40]]),
     tieFirst: run([['markTie'], ['append', 10]]),
