@@ -1,0 +1,262 @@
+"""PPO: the pure pieces on hand-computed numbers, then whole steps on the `tiny` model."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ml.models import load_causal_lm
+from training.ml.ppo import (
+    PPOConfig,
+    PPOModels,
+    collect_rollout,
+    latest_checkpoint,
+    pack_episodes,
+    policy_loss,
+    prompt_batch,
+    ptx_examples,
+    token_rewards,
+    train_ppo,
+    value_loss,
+)
+from training.ml.reward_model import RewardModel
+from training.ml.rules import LengthRule
+
+PROMPTS = [f"Say something about topic {i}." for i in range(16)]
+
+
+def spaces(texts: list[str], prompts: list) -> list[float]:
+    """Synthetic reward: the number of words (spaces) in the response."""
+    return [float(text.count(" ")) for text in texts]
+
+
+def build(seed: int = 0) -> tuple:
+    """(policy, ref_policy, critic, tokenizer): SFT = tiny, critic from an RM on it."""
+    policy, tokenizer = load_causal_lm("tiny")
+    ref_policy, _ = load_causal_lm("tiny")
+    torch.manual_seed(seed)  # the RM head's init
+    critic = RewardModel.from_causal_lm(policy)
+    return policy, ref_policy, critic, tokenizer
+
+
+SMALL = {"batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 4, "lr": 1e-3}
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_pack_episodes_left_pads_prompts_and_right_pads_responses() -> None:
+    ids, attn, resp = pack_episodes([[1, 2], [3]], [[7], [8, 9]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 7, 0], [0, 3, 8, 9]]
+    assert attn.tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert resp.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+
+
+def test_token_rewards_put_kl_on_every_token_and_score_on_the_last() -> None:
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -5.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0], [-1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards = token_rewards(torch.tensor([2.0, 3.0]), logp, ref, mask, kl_coef=0.1)
+    expected = torch.tensor([[-0.05, 0.0, 0.1 + 2.0], [0.0, 3.0, 0.0]])
+    torch.testing.assert_close(rewards, expected)
+
+
+def test_policy_loss_clips_the_ratio_on_both_sides() -> None:
+    new = torch.tensor([[math.log(1.5), math.log(0.5), 9.0]])
+    old = torch.zeros(1, 3)
+    advantages = torch.tensor([[1.0, -1.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    loss, stats = policy_loss(new, old, advantages, mask, cliprange=0.2)
+    # token 1: max(-1.5, -1.2) = -1.2; token 2: max(0.5, 0.8) = 0.8
+    assert loss.item() == pytest.approx((-1.2 + 0.8) / 2)
+    assert stats["clipfrac"] == pytest.approx(1.0)
+    k3 = ((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5))) / 2
+    assert stats["approx_kl"] == pytest.approx(k3)
+
+
+def test_value_loss_takes_the_worse_of_clipped_and_unclipped() -> None:
+    old = torch.tensor([[1.0, 1.0]])
+    new = torch.tensor([[2.0, 1.1]])
+    returns = torch.tensor([[1.5, 2.0]])
+    loss, stats = value_loss(new, old, returns, torch.ones(1, 2), cliprange_value=0.05)
+    # token 1: clipped 1.05 -> max(0.25, 0.2025) = 0.25; token 2: clipped 1.05 -> 0.9025
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 0.9025) / 2)
+    assert stats["vf_clipfrac"] == pytest.approx(0.5)
+
+
+def test_prompt_batches_cover_every_prompt_each_epoch_and_repeat_exactly() -> None:
+    first_epoch = [i for step in range(4) for i in prompt_batch(10, 3, step, seed=1)[:3]]
+    assert sorted(first_epoch[:10]) == list(range(10))
+    assert prompt_batch(10, 3, 5, seed=1) == prompt_batch(10, 3, 5, seed=1)
+    assert prompt_batch(10, 3, 5, seed=1) != prompt_batch(10, 3, 5, seed=2)
+
+
+def test_ptx_examples_mask_the_prompt_of_demonstrations(tiny_lm) -> None:
+    _, tokenizer = tiny_lm
+    (ids, labels), (raw_ids, raw_labels) = ptx_examples(
+        tokenizer, [("Hi?", "Hello there"), "plain pretraining text"], max_length=64
+    )
+    assert labels[0] == -100 and labels[-1] == tokenizer.eos_token_id
+    assert ids[-len([x for x in labels if x != -100]) :] == [x for x in labels if x != -100]
+    assert raw_ids == raw_labels
+    with pytest.raises(ValueError, match="ptx item 0"):
+        ptx_examples(tokenizer, [42], max_length=64)
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        PPOConfig(batch_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        PPOConfig(temperature=0.0)
+
+
+# --------------------------------------------------------------------------- on tiny
+
+
+def test_rollout_scores_are_rm_plus_rules_plus_fn_minus_eos_penalty() -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    reward_model = RewardModel.from_causal_lm(policy).eval()
+    config = PPOConfig(max_new_tokens=3, missing_eos_penalty=2.0, **SMALL_ROLLOUT)
+    models = PPOModels(policy, ref_policy, critic, reward_model)
+    rules = [LengthRule(0.5, min_tokens=1)]
+    rollout = collect_rollout(
+        models, tokenizer, PROMPTS[:3], config, 0, rules, lambda t, p: [1.0] * len(t)
+    )
+    penalty = 2.0 * (~rollout.finished).float()
+    torch.testing.assert_close(rollout.scores, rollout.rm_scores + 1.5 - penalty)
+    # the RM reads the final response token whatever the padding: row 0 alone, unpadded
+    row = rollout.input_ids[0][rollout.attention_mask[0].bool()][None]
+    with torch.no_grad():
+        alone = reward_model(row, torch.ones_like(row))
+    torch.testing.assert_close(rollout.rm_scores[:1], alone, rtol=1e-4, atol=1e-5)
+
+
+SMALL_ROLLOUT = {"batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1}
+
+
+def test_kl_is_zero_at_the_first_step_and_every_trainable_parameter_changes() -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    before = {
+        (who, name): p.detach().clone()
+        for who, model in (("policy", policy), ("critic", critic))
+        for name, p in model.named_parameters()
+    }
+    seen: list[tuple[int, dict]] = []
+    result = train_ppo(
+        policy, ref_policy, critic, None, tokenizer, PROMPTS, PPOConfig(steps=1, **SMALL),
+        reward_fn=spaces, on_metrics=lambda step, m: seen.append((step, m)),
+    )  # fmt: skip
+    assert result["status"] == "completed" and result["step"] == 1
+    assert [step for step, _ in seen] == [1]
+    metrics = seen[0][1]
+    assert metrics["objective/kl"] == 0.0  # policy == reference, same forward passes
+    for key in ("losses/policy_loss", "losses/value_loss", "losses/clipfrac", "losses/approx_kl",
+                "objective/entropy", "objective/kl_coef", "env/reward_mean", "env/response_length",
+                "env/eos_rate", "charts/tokens_per_s"):  # fmt: skip
+        assert math.isfinite(metrics[key]), key
+    unchanged = [
+        f"{who}.{name}"
+        for who, model in (("policy", policy), ("critic", critic))
+        for name, p in model.named_parameters()
+        if p.requires_grad and torch.equal(p, before[(who, name)])
+    ]
+    assert unchanged == []
+
+
+def test_train_top_layers_changes_only_the_top_block_and_heads() -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    config = PPOConfig(steps=1, train_top_layers=1, **SMALL)
+    train_ppo(policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces)
+    changed = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".layers.1." in n for n in changed)
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in changed)
+
+
+def test_ppo_raises_a_synthetic_reward_while_kl_stays_bounded() -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    config = PPOConfig(
+        steps=8, batch_size=16, mini_batch_size=8, ppo_epochs=2, lr=1e-2, max_new_tokens=8,
+        init_kl_coef=0.05, kl_target=1.0, kl_horizon=160,
+    )  # fmt: skip
+    history: list[dict] = []
+    result = train_ppo(
+        policy, ref_policy, critic, None, tokenizer, PROMPTS, config,
+        reward_fn=spaces, on_metrics=lambda _, m: history.append(m),
+    )  # fmt: skip
+    scores = [m["env/score_mean"] for m in history]
+    kls = [m["objective/kl"] for m in history]
+    assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 1.0, scores
+    # bounded: far from a collapsed policy (8 tokens * log 49152 = 86 nats), entropy intact
+    assert all(0.0 <= kl < 20.0 for kl in kls), kls
+    assert history[-1]["objective/entropy"] > 5.0
+    assert result["kl_coef"] > 0.05  # KL above its target pushed beta up
+
+
+def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    config = PPOConfig(steps=3, checkpoint_every=1, **SMALL)
+    # reference: three uninterrupted steps
+    policy_a, ref_a, critic_a, tokenizer = build()
+    straight = train_ppo(
+        policy_a, ref_a, critic_a, None, tokenizer, PROMPTS, config, reward_fn=spaces
+    )
+
+    # the same run, cancelled after two steps
+    policy_b, ref_b, critic_b, _ = build()
+    steps: list[int] = []
+    first = train_ppo(
+        policy_b, ref_b, critic_b, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step), should_stop=lambda: len(steps) >= 2,
+        checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    assert first["status"] == "cancelled" and first["step"] == 2 and steps == [1, 2]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000002"
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+
+    # resumed in fresh objects (a new worker process)
+    policy_c, ref_c, critic_c, _ = build(seed=123)
+    second = train_ppo(
+        policy_c, ref_c, critic_c, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step), checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    assert second["status"] == "completed" and second["resumed_from"] == 2
+    assert steps == [1, 2, 3]
+    for (name, a), c in zip(policy_a.named_parameters(), policy_c.parameters(), strict=True):
+        torch.testing.assert_close(a, c, msg=name)
+    for (name, a), c in zip(critic_a.named_parameters(), critic_c.parameters(), strict=True):
+        torch.testing.assert_close(a, c, msg=name)
+    assert second["kl_coef"] == straight["kl_coef"] != config.init_kl_coef
+
+
+def test_rm_rules_and_ptx_in_one_step() -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    reward_model = RewardModel.from_causal_lm(policy)
+    config = PPOConfig(steps=1, ptx_coef=0.5, ptx_batch_size=2, **SMALL)
+    seen: list[dict] = []
+    train_ppo(
+        policy, ref_policy, critic, reward_model, tokenizer, PROMPTS, config,
+        rules=[LengthRule(1.0, max_tokens=2)], ptx_texts=[("Hi?", "Hello!"), "Some text."],
+        on_metrics=lambda _, m: seen.append(m),
+    )  # fmt: skip
+    metrics = seen[0]
+    assert math.isfinite(metrics["env/rm_score"])
+    assert metrics["losses/ptx_loss"] > 0.0
+    assert not any(p.requires_grad for p in reward_model.parameters())
+
+
+def test_bad_inputs_and_unreadable_checkpoints_fail_clearly(tmp_path: Path) -> None:
+    policy, ref_policy, critic, tokenizer = build()
+    config = PPOConfig(steps=1, **SMALL)
+    with pytest.raises(ValueError, match="reward model, a reward_fn or rules"):
+        train_ppo(policy, ref_policy, critic, None, tokenizer, PROMPTS, config)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        train_ppo(policy, ref_policy, critic, None, tokenizer, [], config, reward_fn=spaces)
+    broken = tmp_path / "step-000001"
+    broken.mkdir()
+    (broken / "state.json").write_text('{"step": 1, "kl_coef": 0.2}')
+    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*step-000001"):
+        train_ppo(
+            policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+            checkpoint_dir=tmp_path,
+        )  # fmt: skip
