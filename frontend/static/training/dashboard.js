@@ -129,7 +129,7 @@ function roundCounts() {
 function renderHistory() {
   const counts = roundCounts();
   renderRounds($("rounds-table"), $("rounds-empty"), state.rounds, counts);
-  const chrono = [...state.rounds].sort((a, b) => a.number - b.number);
+  const chrono = state.rounds.filter((r) => r.reward_model).sort((a, b) => a.number - b.number);
   perRound.accuracy.replace({
     round: chrono.map((r) => r.number),
     accuracy: chrono.map(rmAccuracy),

@@ -19,7 +19,7 @@ export function when(iso) {
   if (!iso) return "—";
   const date = new Date(iso);
   return date.toLocaleString(undefined, {
-    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
   });
 }
 

@@ -7,7 +7,6 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 export const PALETTE = ["#4338ca", "#0e9384", "#dd2590", "#f79009", "#2e90fa", "#667085"];
 
 const WIDTH = 480;
-const HEIGHT = 220;
 const PAD = { left: 52, right: 14, top: 12, bottom: 30 };
 
 function svg(tag, attrs = {}, parent = null) {
@@ -51,9 +50,10 @@ export function formatNumber(value, digits = 3) {
 }
 
 export class LineChart {
-  // options: {title, series: [{key, label, color?}], xLabel, yMin, yMax, bars, integerX}
+  // options: {title, series: [{key, label, color?}], xLabel, yMin, yMax, bars, integerX,
+  // height (of the 480-wide view box), empty (the text shown without data)}
   constructor(container, options) {
-    this.options = { xLabel: "step", ...options };
+    this.options = { xLabel: "step", height: 220, ...options };
     this.series = options.series.map((s, i) => ({ color: PALETTE[i % PALETTE.length], ...s }));
     this.container = container;
     this.reset();
@@ -97,7 +97,7 @@ export class LineChart {
     html("h3", "chart__title", this.options.title, head);
     this.readout = html("p", "chart__readout", "", head);
     this.svg = svg("svg", {
-      viewBox: `0 0 ${WIDTH} ${HEIGHT}`,
+      viewBox: `0 0 ${WIDTH} ${this.options.height}`,
       class: "chart__svg",
       role: "img",
       "aria-label": this.options.title,
@@ -132,6 +132,7 @@ export class LineChart {
   }
 
   render() {
+    const HEIGHT = this.options.height;
     this.svg.replaceChildren();
     const points = this.series.reduce(
       (n, s) => n + this.values[s.key].filter((v) => v !== null).length,
@@ -157,6 +158,7 @@ export class LineChart {
   }
 
   drawAxes(d, plotW, plotH) {
+    const HEIGHT = this.options.height;
     const axes = svg("g", { class: "chart__axes" }, this.svg);
     for (const t of d.yTicks) {
       const y = this.sy(t);
@@ -176,31 +178,26 @@ export class LineChart {
       .textContent = this.options.xLabel;
   }
 
+  // Steps without a value are skipped, not broken: a metric logged every N steps (held-out
+  // accuracy) is still one line. Sparse series also get a dot per point.
   drawLines() {
-    const dense = this.x.length > 40;
     for (const s of this.series) {
-      const vs = this.values[s.key];
-      let path = "";
-      let pen = false;
-      vs.forEach((v, i) => {
-        if (v === null) {
-          pen = false;
-          return;
-        }
-        path += `${pen ? "L" : "M"}${this.sx(this.x[i]).toFixed(1)},${this.sy(v).toFixed(1)}`;
-        pen = true;
-      });
+      const pts = this.values[s.key]
+        .map((v, i) => (v === null ? null : [this.sx(this.x[i]), this.sy(v)]))
+        .filter((p) => p !== null);
+      const path = pts.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("");
       svg("path", { d: path, fill: "none", stroke: s.color, "stroke-width": 2, class: "chart__line", "data-series": s.key }, this.svg);
-      vs.forEach((v, i) => {
-        if (v === null || (dense && i !== vs.length - 1)) return;
-        svg("circle", { cx: this.sx(this.x[i]), cy: this.sy(v), r: 2.8, fill: s.color, class: "chart__point" }, this.svg);
+      const dense = pts.length > 40;
+      pts.forEach(([x, y], i) => {
+        if (dense && i !== pts.length - 1) return;
+        svg("circle", { cx: x, cy: y, r: 2.8, fill: s.color, class: "chart__point" }, this.svg);
       });
     }
   }
 
   drawBars(d) {
     const n = this.series.length;
-    const slot = Math.abs(this.sx(d.x0 + 1) - this.sx(d.x0)) * 0.7;
+    const slot = Math.min(Math.abs(this.sx(d.x0 + 1) - this.sx(d.x0)) * 0.7, 28 * n);
     const width = Math.max(2, slot / n);
     this.series.forEach((s, k) => {
       this.values[s.key].forEach((v, i) => {

@@ -79,7 +79,7 @@ export function renderModels(table, empty, models) {
       cell(model.role),
       el("td", {}, [el("span", { className: `status status--${model.status}`, text: model.status })]),
       cell(byId.get(model.parent)?.label ?? (model.parent ? `#${model.parent}` : "—")),
-      cell(metricSummary(model.metrics)),
+      cell(metricSummary(model.metrics), "wrap"),
       cell(when(model.created_at)),
     ]);
   });
