@@ -47,11 +47,13 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.ml.data import read_prompts
+
+    _check(args)
+    prompts = read_prompts(args.data)  # all lines validated before torch is even imported
+
     from training.ml.progress import CountProgress
     from training.ml.sampling import GenerationSettings, sample_responses
 
-    _check(args)
-    prompts = read_prompts(args.data)  # all lines validated before the model loads
     set_threads_from_env()
     model, tokenizer = load_model_from_args(args)
     settings = GenerationSettings(

@@ -48,13 +48,15 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.ml.data import read_demonstrations
+
+    demos = read_demonstrations(args.data)  # every line checked before torch is even imported
+    eval_demos = read_demonstrations(args.eval_data) if args.eval_data else None
+    out = check_out_dir(args.out)
+
     from training.ml.models import save_pretrained_atomic
     from training.ml.progress import MetricsProgress
     from training.ml.sft import SFTConfig, train_sft
 
-    demos = read_demonstrations(args.data)  # every line checked before the model loads
-    eval_demos = read_demonstrations(args.eval_data) if args.eval_data else None
-    out = check_out_dir(args.out)
     config = SFTConfig(**overrides(args, FLAG_TO_FIELD))
     config.gradient_checkpointing = args.gradient_checkpointing
     try:
