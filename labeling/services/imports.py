@@ -307,4 +307,5 @@ def _is_int(value: Any) -> bool:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
+    names = {"dict": "object", "str": "string", "NoneType": "null"}
+    return names.get(type(value).__name__, type(value).__name__)

@@ -6,6 +6,7 @@ count taken under the lock is exact.
 """
 
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 from django.db.models import Q
@@ -20,7 +21,7 @@ def holds_slot(now: datetime) -> Q:
     )
 
 
-def used_slots(*, task: RankingTask, now: datetime, exclude_labeler: object = None) -> int:
+def used_slots(*, task: RankingTask, now: datetime, exclude_labeler: Any = None) -> int:
     """Slots of `task` in use (by others than `exclude_labeler`). Exact under the task lock."""
     assignments = Assignment.objects.filter(holds_slot(now), task=task)
     if exclude_labeler is not None:

@@ -16,6 +16,7 @@ from labeling.services.leases import lock_task, used_slots
 from labeling.services.pairs import pairs_from_tie_groups
 
 MAX_TIME_SPENT_MS = 2**31 - 1
+RANKING_SOURCES = ("labeler", "simulated")
 
 
 @transaction.atomic
@@ -27,6 +28,7 @@ def ranking_submit(
     flags: dict[str, list[str]] | None,
     time_spent_ms: int,
     all_unacceptable: bool = False,
+    source: str = "labeler",
 ) -> Ranking:
     """Store `labeler`'s ranking of `task` with its comparisons; return the Ranking.
 
@@ -35,7 +37,10 @@ def ranking_submit(
     The labeler must hold a lease: an active one, or an expired one whose slot nobody else
     took meanwhile (nothing the labeler did is lost). Raises ApplicationError (400) for
     invalid input and ConflictError (409) for a second submission or a lost lease.
+    `source` records who ranked: "labeler" (a person) or "simulated" (synthetic labelers).
     """
+    if source not in RANKING_SOURCES:
+        raise ApplicationError(f"source: must be one of {', '.join(RANKING_SOURCES)}")
     task = lock_task(task)
     if Ranking.objects.filter(task=task, labeler=labeler).exists():
         raise ConflictError("You have already ranked this task; a ranking cannot be changed.")
@@ -53,6 +58,7 @@ def ranking_submit(
         flags=clean_flags,
         all_unacceptable=all_unacceptable,
         time_spent_ms=spent,
+        source=source,
     )
     assignment.status = Assignment.Status.SUBMITTED
     assignment.save(update_fields=["status", "updated_at"])

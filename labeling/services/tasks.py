@@ -8,6 +8,7 @@ count taken under the lock is exact.
 """
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery
@@ -36,7 +37,7 @@ ACTIVE, SUBMITTED, SKIPPED = (
 
 @transaction.atomic
 def task_lease_next(
-    *, project: Project, labeler: object, now: datetime | None = None
+    *, project: Project, labeler: Any, now: datetime | None = None
 ) -> Assignment | None:
     """The labeler's next task, leased until `now + project.lease_seconds`; None when none.
 
@@ -60,7 +61,7 @@ def task_lease_next(
 
 
 @transaction.atomic
-def task_skip(*, task: RankingTask, labeler: object) -> None:
+def task_skip(*, task: RankingTask, labeler: Any) -> None:
     """The labeler passes on `task`: their lease ends and the task is never offered to them
     again. Skipping a task one has already ranked is a conflict; skipping twice is a no-op."""
     task = lock_task(task)
@@ -76,7 +77,7 @@ def task_skip(*, task: RankingTask, labeler: object) -> None:
         assignment.save(update_fields=["status", "updated_at"])
 
 
-def _current_lease(project: Project, labeler: object, now: datetime) -> Assignment | None:
+def _current_lease(project: Project, labeler: Any, now: datetime) -> Assignment | None:
     return (
         Assignment.objects.select_related("task__prompt", "task__project")
         .filter(
@@ -91,7 +92,7 @@ def _current_lease(project: Project, labeler: object, now: datetime) -> Assignme
     )
 
 
-def _lock_membership(project: Project, labeler: object) -> None:
+def _lock_membership(project: Project, labeler: Any) -> None:
     # Serialises one labeler's own lease requests (a double click, two tabs), so a labeler
     # does not end up holding two leases. Other labelers are not blocked.
     if connection.features.has_select_for_update:
@@ -99,7 +100,7 @@ def _lock_membership(project: Project, labeler: object) -> None:
 
 
 def _lock_candidate(
-    project: Project, labeler: object, now: datetime, exclude: list[int]
+    project: Project, labeler: Any, now: datetime, exclude: list[int]
 ) -> RankingTask | None:
     """Lock and return the oldest open task that seems to have a free slot for `labeler`.
 
@@ -112,7 +113,7 @@ def _lock_candidate(
     return candidates.select_related("prompt", "project").first()
 
 
-def _candidates(project: Project, labeler: object, now: datetime) -> QuerySet[RankingTask]:
+def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[RankingTask]:
     done_by_labeler = Assignment.objects.filter(
         task=OuterRef("pk"), labeler=labeler, status__in=[SUBMITTED, SKIPPED]
     )
@@ -132,7 +133,7 @@ def _candidates(project: Project, labeler: object, now: datetime) -> QuerySet[Ra
     )
 
 
-def _lease(task: RankingTask, labeler: object, expires_at: datetime) -> Assignment:
+def _lease(task: RankingTask, labeler: Any, expires_at: datetime) -> Assignment:
     """Create the labeler's assignment of `task`, or renew their expired one. Hold the lock."""
     assignment, created = Assignment.objects.get_or_create(
         task=task, labeler=labeler, defaults={"status": ACTIVE, "expires_at": expires_at}

@@ -186,3 +186,9 @@ def test_comparisons_from_ranking_backfills_once(task, ids, labeler, leased) -> 
     assert len(comparisons_from_ranking(ranking=ranking)) == 6
     assert len(comparisons_from_ranking(ranking=ranking)) == 6
     assert Comparison.objects.count() == 6
+
+
+def test_source_is_recorded_and_checked(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ApplicationError, match="source"):
+        submit(task, labeler, [ids], source="robot")
+    assert submit(task, labeler, [ids], source="simulated").source == "simulated"
