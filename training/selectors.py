@@ -2,9 +2,9 @@
 
 from django.db.models import QuerySet
 from django.http import Http404
-from labeling.selectors import access_project
 
 from labeling.models import Project
+from labeling.selectors import access_project
 from training.models import MetricPoint, ModelVersion, Round, TrainingRun
 
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("rounds/<int:round_id>/cancel/", views.RoundCancelApi.as_view(), name="api-round-cancel"),
     path("projects/<slug:slug>/models/", views.ModelListApi.as_view(), name="api-model-list"),
     path("projects/<slug:slug>/runs/", views.RunListApi.as_view(), name="api-run-list"),
+    path("projects/<slug:slug>/sft/", views.SftStartApi.as_view(), name="api-sft-start"),
     path("runs/<int:run_id>/metrics/", views.RunMetricsApi.as_view(), name="api-run-metrics"),
 ]
 

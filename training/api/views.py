@@ -1,15 +1,16 @@
 """REST doors for rounds, runs and models: validate, call one service or selector, answer."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from labeling.selectors import access_project
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from labeling.selectors import access_project
 from training import selectors
 from training.api.serializers import ModelVersionOut, RoundOut, RoundStartIn, RunOut
 from training.services import rounds
+from training.services.sft import sft_start
 
 
 def _round_out(round_) -> dict:  # type: ignore[no-untyped-def]
@@ -94,3 +95,12 @@ class RunMetricsApi(APIView):
                 "series": selectors.metric_series(run=run, after_step=after),
             }
         )
+
+
+class SftStartApi(APIView):
+    """Fine-tune on the project's demonstrations now (admins)."""
+
+    @extend_schema(request=None, responses={202: RunOut})
+    def post(self, request: Request, slug: str) -> Response:
+        project = access_project(user=request.user, slug=slug, admin=True)
+        return Response(RunOut(sft_start(project=project)).data, status=status.HTTP_202_ACCEPTED)
