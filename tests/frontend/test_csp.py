@@ -15,18 +15,22 @@ from django.urls import URLPattern, reverse
 
 from frontend import urls as frontend_urls
 from tests.factories import PromptFactory, RankingTaskFactory
+from training import urls as training_urls
 
 FRONTEND = Path(settings.BASE_DIR) / "frontend"
 TEMPLATES = sorted((FRONTEND / "templates").rglob("*.html"))
 SCRIPTS = sorted((FRONTEND / "static").rglob("*.js"))
 
-# Every page route with the arguments to fill in; the test below fails when a new page is
-# added to frontend/urls.py without being listed here.
+# Every HTML page route with the arguments to fill in; the test below fails when a new page
+# is added to frontend/urls.py or training/urls.py without being listed here.
+PAGE_URLCONFS = [frontend_urls, training_urls]
 PAGES = {
     "home": {},
     "project-list": {},
     "project-label": {"slug": "{slug}"},
     "project-demonstrate": {"slug": "{slug}"},
+    "project-playground": {"slug": "{slug}"},
+    "project-rounds": {"slug": "{slug}"},
 }
 OTHER_PAGES = ["/accounts/login/", "/projects/no-such-project/label/", "/no-such-page/"]
 
@@ -53,25 +57,28 @@ def assert_enforcing_csp(response) -> None:  # type: ignore[no-untyped-def]
     assert directives.get("object-src") == ["'none'"]
 
 
-def test_every_frontend_route_is_checked() -> None:
-    names = {p.name for p in frontend_urls.urlpatterns if isinstance(p, URLPattern)}
+def test_every_page_route_is_checked() -> None:
+    names = {
+        p.name for conf in PAGE_URLCONFS for p in conf.urlpatterns if isinstance(p, URLPattern)
+    }
     assert names == set(PAGES)
 
 
 @pytest.mark.django_db
-def test_every_page_has_an_enforcing_csp(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_every_page_has_an_enforcing_csp(labeler, project_admin, project) -> None:  # type: ignore[no-untyped-def]
     PromptFactory(project=project)
     RankingTaskFactory(project=project)
-    anonymous, member = Client(), Client()
+    anonymous, member, admin = Client(), Client(), Client()
     member.force_login(labeler)
+    admin.force_login(project_admin)
     paths = [
         reverse(name, kwargs={k: v.format(slug=project.slug) for k, v in kwargs.items()})
         for name, kwargs in PAGES.items()
     ] + OTHER_PAGES
-    for client in (anonymous, member):
+    for client in (anonymous, member, admin):
         for path in paths:
             response = client.get(path)
-            assert response.status_code in {200, 302, 404}, path
+            assert response.status_code in {200, 302, 403, 404}, path
             assert_enforcing_csp(response)
 
 

@@ -179,3 +179,14 @@ def test_rank_config_is_valid_json_even_with_hostile_flags(labeler_web, project)
     start = body.index('<script id="rank-config" type="application/json">')
     payload = body[start:].split(">", 1)[1].split("</script>", 1)[0]
     assert json.loads(payload)["flags"] == project.flag_vocabulary
+
+
+def test_project_nav_links_rounds_for_admins_only(labeler_web, project, project_admin) -> None:  # type: ignore[no-untyped-def]
+    url = reverse("project-label", kwargs={"slug": project.slug})
+    rounds = reverse("project-rounds", kwargs={"slug": project.slug})
+    playground = reverse("project-playground", kwargs={"slug": project.slug})
+    body = labeler_web.get(url).content.decode()
+    assert playground in body and rounds not in body
+    admin = Client()
+    admin.force_login(project_admin)
+    assert rounds in admin.get(url).content.decode()
