@@ -496,6 +496,10 @@ def step_metrics(
 CHECKPOINT_PATTERN = "step-[0-9][0-9][0-9][0-9][0-9][0-9]"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from; the message names its folder."""
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -540,7 +544,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load weights and optimizer state into the live objects; returns state.json.
 
-    Raises ValueError naming the file when anything is missing, unreadable or mismatched."""
+    Raises CheckpointError naming the folder when anything is missing, unreadable or
+    does not fit the models."""
     try:
         state = json.loads((folder / "state.json").read_text())
         _load_weights(models.policy, sorted((folder / "policy").glob("*.safetensors")))
@@ -548,7 +553,7 @@ def load_checkpoint(
         _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")))
         int(state["step"]), float(state["kl_coef"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise ValueError(f"cannot resume from checkpoint {folder}: {exc}") from exc
+        raise CheckpointError(f"cannot resume from checkpoint {folder}: {exc}") from exc
     return state
 
 

@@ -1,0 +1,243 @@
+"""``ppo``: PPO of an SFT policy against a reward model, with a KL penalty to the SFT policy.
+
+Every input (prompts, demonstrations, rules, flags, the checkpoint folder) is checked
+before a model loads. The policy is written as a ``save_pretrained`` folder, atomically.
+With ``--checkpoint-every N`` the run saves safetensors checkpoints (and one on Ctrl-C);
+``--resume`` continues from the newest. They are removed after a successful run unless
+``--keep-checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from training.ml.commands.common import (
+    CommandError,
+    add_model_args,
+    check_out_dir,
+    emit_result,
+    overrides,
+    quiet_transformers,
+    set_threads_from_env,
+)
+
+FLAG_TO_FIELD = {
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "mini_batch_size": "mini_batch_size",
+    "ppo_epochs": "ppo_epochs",
+    "lr": "lr",
+    "init_kl_coef": "init_kl_coef",
+    "kl_horizon": "kl_horizon",
+    "cliprange": "cliprange",
+    "cliprange_value": "cliprange_value",
+    "vf_coef": "vf_coef",
+    "gamma": "gamma",
+    "lam": "lam",
+    "missing_eos_penalty": "missing_eos_penalty",
+    "ptx_coef": "ptx_coef",
+    "max_new_tokens": "max_new_tokens",
+    "max_length": "max_prompt_length",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "train_top_layers": "train_top_layers",
+    "checkpoint_every": "checkpoint_every",
+}
+METRIC_KEYS = ["env/score_mean", "objective/kl", "objective/kl_coef", "charts/tokens_per_s"]
+EXIT_CANCELLED = 130
+
+
+def kl_target(value: str) -> float | None:
+    """A positive float, or "none"/"fixed" for a constant beta."""
+    if value.lower() in {"none", "fixed"}:
+        return None
+    try:
+        target = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'none'") from None
+    if not target > 0:
+        raise argparse.ArgumentTypeError("must be > 0 (or 'none' for a fixed beta)")
+    return target
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ppo",
+        help="PPO against a reward model with a KL penalty to the SFT policy",
+        description="PPO (InstructGPT 1.4): policy and reference from --model, critic from "
+        "the reward model; writes the policy as a save_pretrained folder.",
+    )
+    add_model_args(parser)
+    add = parser.add_argument
+    add("--reward-model", metavar="RM", help="reward model folder (or any --model spec)")
+    add("--critic", metavar="RM", help="critic initialisation (default: --reward-model)")
+    add("--ref-model", metavar="SFT", help="frozen KL reference (default: --model)")
+    add("--data", required=True, metavar="FILE", help="prompts: JSONL {prompt} or CSV")
+    add("--out", required=True, metavar="DIR", help="output save_pretrained folder")
+    add("--steps", type=int, help="PPO steps (default: --epochs over the prompts, else 20)")
+    add("--epochs", type=float, help="passes over the prompts (sets --steps)")
+    add("--batch-size", type=int, help="prompts per rollout")
+    add("--mini-batch-size", type=int, help="episodes per gradient step")
+    add("--ppo-epochs", type=int, help="passes over each rollout")
+    add("--lr", type=float, help="learning rate of policy and critic")
+    add("--kl-target", type=kl_target, default="6", help="KL target in nats, or 'none'")
+    add("--init-kl-coef", type=float, help="initial beta of the KL penalty")
+    add("--kl-horizon", type=int, help="adaptive KL horizon, in episodes")
+    add("--cliprange", type=float)
+    add("--cliprange-value", type=float)
+    add("--vf-coef", type=float)
+    add("--gamma", type=float, help="GAE discount")
+    add("--lam", type=float, help="GAE lambda")
+    add("--whiten-rewards", action="store_true")
+    add("--max-new-tokens", type=int)
+    add("--max-length", type=int, help="prompt tokens kept (the last ones)")
+    add("--temperature", type=float)
+    add("--top-p", type=float)
+    add("--rule", action="append", default=[], metavar="RULE",
+        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON')  # fmt: skip
+    add("--missing-eos-penalty", type=float, help="subtracted when a response lacks EOS")
+    add("--ptx-data", metavar="FILE", help="demonstrations for the PPO-ptx term")
+    add("--ptx-coef", type=float, help="gamma of PPO-ptx")
+    add("--train-top-layers", type=int, metavar="N", help="train only the top N blocks")
+    add("--gradient-checkpointing", action="store_true")
+    add("--checkpoint-every", type=int, metavar="STEPS", help="save a checkpoint every N steps")
+    add("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.checkpoints)")
+    add("--resume", action="store_true", help="continue from the newest checkpoint")
+    add("--keep-checkpoints", action="store_true", help="keep checkpoints after success")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | int:
+    from training.ml.data import read_demonstrations, read_prompts
+    from training.ml.rules import parse_rules
+
+    prompts = read_prompts(args.data)  # every line checked before a model loads
+    ptx = read_demonstrations(args.ptx_data) if args.ptx_data else None
+    try:
+        rules = parse_rules(args.rule)
+    except ValueError as error:
+        raise CommandError(f"--rule: {error}") from None
+    if args.reward_model is None and not rules:
+        raise CommandError("give --reward-model, --rule, or both: nothing would score responses")
+    if (ptx is None) != (not args.ptx_coef):
+        raise CommandError("--ptx-data and --ptx-coef > 0 go together")
+    out = check_out_dir(args.out)
+    checkpoints = _checkpoint_dir(args, out)
+    config = _config(args, len(prompts))
+    set_threads_from_env()
+    quiet_transformers()
+    models = _load_models(args)
+    result = _train(models, prompts, config, rules, ptx, checkpoints, resume=args.resume)
+    if result["status"] != "completed":
+        emit_result({**result, "out": None, "checkpoint_dir": str(checkpoints or "")})
+        return EXIT_CANCELLED
+    _save(models[0], models[4], out, result, config)
+    if checkpoints is not None and not args.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return {**result, "out": str(out)}
+
+
+def _config(args: argparse.Namespace, n_prompts: int) -> Any:
+    from training.ml.ppo import PPOConfig
+
+    fields = overrides(args, FLAG_TO_FIELD)
+    fields["kl_target"] = args.kl_target
+    fields["whiten_rewards"] = args.whiten_rewards
+    fields["gradient_checkpointing"] = args.gradient_checkpointing
+    if args.steps is None and args.epochs is not None:
+        batch = args.batch_size or PPOConfig.batch_size
+        fields["steps"] = max(1, round(args.epochs * n_prompts / max(batch, 1)))
+    if args.train_top_layers is not None and args.train_top_layers < 0:
+        raise CommandError("--train-top-layers must be >= 0")
+    try:
+        return PPOConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
+    """The checkpoint folder, or None when checkpointing is off; refuses stale ones."""
+    from training.ml.ppo import latest_checkpoint
+
+    if not (args.checkpoint_every or args.resume or args.checkpoint_dir):
+        return None
+    folder = Path(args.checkpoint_dir or f"{out}.checkpoints").expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--checkpoint-dir {folder} exists and is not a folder")
+    if not args.resume and folder.is_dir() and latest_checkpoint(folder) is not None:
+        raise CommandError(
+            f"checkpoints exist in {folder}: pass --resume to continue, or remove the folder"
+        )
+    return folder
+
+
+def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
+    """(policy, ref_policy, critic, reward_model or None, tokenizer) on --device/--dtype."""
+    from training.ml.models import load_causal_lm, resolve_device
+    from training.ml.reward_model import load_reward_model
+
+    device = resolve_device(args.device)
+    policy, tokenizer = load_causal_lm(args.model, device=device, dtype=args.dtype)
+    ref_policy, _ = load_causal_lm(args.ref_model or args.model, device=device, dtype=args.dtype)
+    reward_model = None
+    if args.reward_model is not None:
+        reward_model, rm_tokenizer = load_reward_model(
+            args.reward_model, device=device, dtype=args.dtype
+        )
+        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise CommandError(f"--reward-model {args.reward_model} has another tokenizer")
+    critic_spec = args.critic or args.reward_model or args.model
+    critic, _ = load_reward_model(critic_spec, device=device, dtype=args.dtype)
+    return policy, ref_policy, critic, reward_model, tokenizer
+
+
+def _train(
+    models: tuple[Any, ...],
+    prompts: list[Any],
+    config: Any,
+    rules: list[Any],
+    ptx: list[Any] | None,
+    checkpoints: Path | None,
+    *,
+    resume: bool,
+) -> dict[str, Any]:
+    """train_ppo with progress bars; the first Ctrl-C stops after the current step."""
+    from training.ml.ppo import CheckpointError, train_ppo
+    from training.ml.progress import MetricsProgress
+
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    policy, ref_policy, critic, reward_model, tokenizer = models
+    try:
+        with MetricsProgress("ppo", total=config.steps, keys=METRIC_KEYS) as progress:
+            return train_ppo(
+                policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
+                rules=rules, ptx_texts=ptx, on_metrics=progress,
+                should_stop=lambda: stop["requested"], checkpoint_dir=checkpoints,
+                resume=resume,
+            )  # fmt: skip
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _save(policy: Any, tokenizer: Any, out: Path, result: dict, config: Any) -> None:
+    from dataclasses import asdict
+
+    from training.ml.models import save_pretrained_atomic
+
+    summary = json.dumps({**result, "config": asdict(config)}, indent=2, default=str)
+    save_pretrained_atomic(policy, tokenizer, out, extra_files={"ppo_metrics.json": summary})
