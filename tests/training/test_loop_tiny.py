@@ -82,3 +82,24 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, dj
     ) == {policy.pk}
     assert registry.current_policy(project=project) == policy
     assert ModelVersion.objects.filter(project=project, is_current=True).count() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    from core.exceptions import ApplicationError
+    from tests.factories import DemonstrationFactory
+    from training.services.sft import sft_start
+
+    with pytest.raises(ApplicationError, match="no demonstrations"):
+        sft_start(project=tiny_project)
+    DemonstrationFactory.create_batch(4, project=tiny_project)
+    base = registry.current_policy(project=tiny_project)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = sft_start(project=tiny_project, config={"epochs": 1, "batch_size": 2})
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    sft = run.output
+    assert sft.kind == "sft" and sft.parent == base and sft.is_current
+    assert registry.reference_policy(project=tiny_project) == sft
+    assert MetricPoint.objects.filter(run=run).exists()
