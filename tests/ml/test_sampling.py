@@ -13,7 +13,7 @@ from training.ml.sampling import (
     top_p_filter,
 )
 
-PROMPTS = [
+PROMPTS: list[str | list[dict]] = [
     "Hi",
     "Please write a long and careful answer about the water cycle and rain.",
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}],

@@ -22,6 +22,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -304,7 +305,7 @@ def load_causal_lm(
         model = _load_folder(folder, torch_dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(target)
+    model.to(target)  # type: ignore[arg-type]  # transformers types .to() as PreTrainedModel-only
     model.eval()
     return model, tokenizer
 
@@ -368,9 +369,15 @@ def save_pretrained_atomic(
 # --------------------------------------------------------------------------- memory options
 
 
+def unwrap_peft(model: nn.Module) -> Any:
+    """The transformers model inside a peft wrapper (or ``model`` itself), typed loosely."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer blocks (``model.model.layers`` for Llama-like models)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     backbone = getattr(base, "base_model", base)
     for holder in (backbone, getattr(backbone, "model", None)):
         layers = getattr(holder, "layers", None)
@@ -396,7 +403,8 @@ def freeze_all_but_top_layers(model: nn.Module, n: int) -> int:
     if isinstance(norm, nn.Module):
         trainable.append(norm)
     trainable.extend(_heads(model, backbone))
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    base = unwrap_peft(model)
+    embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     frozen_ids = {id(p) for p in embedding.parameters()} if embedding is not None else set()
     for module in trainable:
         for param in module.parameters():
@@ -414,7 +422,7 @@ def layers_owner(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
 
 
 def _heads(model: nn.Module, backbone: nn.Module) -> list[nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     inside = {id(m) for m in backbone.modules()}
     return [m for _, m in base.named_children() if id(m) not in inside and m is not backbone]
 
@@ -425,7 +433,7 @@ def count_trainable(model: nn.Module) -> int:
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute block activations in backward (non-reentrant) and turn the KV cache off."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     kwargs = {"use_reentrant": False}
     if hasattr(base, "activation_checkpointing_enable"):  # the transformers >= 5.x name
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -436,7 +444,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 def disable_gradient_checkpointing(model: nn.Module) -> None:
     """Undo :func:`enable_gradient_checkpointing` (turns the KV cache back on)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     if hasattr(base, "activation_checkpointing_disable"):
         base.activation_checkpointing_disable()
     else:
@@ -445,7 +453,7 @@ def disable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def is_gradient_checkpointing(model: nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     return bool(getattr(base, "is_activation_checkpointing", False))
 
 

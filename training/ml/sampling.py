@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -236,7 +237,7 @@ def sample_responses(
 
 def _to_sample(tokenizer: PreTrainedTokenizerBase, row: _Row, seed: int) -> Sample:
     text_ids = row.token_ids[:-1] if row.finished else row.token_ids
-    text = tokenizer.decode(text_ids, skip_special_tokens=True)
+    text = str(tokenizer.decode(text_ids, skip_special_tokens=True))
     return Sample(text, row.token_ids, row.logprobs, row.finished, seed)
 
 
@@ -249,7 +250,7 @@ def bench_sampling(
     settings: GenerationSettings,
     batch_size: int = 8,
     warmup: bool = True,
-) -> dict[str, float | int | str]:
+) -> dict[str, Any]:
     """Time ``sample_responses``; new tokens per second over the whole run.
 
     ``warmup`` first samples 2 tokens for one prompt so one-time costs are not timed.

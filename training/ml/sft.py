@@ -359,8 +359,9 @@ def _eval_due(step: int, total_steps: int, every: int) -> bool:
 
 def _finish(model: nn.Module, trained: nn.Module, config: SFTConfig) -> None:
     """Merge LoRA into ``model``, undo checkpointing and freezing; leave it in eval mode."""
-    if trained is not model and hasattr(trained, "merge_and_unload"):
-        trained.merge_and_unload()  # replaces the LoRA layers inside ``model`` in place
+    merge = getattr(trained, "merge_and_unload", None)
+    if trained is not model and callable(merge):
+        merge()  # replaces the LoRA layers inside ``model`` in place
     if config.gradient_checkpointing:
         disable_gradient_checkpointing(model)
     for param in model.parameters():
