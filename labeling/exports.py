@@ -154,7 +154,8 @@ def comparison_rows(
         margin,
         created_at,
     ) in (
-        queryset.annotate(export_created_at=db_text("created_at"))
+        queryset.prefetch_related(None)  # tuples: nothing to prefetch into
+        .annotate(export_created_at=db_text("created_at"))
         .values_list(*COMPARISON_COLUMNS)
         .iterator(chunk_size=CHUNK_SIZE)
     ):
@@ -292,7 +293,12 @@ RANKING_COLUMNS = (
 )
 
 
-def ranking_rows(queryset: QuerySet[Ranking], consensus: str | None = None) -> Iterator[Row]:
+def ranking_rows(
+    queryset: QuerySet[Ranking],
+    consensus: str | None = None,
+    *,
+    conversational: bool | None = None,
+) -> Iterator[Row]:
     """K-wise rows, grouped by task: each labeler's ranking (`"method": "raw"`), then, with
     `consensus` (one of labeling.consensus.METHODS), one merged row per task.
 
@@ -304,10 +310,12 @@ def ranking_rows(queryset: QuerySet[Ranking], consensus: str | None = None) -> I
     """
     if consensus is not None and consensus not in METHODS:
         raise ValueError(f"unknown consensus method {consensus!r}")
-    conversational = has_chat_prompts(queryset, "task__prompt")
+    if conversational is None:
+        conversational = has_chat_prompts(queryset, "task__prompt")
     pseudonyms = pseudonyms_for(queryset, "task__project_id")
     rankings = (
-        queryset.annotate(export_created_at=db_text("created_at"))
+        queryset.prefetch_related(None)
+        .annotate(export_created_at=db_text("created_at"))
         .order_by("task_id", "id")
         .values_list(*RANKING_COLUMNS)
     )

@@ -1,3 +1,43 @@
-from django.urls import path  # noqa: F401
+"""Routes of the labeling API under /api/v1/ (PRODUCT.md section 3)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from labeling.api import views
+
+urlpatterns = [
+    path("projects/", views.ProjectListApi.as_view(), name="api-project-list"),
+    path("projects/<slug:slug>/", views.ProjectDetailApi.as_view(), name="api-project-detail"),
+    path("projects/<slug:slug>/members/", views.MemberListApi.as_view(), name="api-member-list"),
+    path("projects/<slug:slug>/prompts/", views.PromptListApi.as_view(), name="api-prompt-list"),
+    # PRODUCT.md writes this one without the trailing slash; both spellings work.
+    path(
+        "projects/<slug:slug>/prompts/import",
+        views.PromptImportApi.as_view(),
+        name="api-prompt-import",
+    ),
+    path(
+        "projects/<slug:slug>/prompts/import/",
+        views.PromptImportSlashApi.as_view(),
+        name="api-prompt-import-slash",
+    ),
+    path("projects/<slug:slug>/tasks/next/", views.NextTaskApi.as_view(), name="api-task-next"),
+    path(
+        "tasks/<int:task_id>/rankings/", views.RankingCreateApi.as_view(), name="api-ranking-create"
+    ),
+    path("tasks/<int:task_id>/skip/", views.TaskSkipApi.as_view(), name="api-task-skip"),
+    path(
+        "projects/<slug:slug>/demonstrations/",
+        views.DemonstrationListApi.as_view(),
+        name="api-demonstration-list",
+    ),
+    path(
+        "projects/<slug:slug>/comparisons/",
+        views.ComparisonExportApi.as_view(),
+        name="api-comparison-list",
+    ),
+    path(
+        "projects/<slug:slug>/rankings/",
+        views.RankingExportApi.as_view(),
+        name="api-ranking-list",
+    ),
+]
