@@ -198,7 +198,7 @@ def test_micro_batches_accumulate_the_same_gradient(tiny: tuple, tokenizer) -> N
         torch.manual_seed(0)
         model = RewardModel.from_causal_lm(tiny[0])
         config = RMConfig(
-            lr=0.0,
+            lr=1e-12,
             batch_size=3,
             max_length=32,
             max_sequences_per_forward=max_sequences,
@@ -284,3 +284,18 @@ def test_a_folder_with_only_a_pickle_is_refused(rm: RewardModel, tmp_path: Path)
     torch.save(rm.seq.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="pickle"):
         load_reward_model(str(folder))
+
+
+def test_lora_training_saves_a_merged_plain_folder(
+    rm: RewardModel, tokenizer, tmp_path: Path
+) -> None:
+    config = RMConfig(lr=1e-2, batch_size=4, max_length=32, lora_r=4)
+    train_reward_model(rm, tokenizer, banana_rankings(4, seed=7), config=config)
+    trainable = [name for name, p in rm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "score" in name for name in trainable)
+    samples = [("Hi.", "banana bread"), ("Hi.", "stone")]
+    expected = score_texts(rm, tokenizer, samples)
+    folder = save_reward_model(rm, tokenizer, tmp_path / "rm")
+    assert "lora" not in (folder / "config.json").read_text().lower()
+    loaded, _ = load_reward_model(str(folder))
+    assert torch.allclose(score_texts(loaded, tokenizer, samples), expected, atol=1e-4)

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,7 @@ class RewardModel(nn.Module):
             raise ValueError(
                 f"a reward model has one output, got num_labels={seq.config.num_labels}"
             )
-        self.seq = seq
+        self.seq: nn.Module = seq  # a transformers model, or its peft (LoRA) wrapper
 
     @classmethod
     def from_causal_lm(cls, lm: PreTrainedModel) -> RewardModel:
@@ -76,19 +77,23 @@ class RewardModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs: object) -> None:
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Save the sequence-classification model (LoRA merged into a copy), offset included,
         so ``models.save_pretrained_atomic`` can write a RewardModel directly."""
         setattr(self._base().config, OFFSET_KEY, self.reward_offset)
-        seq = self.seq
-        if hasattr(seq, "merge_and_unload"):
-            seq = copy.deepcopy(seq).merge_and_unload()  # type: ignore[operator]
+        merge = (
+            getattr(copy.deepcopy(self.seq), "merge_and_unload", None) if self._is_peft() else None
+        )
+        seq = merge() if callable(merge) else self._base()
         seq.save_pretrained(str(save_directory), **kwargs)
+
+    def _is_peft(self) -> bool:
+        return callable(getattr(self.seq, "get_base_model", None))
 
     def _base(self) -> PreTrainedModel:
         """The sequence-classification model, under any LoRA (peft) wrapper."""
-        seq = self.seq
-        return seq.get_base_model() if hasattr(seq, "get_base_model") else seq  # type: ignore[return-value]
+        unwrap = getattr(self.seq, "get_base_model", None)
+        return cast(PreTrainedModel, unwrap() if callable(unwrap) else self.seq)
 
     def token_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, T) float32 head output plus offset at every position (PPO's critic values)."""
@@ -100,7 +105,8 @@ class RewardModel(nn.Module):
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
         ).last_hidden_state  # (B, T, H)
-        return base.score(hidden).squeeze(-1).float() + self.reward_offset  # (B, T)
+        head = base.get_submodule("score")  # Linear(H, 1), or its LoRA modules_to_save copy
+        return head(hidden).squeeze(-1).float() + self.reward_offset  # (B, T)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B,) reward: the head at the last non-pad token of each row, plus the offset."""

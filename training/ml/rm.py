@@ -161,7 +161,7 @@ def _prepare(model: RewardModel, config: RMConfig) -> None:
         lora_modules_to_save=["score"] if config.lora_r else None,
     )
     if memory.lora_r or memory.train_top_layers is not None or memory.gradient_checkpointing:
-        model.seq = models.prepare_for_training(model.seq, memory)  # type: ignore[arg-type]
+        model.seq = models.prepare_for_training(model._base(), memory)
 
 
 def _step(
