@@ -143,3 +143,17 @@ class MetricPointFactory(factory.django.DjangoModelFactory):
     run = factory.SubFactory(TrainingRunFactory)
     step = factory.Sequence(lambda n: n + 1)
     values = factory.LazyAttribute(lambda o: {"rm/loss": 1.0 / o.step, "rm/accuracy": 0.5})
+
+
+class PlaygroundReplyFactory(factory.django.DjangoModelFactory):
+    """A finished playground reply of `user` in `project` (a member's personal chat)."""
+
+    class Meta:
+        model = tm.PlaygroundReply
+
+    project = factory.SubFactory(ProjectFactory)
+    user = factory.SubFactory(UserFactory)
+    prompt = "Say hello."
+    status = tm.PlaygroundReply.Status.DONE
+    text = "Hello!"
+    finished = True
