@@ -139,6 +139,7 @@ class Rollout:
     rm_scores: torch.Tensor  # (B,) the reward model's part of `scores`
     finished: torch.Tensor  # (B,) bool: response ended with EOS
     texts: list[str]
+    generate_s: float  # seconds spent sampling (the rest of the rollout is forwards)
 
 
 def pack_episodes(
@@ -361,6 +362,7 @@ def collect_rollout(
 ) -> Rollout:
     """Sample one response per prompt, then score it and recompute log-probs and values."""
     models.policy.eval()
+    started = time.perf_counter()
     settings = GenerationSettings(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
@@ -375,6 +377,7 @@ def collect_rollout(
             batch_size=config.forward_batch_size,
         )
     ]  # fmt: skip
+    generate_s = time.perf_counter() - started
     prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_length) for p in prompts]
     input_ids, attention_mask, response_mask = (
         t.to(models.device)
@@ -396,7 +399,7 @@ def collect_rollout(
     scores = scores - config.missing_eos_penalty * (~finished).to(scores.dtype)
     return Rollout(
         input_ids, attention_mask, response_mask, logp, ref_logp, values, entropy,
-        scores, rm_scores, finished, texts,
+        scores, rm_scores, finished, texts, generate_s,
     )  # fmt: skip
 
 
@@ -728,6 +731,7 @@ def ppo_step(
     metrics |= {
         "charts/tokens_per_s": tokens / elapsed,
         "charts/rollout_s": rollout_s,
+        "charts/generate_s": rollout.generate_s,
         "charts/update_s": elapsed - rollout_s,
         "charts/response_tokens": tokens,
         "charts/episodes": float((step + 1) * config.batch_size),
@@ -745,6 +749,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Restart peak tracking; on CPU through Linux's /proc/self/clear_refs ("5" resets the
+    peak RSS to the current RSS). False when the platform does not allow it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def bench_ppo(
     policy: nn.Module,
     ref_policy: nn.Module,
@@ -760,16 +777,17 @@ def bench_ppo(
     """Time `config.steps` real PPO steps; the first `warmup_steps` are left out of rates.
 
     PPO tokens/s counts sampled response tokens per second of the whole step (rollout +
-    update); the rollout and update rates use the same tokens over each phase's time.
+    update); the phase rates divide the same tokens by each phase's time (generation
+    alone, the whole rollout with its scoring forwards, the update).
     """
     device = next(policy.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak_reset = reset_peak_memory(device)
     history: list[dict[str, float]] = []
     train_ppo(policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
               reward_fn=reward_fn, on_metrics=lambda _, m: history.append(m))  # fmt: skip
     timed = history[warmup_steps:] or history
     tokens = sum(m["charts/response_tokens"] for m in timed)
+    generate_s = sum(m["charts/generate_s"] for m in timed)
     rollout_s = sum(m["charts/rollout_s"] for m in timed)
     update_s = sum(m["charts/update_s"] for m in timed)
     return {
@@ -777,9 +795,14 @@ def bench_ppo(
         "response_tokens": tokens,
         "ppo_tokens_per_s": tokens / (rollout_s + update_s),
         "rollout_tokens_per_s": tokens / rollout_s,
+        "generate_tokens_per_s": tokens / generate_s,
         "update_tokens_per_s": tokens / update_s,
+        "share_generate": generate_s / (rollout_s + update_s),
+        "share_rollout_forwards": (rollout_s - generate_s) / (rollout_s + update_s),
+        "share_update": update_s / (rollout_s + update_s),
         "seconds_per_step": (rollout_s + update_s) / len(timed),
         "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_is_run_only": float(peak_reset),
         "trainable_params": float(
             sum(p.numel() for m in (policy, critic) for p in m.parameters() if p.requires_grad)
         ),
