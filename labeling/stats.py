@@ -25,10 +25,14 @@ def ranking_records(*, project: Project) -> list[RankingRecord]:
     )  # fmt: skip
     return [
         RankingRecord(
-            labeler=labeler, task=task, tie_groups=groups, time_spent_ms=spent,
-            submitted_at=at, all_unacceptable=unacceptable,
+            labeler=labeler,
+            task=task,
+            tie_groups=groups,
+            time_spent_ms=spent,
+            submitted_at=at,
+            all_unacceptable=unacceptable,
             gold_order=gold_order if is_gold and gold_order else None,
-        )  # fmt: skip
+        )
         for labeler, task, groups, spent, at, unacceptable, is_gold, gold_order in rows
     ]
 
@@ -58,8 +62,7 @@ def project_labeler_stats(*, project: Project) -> dict[str, Any]:
     """`{"labelers": [...], "project": {...}, "rounds": [...]}` for the dashboard and API."""
     records = ranking_records(project=project)
     members = {
-        m.user_id: m
-        for m in Membership.objects.filter(project=project).select_related("user")
+        m.user_id: m for m in Membership.objects.filter(project=project).select_related("user")
     }
     labelers = []
     for user_id, summary in labeler_summaries(records).items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from labeling.models import Demonstration, Feedback
+from labeling.services.rankings import comparisons_from_ranking
 from tests.browser.conftest import log_in
 from tests.factories import (
     MembershipFactory,
@@ -99,7 +100,8 @@ def busy_project(project):  # type: ignore[no-untyped-def]
         ids = list(task.responses.order_by("position").values_list("id", flat=True))
         for n, user in enumerate(labelers):
             order = ids if n != 2 else [ids[1], ids[0], *ids[2:]]
-            RankingFactory(task=task, labeler=user, tie_groups=[[i] for i in order])
+            ranking = RankingFactory(task=task, labeler=user, tie_groups=[[i] for i in order])
+            comparisons_from_ranking(ranking=ranking)
     current = RoundFactory(
         project=project, number=2, stage="labeling", num_prompts=8, sampling_policy=ppo,
         progress_done=5, progress_total=8,
@@ -159,13 +161,14 @@ def test_start_creates_a_round_that_samples_with_tiny(page, project, project_adm
     log_in(page, project_admin.username)
     page.goto(f"/projects/{project.slug}/rounds/")
     page.wait_for_selector("#rounds-empty:not([hidden])")
+    screenshot(page, "dashboard-empty.png")
 
     page.fill("#num-prompts", "2")
     page.click("#start-round")
 
     page.wait_for_selector('#rounds-table tbody tr[data-round="1"]', timeout=60_000)
     page.wait_for_function(
-        "() => document.getElementById('round-title').textContent.includes('labeling')",
+        "() => /labeling/i.test(document.getElementById('round-title').textContent)",
         timeout=60_000,
     )
     round_ = Round.objects.get(project=project)

@@ -28,7 +28,7 @@ class ReplyOut(serializers.ModelSerializer):
         return obj.policy_version.label if obj.policy_version else None
 
     def get_rating(self, obj: PlaygroundReply) -> int | None:
-        return obj.feedback.rating if obj.feedback_id else None
+        return obj.feedback.rating if obj.feedback is not None else None
 
 
 class PlaygroundRequestApi(APIView):

@@ -90,12 +90,12 @@ export class Curves {
 export function perRoundCharts() {
   return {
     accuracy: new LineChart(document.getElementById("chart-round-accuracy"), {
-      title: "RM held-out accuracy per round", xLabel: "round", yMin: 0, yMax: 1, height: 170,
+      title: "RM held-out accuracy per round", xLabel: "round", yMin: 0, yMax: 1, width: 640, height: 210,
       series: [{ key: "accuracy", label: "held-out pairs" }, { key: "labeler", label: "held-out labeler" }],
       empty: "No reward model trained yet",
     }),
     comparisons: new LineChart(document.getElementById("chart-round-comparisons"), {
-      title: "Rankings and comparisons per round", xLabel: "round", bars: true, height: 170,
+      title: "Rankings and comparisons per round", xLabel: "round", bars: true, width: 640, height: 210,
       series: [{ key: "rankings", label: "rankings" }, { key: "comparisons", label: "comparisons (pairs)" }],
       empty: "No rankings yet",
     }),

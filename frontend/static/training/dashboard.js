@@ -20,7 +20,7 @@ const STAGES = [
   ["done", "Done"],
 ];
 const ACTIVE = new Set(["generating", "labeling", "building_pairs", "training_rm", "training_ppo"]);
-const SLOW_EVERY = 5; // models and labeler stats: every 5th poll, or when a stage changes
+const SLOW_EVERY = 10; // models and labeler stats: every 10th poll, or when a stage changes
 
 const state = { rounds: [], stats: null, ticks: 0, lastKey: "", curveRound: null, busy: false };
 const curves = new Curves();
@@ -82,7 +82,8 @@ function renderCurrent(round) {
   renderStages(round);
   renderProgress(round);
   const active = round && ACTIVE.has(round.stage);
-  $("round-title").textContent = round ? `Round ${round.number} · ${stageLabel(round.stage)}` : "No round yet";
+  const stage = stageLabel(round ? round.stage : "");
+  $("round-title").textContent = round ? `Round ${round.number} · ${stage[0].toUpperCase()}${stage.slice(1)}` : "No round yet";
   if (round) {
     const parts = [`sampled from ${round.sampling_policy ? round.sampling_policy.label : "—"}`,
       `${round.num_prompts} prompts`, `started ${when(round.created_at)}`];
@@ -119,6 +120,7 @@ function renderCurveSelector() {
     select.replaceChildren(...options);
   }
   if (wanted !== null) select.value = String(wanted);
+  select.closest("label").hidden = options.length === 0;
   return state.rounds.find((r) => r.number === wanted) || null;
 }
 

@@ -6,7 +6,6 @@
 const SVG_NS = "http://www.w3.org/2000/svg";
 export const PALETTE = ["#4338ca", "#0e9384", "#dd2590", "#f79009", "#2e90fa", "#667085"];
 
-const WIDTH = 480;
 const PAD = { left: 52, right: 14, top: 12, bottom: 30 };
 
 function svg(tag, attrs = {}, parent = null) {
@@ -51,9 +50,9 @@ export function formatNumber(value, digits = 3) {
 
 export class LineChart {
   // options: {title, series: [{key, label, color?}], xLabel, yMin, yMax, bars, integerX,
-  // height (of the 480-wide view box), empty (the text shown without data)}
+  // width and height of the view box (text scales with it), empty (the text without data)}
   constructor(container, options) {
-    this.options = { xLabel: "step", height: 220, ...options };
+    this.options = { xLabel: "step", width: 480, height: 220, ...options };
     this.series = options.series.map((s, i) => ({ color: PALETTE[i % PALETTE.length], ...s }));
     this.container = container;
     this.reset();
@@ -97,7 +96,7 @@ export class LineChart {
     html("h3", "chart__title", this.options.title, head);
     this.readout = html("p", "chart__readout", "", head);
     this.svg = svg("svg", {
-      viewBox: `0 0 ${WIDTH} ${this.options.height}`,
+      viewBox: `0 0 ${this.options.width} ${this.options.height}`,
       class: "chart__svg",
       role: "img",
       "aria-label": this.options.title,
@@ -132,7 +131,7 @@ export class LineChart {
   }
 
   render() {
-    const HEIGHT = this.options.height;
+    const { width: WIDTH, height: HEIGHT } = this.options;
     this.svg.replaceChildren();
     const points = this.series.reduce(
       (n, s) => n + this.values[s.key].filter((v) => v !== null).length,
@@ -228,7 +227,7 @@ export class LineChart {
       return;
     }
     const box = this.svg.getBoundingClientRect();
-    const svgX = ((event.clientX - box.left) / box.width) * WIDTH;
+    const svgX = ((event.clientX - box.left) / box.width) * this.options.width;
     const i = this.nearestIndex(svgX);
     if (i < 0) return;
     const x = this.sx(this.x[i]);

@@ -105,7 +105,7 @@ export function renderLabelers(table, empty, summary, stats) {
   });
   fillBody(table, empty, rows);
   const project = stats?.project;
-  summary.textContent = project
+  summary.textContent = project && project.rankings
     ? `Kendall's W ${formatNumber(project.kendall_w)} over ${project.tasks_with_overlap} tasks ranked by ≥ 2 labelers · ` +
       `pairwise agreement ${percent(project.pairwise_agreement)} · ${project.rankings} rankings by ${project.labelers} labelers`
     : "";
