@@ -113,7 +113,9 @@ class PromptListQuery(s.StrictInput):
     """The allow-listed filters of the prompt list (anything else is a 400)."""
 
     split = serializers.ChoiceField(choices=Prompt.Split.choices, required=False)
-    source = serializers.CharField(max_length=200, required=False)
+    # DRF's metaclass takes declared fields off the class, so this does not shadow
+    # Field.source at run time; mypy cannot know that.
+    source = serializers.CharField(max_length=200, required=False)  # type: ignore[assignment]
     cursor = serializers.CharField(required=False)
     page_size = serializers.IntegerField(min_value=1, required=False)
 
@@ -249,7 +251,7 @@ class DemonstrationListApi(APIView):
         project = selectors.access_project(user=request.user, slug=slug)
         demonstrations = Demonstration.objects.filter(project=project)
         if not selectors.is_project_admin(user=request.user, project=project):
-            demonstrations = demonstrations.filter(author=request.user)
+            demonstrations = demonstrations.filter(author_id=request.user.pk)
         demonstrations = demonstrations.select_related("prompt", "author")
         paginator = IdCursorPagination()
         page = paginator.paginate_queryset(demonstrations, request, view=self)
@@ -311,7 +313,7 @@ class ComparisonExportApi(APIView):
             return _parquet_response(exports.comparison_rows(comparisons), f"{name}.parquet")
         conversational = exports.has_chat_prompts(comparisons)  # one form across all pages
         paginator = IdCursorPagination()
-        page = paginator.paginate_queryset(comparisons.values("id"), request, view=self)
+        page = paginator.paginate_queryset(comparisons.values("id"), request, view=self) or []
         ids = [row["id"] for row in page]
         rows = exports.comparison_rows(
             comparisons.filter(id__in=ids), conversational=conversational
@@ -340,7 +342,7 @@ class RankingExportApi(APIView):
         conversational = exports.has_chat_prompts(rankings, "task__prompt")
         paginator = TaskCursorPagination()
         tasks = rankings.order_by().values("task_id").distinct()
-        page = paginator.paginate_queryset(tasks, request, view=self)
+        page = paginator.paginate_queryset(tasks, request, view=self) or []
         task_ids = [row["task_id"] for row in page]
         rows = exports.ranking_rows(
             rankings.filter(task_id__in=task_ids), consensus, conversational=conversational
