@@ -106,3 +106,29 @@ def test_labeler_stats_are_for_admins_only(project, labeler_client, outsider) ->
     stranger = APIClient()
     stranger.force_authenticate(outsider)
     assert stranger.get(url).status_code == 404
+
+
+def test_the_export_links_answer(project, project_admin, admin_client_api) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project)
+    RankingFactory(task=task, labeler=MembershipFactory(project=project).user)
+    html = _client(project_admin).get(f"/projects/{project.slug}/rounds/").content.decode()
+    links = re.findall(r'href="(/api/v1/projects/[^"]+)"', html)
+    assert len(links) == 3
+    for link in links:
+        response = admin_client_api.get(link.replace("&amp;", "&"))
+        assert response.status_code == 200, link
+
+
+def test_labeler_stats_take_a_fixed_number_of_queries(  # type: ignore[no-untyped-def]
+    project, admin_client_api, django_assert_max_num_queries
+):
+    url = f"/api/v1/projects/{project.slug}/labelers/stats/"
+    users = [MembershipFactory(project=project).user for _ in range(3)]
+    for _ in range(4):
+        task = RankingTaskFactory(project=project)
+        for user in users:
+            RankingFactory(task=task, labeler=user)
+    with django_assert_max_num_queries(8):
+        stats = admin_client_api.get(url).json()
+    assert stats["project"]["rankings"] == 12
+    assert stats["project"]["kendall_w"] == pytest.approx(1.0)  # identical default orders

@@ -215,3 +215,14 @@ def test_strangers_and_other_members_cannot_reach_a_reply(  # type: ignore[no-un
     )
     assert response.status_code == 404
     assert APIClient().get(f"/api/v1/playground/{reply.pk}/").status_code in (401, 403)
+
+
+def test_one_member_cannot_fill_the_gpu_queue(short_project, labeler, labeler_client) -> None:  # type: ignore[no-untyped-def]
+    url = f"/api/v1/projects/{short_project.slug}/playground/"
+    # no on-commit capture: the replies stay queued, as behind a long training run
+    for _ in range(playground.MAX_QUEUED_PER_USER):
+        assert labeler_client.post(url, {"prompt": "hi"}, format="json").status_code == 202
+    response = labeler_client.post(url, {"prompt": "hi"}, format="json")
+    assert response.status_code == 409
+    assert "waiting" in response.json()["detail"]
+    assert PlaygroundReply.objects.count() == playground.MAX_QUEUED_PER_USER

@@ -9,11 +9,13 @@ becomes a Demonstration of the prompt, i.e. SFT data.
 import hashlib
 import logging
 import threading
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.http import Http404
+from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Demonstration, Feedback, Project
@@ -26,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_TURNS = 64
+# A member may have this many replies waiting at once (recent ones: a reply orphaned by a
+# killed worker stops counting after QUEUED_WINDOW), so one person cannot fill the GPU queue.
+MAX_QUEUED_PER_USER = 3
+QUEUED_WINDOW = timedelta(minutes=10)
 
 PromptContent = str | list[dict[str, str]]
 
@@ -73,6 +79,15 @@ def check_playground_prompt(value: Any) -> PromptContent:
 def playground_reply_request(*, project: Project, user: Any, prompt: Any) -> PlaygroundReply:
     """Queue a reply of the current policy to `prompt` (a string or a chat)."""
     content = check_playground_prompt(prompt)
+    waiting = PlaygroundReply.objects.filter(
+        user=user,
+        status=PlaygroundReply.Status.QUEUED,
+        created_at__gte=timezone.now() - QUEUED_WINDOW,
+    ).count()
+    if waiting >= MAX_QUEUED_PER_USER:
+        raise ConflictError(
+            f"You have {waiting} replies waiting for the model; wait for them to finish."
+        )
     reply = PlaygroundReply.objects.create(project=project, user=user, prompt=content)
     from training import tasks  # the Celery door; imported late to keep services testable
 
