@@ -247,3 +247,36 @@ def _long_text(i: int) -> str:
 def _screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
     if SCREENSHOT_DIR:
         page.screenshot(path=str(Path(SCREENSHOT_DIR) / name), full_page=False)
+
+
+def test_prefetched_task_is_shown_at_once_after_submitting(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+    """While the labeler ranks, the page asks for the next task (`?exclude=` the current one)
+    and shows it as soon as the submission is stored, with no further request."""
+    task = RankingTaskFactory(project=project)
+    upcoming = {
+        "id": 987654,
+        "prompt": "The prefetched prompt",
+        "responses": [{"id": 900 + i, "text": f"prefetched {i}"} for i in range(4)],
+        "expires_at": "2999-01-01T00:00:00Z",
+    }
+    plain_fetches: list[str] = []
+
+    def next_task(route) -> None:  # type: ignore[no-untyped-def]
+        url = route.request.url
+        if f"exclude={task.pk}" in url:
+            route.fulfill(status=200, json=upcoming)
+        elif "exclude=" in url:
+            route.fulfill(status=204)
+        else:
+            plain_fetches.append(url)
+            route.continue_()
+
+    page.route("**/tasks/next/**", next_task)
+    log_in(page, labeler.username)
+    assert open_label_page(page, project) == task.pk
+    for key in ["1", "2", "3", "4", "Enter"]:
+        page.keyboard.press(key)
+    assert wait_for_next_task(page, task.pk) == upcoming["id"]
+    assert page.text_content("#prompt .message__content") == "The prefetched prompt"
+    assert len(plain_fetches) == 1  # only the first task was fetched on demand
+    assert Ranking.objects.filter(task=task, labeler=labeler).exists()

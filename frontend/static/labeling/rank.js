@@ -21,6 +21,7 @@ const dom = {
   checkAgain: $("check-again"), meta: $("task-meta"),
 };
 const EMPTY_RETRY_MS = 30_000;
+const LOADING_DELAY_MS = 250;
 const MIN_LEASE_LEFT_MS = 30_000; // a prefetched task closer to expiry than this is re-fetched
 const SESSION_KEY = `rlhf-studio:session-count:${config.slug}`;
 
@@ -119,13 +120,17 @@ function statusText(rejected) {
 }
 
 // --- loading and prefetching -------------------------------------------------------------
-async function load() {
-  showScreen("loading");
+// Fetch the next task. After a submission the finished task stays on screen (inert) and
+// the loading screen appears only if the server is slow, so the page does not flicker.
+async function load({ quiet = false } = {}) {
+  const slow = setTimeout(() => showScreen("loading"), quiet ? LOADING_DELAY_MS : 0);
   try {
     const task = await api.nextTask(config.slug);
+    clearTimeout(slow);
     if (task) showTask(task);
     else showEmpty();
   } catch (error) {
+    clearTimeout(slow);
     notice(error.message, "error");
     showEmpty();
   }
@@ -154,7 +159,7 @@ function takePrefetched() {
 async function advance() {
   const next = takePrefetched();
   if (next) showTask(next);
-  else await load();
+  else await load({ quiet: true });
 }
 
 // --- actions -------------------------------------------------------------------------------

@@ -112,7 +112,9 @@ function renderCurrent(round) {
 
 function renderCurveSelector() {
   const select = $("curve-round");
-  const wanted = state.curveRound ?? state.rounds[0]?.number ?? null;
+  // Unless the admin picked one: the newest round that trained something, else the newest.
+  const trained = state.rounds.find((r) => r.runs.some((run) => run.kind === "rm" || run.kind === "ppo"));
+  const wanted = state.curveRound ?? (trained || state.rounds[0])?.number ?? null;
   const options = state.rounds.map((r) => el("option", {
     text: `#${r.number} (${stageLabel(r.stage)})`, attrs: { value: r.number, selected: r.number === wanted },
   }));
