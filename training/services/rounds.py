@@ -178,6 +178,10 @@ def round_on_run_finished(*, run: TrainingRun) -> Round | None:
     expected = {v: k for k, v in _RUN_OF_STAGE.items()}.get(TrainingRun.Kind(run.kind))
     if round_.stage != expected:
         return round_  # cancelled meanwhile, or a stale redelivery
+    if round_.runs.filter(kind=run.kind, pk__gt=run.pk).exists():
+        # A superseded run (its stage was retried): e.g. Redis redelivering the message of a
+        # run whose worker was killed, after the round already retried that stage.
+        return round_
     if run.status == TrainingRun.Status.FAILED:
         return _fail(round_, round_.stage, f"{run.kind} run {run.pk} failed: {run.error}")
     if run.status != TrainingRun.Status.SUCCEEDED:
