@@ -119,8 +119,8 @@ def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: i
     page.wait_for_selector('#rounds-table tbody tr[data-round="1"]')
     assert "Round 2" in page.text_content("#round-title")
     assert page.get_attribute(".progress-row progress", "value") == "5"
-    # The curves follow the newest round, which has no runs yet; pick round 1.
-    page.select_option("#curve-round", "1")
+    # The curves show the newest round that trained something: round 1.
+    assert page.input_value("#curve-round") == "1"
     page.wait_for_function(
         "() => document.querySelector('#chart-rm-loss svg').dataset.points === '60'"
     )
@@ -134,7 +134,8 @@ def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: i
     page.set_viewport_size({"width": 1366, "height": 2200})
     screenshot(page, "dashboard.png")
 
-    # A running RM run in the current round: new points appear without a reload.
+    # A running RM run in the current round: the curves switch to it by themselves and
+    # new points appear without a reload.
     run = TrainingRunFactory(
         project=project, round=current, kind="rm", status="running",
         progress_done=3, progress_total=20,
@@ -142,16 +143,17 @@ def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: i
     current.stage = Round.Stage.TRAINING_RM
     current.save()
     rm_steps(run, range(1, 4))
-    page.select_option("#curve-round", "2")
     page.wait_for_function(
         "() => document.querySelector('#chart-rm-loss svg').dataset.points === '3'"
     )
+    assert page.input_value("#curve-round") == "2"
     assert "RM run" in page.text_content("#progress-list")
     rm_steps(run, range(4, 9))
     page.wait_for_function(
         "() => document.querySelector('#chart-rm-loss svg').dataset.points === '8'"
     )
     assert page.is_disabled("#start-round")
+    screenshot(page, "dashboard-running.png")
 
 
 def test_start_creates_a_round_that_samples_with_tiny(page, project, project_admin) -> None:  # type: ignore[no-untyped-def]

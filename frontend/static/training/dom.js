@@ -35,6 +35,8 @@ export function seconds(ms) {
   return s < 90 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
 }
 
+const STAGE_NAMES = { training_rm: "training RM", training_ppo: "training PPO" };
+
 export function stageLabel(stage) {
-  return String(stage || "").replace(/_/g, " ");
+  return STAGE_NAMES[stage] || String(stage || "").replace(/_/g, " ");
 }

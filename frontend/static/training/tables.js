@@ -34,8 +34,10 @@ export function renderRounds(table, empty, rounds, perRound) {
   const rows = rounds.map((round) => {
     const counts = perRound.get(round.number) || {};
     const held = round.reward_model?.metrics?.heldout_labeler_accuracy;
-    const acc = rmAccuracy(round);
-    const accText = acc === null ? "—" : percent(acc) + (typeof held === "number" ? ` (labeler ${percent(held)})` : "");
+    const accCell = el("td", { className: "num" }, [
+      el("span", { text: percent(rmAccuracy(round)) }),
+      typeof held === "number" ? el("span", { className: "block muted small", text: `held-out labeler ${percent(held)}` }) : null,
+    ]);
     return el("tr", { attrs: { "data-round": round.number } }, [
       el("th", { text: `#${round.number}`, attrs: { scope: "row" } }),
       el("td", {}, [stageBadge(round.stage)]),
@@ -45,7 +47,7 @@ export function renderRounds(table, empty, rounds, perRound) {
       cell(counts.rankings ?? 0, "num"),
       cell(counts.comparisons ?? round.metrics?.comparisons_round ?? 0, "num"),
       versionCell(round.reward_model),
-      cell(accText, "num"),
+      accCell,
       versionCell(round.policy),
       cell(formatNumber(policyMetric(round, "env/score_mean")), "num"),
       cell(formatNumber(policyMetric(round, "objective/kl")), "num"),
