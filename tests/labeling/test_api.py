@@ -243,6 +243,28 @@ def test_next_task_leases_and_returns_the_same_task(labeler_client, project) -> 
     assert labeler_client.get(url).json()["id"] == task.pk  # the lease holds
 
 
+def test_next_and_submit_queries_do_not_grow_with_the_queue(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+    """The hot path of the ranking screen: a constant number of queries per task."""
+
+    def next_and_submit() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as fetched:
+            task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
+        body = {"order": [[r["id"]] for r in task["responses"]], "time_spent_ms": 5}
+        with CaptureQueriesContext(connection) as submitted:
+            response = labeler_client.post(
+                f"{API}/tasks/{task['id']}/rankings/", body, format="json"
+            )
+        assert response.status_code == 201
+        return len(fetched.captured_queries), len(submitted.captured_queries)
+
+    for _ in range(3):
+        RankingTaskFactory(project=project)
+    small = next_and_submit()
+    for _ in range(30):
+        RankingTaskFactory(project=project)
+    assert next_and_submit() == small
+
+
 def test_next_task_with_chat_context_and_round(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     prompt = PromptFactory(project=project, chat=chat, text="Hi")
