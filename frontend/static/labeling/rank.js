@@ -3,6 +3,7 @@
 // background while the labeler reads, so submitting shows it at once.
 
 import { makeApi } from "./api.js";
+import { WorkCounter } from "./counter.js";
 import { wireDragAndDrop } from "./dnd.js";
 import { wireKeyboard } from "./keys.js";
 import { RankingState } from "./ranking_state.js";
@@ -23,12 +24,11 @@ const dom = {
 const EMPTY_RETRY_MS = 30_000;
 const LOADING_DELAY_MS = 250;
 const MIN_LEASE_LEFT_MS = 30_000; // a prefetched task closer to expiry than this is re-fetched
-const SESSION_KEY = `rlhf-studio:session-count:${config.slug}`;
 
+const counter = new WorkCounter({ slug: config.slug, counts: config.counts });
 const app = {
   task: null, cards: [], state: null, flags: new Map(), busy: false,
   prefetched: null, prefetchToken: 0, emptyTimer: null, timer: new ActiveTimer(),
-  counts: { session: Number(sessionStorage.getItem(SESSION_KEY) || 0), ...config.counts },
 };
 
 // --- notices (an aria-live region) --------------------------------------------------------
@@ -38,13 +38,6 @@ function notice(message, kind = "info") {
   dom.notice.textContent = message;
   dom.notice.dataset.kind = kind;
   if (kind === "info") noticeTimer = setTimeout(() => { dom.notice.textContent = ""; }, 4000);
-}
-
-function renderCounter() {
-  for (const node of document.querySelectorAll("[data-count]")) {
-    const value = app.counts[node.dataset.count];
-    node.textContent = value === undefined || value === null ? "–" : String(value);
-  }
 }
 
 // --- screens -------------------------------------------------------------------------------
@@ -127,6 +120,7 @@ async function load({ quiet = false } = {}) {
   try {
     const task = await api.nextTask(config.slug);
     clearTimeout(slow);
+    if (task?.counts) counter.sync(task.counts);
     if (task) showTask(task);
     else showEmpty();
   } catch (error) {
@@ -234,7 +228,7 @@ async function send(request, doneMessage, countsAsWork) {
   dom.submit.textContent = "Saving…";
   try {
     await request();
-    if (countsAsWork) bumpCounts();
+    counter.finished({ ranked: countsAsWork });
     notice(doneMessage);
   } catch (error) {
     notice(error.message, "error");
@@ -246,13 +240,6 @@ async function send(request, doneMessage, countsAsWork) {
     dom.submit.textContent = "Submit";
   }
   await advance();
-}
-
-function bumpCounts() {
-  app.counts.session += 1;
-  sessionStorage.setItem(SESSION_KEY, String(app.counts.session));
-  for (const key of ["today", "total"]) if (typeof app.counts[key] === "number") app.counts[key] += 1;
-  renderCounter();
 }
 
 // --- wiring --------------------------------------------------------------------------------
@@ -308,5 +295,5 @@ function setCompare(on) {
 wireDragAndDrop({ tray: dom.groups, cards: dom.cards, onMove: actions.move });
 wireKeyboard({ isActive: () => Boolean(app.task) && !app.busy, actions });
 setCompare(localStorage.getItem("rlhf-studio:compare") === "1");
-renderCounter();
+counter.render();
 load();
