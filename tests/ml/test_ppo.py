@@ -11,15 +11,16 @@ from training.ml.ppo import (
     PPOConfig,
     PPOModels,
     collect_rollout,
-    latest_checkpoint,
     pack_episodes,
     policy_loss,
+    prepare_models,
     prompt_batch,
     ptx_examples,
     token_rewards,
     train_ppo,
     value_loss,
 )
+from training.ml.ppo_checkpoint import latest_checkpoint
 from training.ml.reward_model import RewardModel
 from training.ml.rules import LengthRule
 
@@ -172,6 +173,26 @@ def test_train_top_layers_changes_only_the_top_block_and_heads() -> None:
     changed = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
     assert any(".layers.1." in n for n in changed)
     assert not any(".layers.0." in n or "embed_tokens" in n for n in changed)
+
+
+def test_frozen_trunk_cache_is_verified_and_changes_nothing() -> None:
+    config = PPOConfig(steps=2, train_top_layers=1, **SMALL)
+    results = []
+    for cache in (True, False):
+        policy, ref_policy, critic, tokenizer = build()
+        config.cache_frozen_trunk = cache
+        train_ppo(policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces)
+        results.append([p.detach() for m in (policy, critic) for p in m.parameters()])
+    for cached, full in zip(*results, strict=True):
+        torch.testing.assert_close(cached, full)
+    # the cache really runs: the rollout records both trunks and they pass the check
+    policy, ref_policy, critic, tokenizer = build()
+    models = PPOModels(policy, ref_policy, critic, None)
+    prepare_models(models, PPOConfig(train_top_layers=1))
+    assert models.policy_trunk is not None and models.critic_trunk is not None
+    rollout = collect_rollout(models, tokenizer, PROMPTS[:3], config, 0, [], spaces)
+    assert rollout.policy_trunk is not None and rollout.critic_trunk is not None
+    assert models.policy_trunk.verified and models.critic_trunk.verified
 
 
 def test_ppo_raises_a_synthetic_reward_while_kl_stays_bounded() -> None:

@@ -10,30 +10,29 @@ episodes, P prompt tokens (left-padded), R response tokens (right-padded), V voc
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import resource
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from training.ml.data import Demonstration
+from training.ml.frozen_trunk import TrunkCache, frozen_prefix
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
 from training.ml.kl import KLController, kl_k3, kl_penalty, make_kl_controller
 from training.ml.models import (
     enable_gradient_checkpointing,
     encode_prompt,
     freeze_all_but_top_layers,
-    save_pretrained_atomic,
 )
+from training.ml.ppo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.ml.reward_model import RewardModel
 from training.ml.rules import Rule, rule_rewards
 from training.ml.sampling import (
@@ -108,6 +107,8 @@ class PPOConfig:
     """train only the top N blocks (and head) of policy and critic"""
     gradient_checkpointing: bool = False
     """recompute activations in backward to save memory"""
+    cache_frozen_trunk: bool = True
+    """with frozen bottom blocks, run them once per rollout, not in every update pass"""
     checkpoint_every: int = 0
     """steps between checkpoints (0: only on cancel and at the end)"""
     keep_checkpoints: int = 2
@@ -140,6 +141,54 @@ class Rollout:
     finished: torch.Tensor  # (B,) bool: response ended with EOS
     texts: list[str]
     generate_s: float  # seconds spent sampling (the rest of the rollout is forwards)
+    policy_trunk: torch.Tensor | None = None  # (B, P + R, H) input of the policy's block k
+    critic_trunk: torch.Tensor | None = None  # (B, P + R, H) input of the critic's block k
+
+
+@dataclass
+class PPOModels:
+    """The four networks of PPO (the reward model may be absent when a reward_fn scores)."""
+
+    policy: nn.Module
+    ref_policy: nn.Module
+    critic: nn.Module
+    reward_model: nn.Module | None
+    policy_trunk: TrunkCache | None = None  # set by prepare_models when blocks are frozen
+    critic_trunk: TrunkCache | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+
+def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
+    """Freeze the reference and the RM, apply the memory options, set up the trunk caches;
+    returns the trainable parameters of policy and critic."""
+    for frozen in (models.ref_policy, models.reward_model):
+        if frozen is not None:
+            frozen.eval().requires_grad_(False)
+    # a RewardModel critic wraps its transformers model in `.seq`
+    critic = models.critic.seq if isinstance(models.critic, RewardModel) else models.critic
+    for module in (models.policy, critic):
+        if config.train_top_layers is not None:
+            freeze_all_but_top_layers(module, config.train_top_layers)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(module)
+    params = [p for m in (models.policy, critic) for p in m.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("policy and critic have no trainable parameters")
+    if config.cache_frozen_trunk:
+        models.policy_trunk = _trunk_cache(models.policy)
+        models.critic_trunk = _trunk_cache(critic)
+    return params
+
+
+def _trunk_cache(model: nn.Module) -> TrunkCache | None:
+    try:
+        k = frozen_prefix(model)
+    except (AttributeError, ValueError):  # not a transformers model with findable blocks
+        return None
+    return TrunkCache(model, k) if k else None
 
 
 def pack_episodes(
@@ -192,6 +241,25 @@ def response_values(
     return values[:, -(r_len + 1) : -1].float()
 
 
+@contextmanager
+def _recording(cache: TrunkCache | None) -> Iterator[list[torch.Tensor]]:
+    """Record the input of the cache's block k, unless there is no (working) cache."""
+    if cache is None or cache.verified is False:
+        yield []
+        return
+    with cache.record() as captured:
+        yield captured
+
+
+def _top_only(
+    cache: TrunkCache | None, hidden: torch.Tensor | None, rows: torch.Tensor | slice
+) -> AbstractContextManager[None]:
+    """Run only the blocks above the frozen trunk, on its recorded output for `rows`."""
+    if cache is None or hidden is None:
+        return nullcontext()
+    return cache.top_only(hidden[rows])
+
+
 @torch.no_grad()
 def forward_rollout(
     models: PPOModels,
@@ -200,24 +268,55 @@ def forward_rollout(
     r_len: int,
     temperature: float,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, ref_logprobs, values, entropy), each (B, R), in chunks of `chunk` rows.
+) -> dict[str, torch.Tensor | None]:
+    """logprobs, ref_logprobs, values, entropy (each (B, R)), in chunks of `chunk` rows,
+    and the recorded trunks of policy and critic (or None).
 
     Policy and reference go through the same code on the same batch, so when they are
     equal the log-probs are bitwise equal and the KL is exactly 0."""
     parts: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, input_ids.shape[0], chunk):
-        ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
-        tokens = ids[:, -r_len:]
-        logits = response_logits(models.policy, ids, mask, r_len)
-        logp, entropy = token_logprobs(logits, tokens, temperature)
-        ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
-        ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
-        values = response_values(models.critic, ids, mask, r_len)
-        assert entropy is not None
-        parts.append((logp, ref_logp, values, entropy))
-    logp, ref_logp, values, entropy = (torch.cat(column) for column in zip(*parts, strict=True))
-    return logp, ref_logp, values, entropy
+    with (
+        _recording(models.policy_trunk) as policy_trunk,
+        _recording(models.critic_trunk) as critic_trunk,
+    ):
+        for start in range(0, input_ids.shape[0], chunk):
+            ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
+            tokens = ids[:, -r_len:]
+            logits = response_logits(models.policy, ids, mask, r_len)
+            logp, entropy = token_logprobs(logits, tokens, temperature)
+            ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
+            ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
+            values = response_values(models.critic, ids, mask, r_len)
+            assert entropy is not None
+            parts.append((logp, ref_logp, values, entropy))
+    columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+    out: dict[str, torch.Tensor | None] = dict(
+        zip(("logprobs", "ref_logprobs", "values", "entropy"), columns, strict=True)
+    )
+    out["policy_trunk"] = torch.cat(policy_trunk) if policy_trunk else None
+    out["critic_trunk"] = torch.cat(critic_trunk) if critic_trunk else None
+    return out
+
+
+@torch.no_grad()
+def verify_trunks(models: PPOModels, rollout: Rollout, temperature: float) -> None:
+    """Once per run: the top-only forward on the recorded trunk must reproduce the full
+    forward on two rows; if not, the cache is switched off (and dropped from `rollout`)."""
+    rows = slice(0, 2)
+    ids, mask = rollout.input_ids[rows], rollout.attention_mask[rows]
+    r_len = rollout.response_mask.shape[1]
+    policy, critic = models.policy_trunk, models.critic_trunk
+    if policy is not None and policy.verified is None and rollout.policy_trunk is not None:
+        with policy.top_only(rollout.policy_trunk[rows]):
+            logits = response_logits(models.policy, ids, mask, r_len)
+        logp, _ = token_logprobs(logits, ids[:, -r_len:], temperature, entropy=False)
+        if not policy.verify(rollout.logprobs[rows], logp):
+            rollout.policy_trunk = None
+    if critic is not None and critic.verified is None and rollout.critic_trunk is not None:
+        with critic.top_only(rollout.critic_trunk[rows]):
+            values = response_values(models.critic, ids, mask, r_len)
+        if not critic.verify(rollout.values[rows], values):
+            rollout.critic_trunk = None
 
 
 @torch.no_grad()
@@ -384,7 +483,7 @@ def collect_rollout(
         for t in pack_episodes(prompt_ids, [s.token_ids for s in samples], tokenizer.pad_token_id)
     )
     r_len = response_mask.shape[1]
-    logp, ref_logp, values, entropy = forward_rollout(
+    forwards = forward_rollout(
         models, input_ids, attention_mask, r_len, config.temperature, config.forward_batch_size
     )
     rm_scores = score_episodes(
@@ -397,10 +496,13 @@ def collect_rollout(
     finished = torch.tensor([s.finished for s in samples], device=models.device)
     scores = rm_scores + torch.tensor(extra, device=models.device, dtype=rm_scores.dtype)
     scores = scores - config.missing_eos_penalty * (~finished).to(scores.dtype)
-    return Rollout(
-        input_ids, attention_mask, response_mask, logp, ref_logp, values, entropy,
-        scores, rm_scores, finished, texts, generate_s,
+    rollout = Rollout(
+        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+        scores=scores, rm_scores=rm_scores, finished=finished, texts=texts,
+        generate_s=generate_s, **forwards,  # type: ignore[arg-type]  # tensors, or None trunks
     )  # fmt: skip
+    verify_trunks(models, rollout, config.temperature)
+    return rollout
 
 
 def compute_advantages(
@@ -444,12 +546,14 @@ def ppo_update(
                 rollout.attention_mask[idx],
                 rollout.response_mask[idx],
             )
-            logits = response_logits(models.policy, ids, attn, r_len)
+            with _top_only(models.policy_trunk, rollout.policy_trunk, idx):
+                logits = response_logits(models.policy, ids, attn, r_len)
             new_logp, _ = token_logprobs(logits, ids[:, -r_len:], config.temperature, entropy=False)
             pg, stats = policy_loss(
                 new_logp, rollout.logprobs[idx], advantages[idx], mask, config.cliprange
             )
-            new_values = response_values(models.critic, ids, attn, r_len)
+            with _top_only(models.critic_trunk, rollout.critic_trunk, idx):
+                new_values = response_values(models.critic, ids, attn, r_len)
             vf, vf_stats = value_loss(
                 new_values, rollout.values[idx], returns[idx], mask, config.cliprange_value
             )
@@ -494,145 +598,7 @@ def step_metrics(
     return metrics
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_PATTERN = "step-[0-9][0-9][0-9][0-9][0-9][0-9]"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed from; the message names its folder."""
-
-
-def save_checkpoint(
-    root: str | Path,
-    step: int,
-    models: PPOModels,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
-    kl_ctl: KLController,
-    config: PPOConfig,
-) -> Path:
-    """`root/step-NNNNNN/`: policy/ (a save_pretrained folder), critic.safetensors,
-    optimizer.safetensors and state.json, all safetensors or JSON, never pickle. The
-    folder is written under a temporary name and renamed once complete."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".{final.name}.tmp-{time.time_ns()}"
-    tmp.mkdir()
-    try:
-        save_pretrained_atomic(models.policy, tokenizer, tmp / "policy")
-        save_model(models.critic, str(tmp / "critic.safetensors"))
-        save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-        state = {"step": step, "kl_coef": kl_ctl.value, "seed": config.seed}
-        (tmp / "state.json").write_text(json.dumps({**state, "config": asdict(config)}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in sorted(root.glob(CHECKPOINT_PATTERN))[: -max(config.keep_checkpoints, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint folder under `root` (temporary folders are ignored)."""
-    found = sorted(p for p in Path(root).glob(CHECKPOINT_PATTERN) if (p / "state.json").is_file())
-    return found[-1] if found else None
-
-
-def load_checkpoint(
-    folder: Path, models: PPOModels, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """Load weights and optimizer state into the live objects; returns state.json.
-
-    Raises CheckpointError naming the folder when anything is missing, unreadable or
-    does not fit the models."""
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        _load_weights(models.policy, sorted((folder / "policy").glob("*.safetensors")))
-        _load_weights(models.critic, [folder / "critic.safetensors"])
-        _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")))
-        int(state["step"]), float(state["kl_coef"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot resume from checkpoint {folder}: {exc}") from exc
-    return state
-
-
-def _load_weights(module: nn.Module, files: list[Path]) -> None:
-    """Copy safetensors weights into `module`; keys left out must be tied to loaded ones."""
-    if not files:
-        raise ValueError("no safetensors weights")
-    device = next(module.parameters()).device
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        state.update(load_file(str(path), device=str(device)))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    own = module.state_dict()
-    loaded = {own[key].data_ptr() for key in state if key in own}
-    untied = [key for key in missing if own[key].data_ptr() not in loaded]
-    if unexpected or untied:
-        raise ValueError(
-            f"weights do not match the model: missing {untied}, unexpected {unexpected}"
-        )
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter state as flat named tensors ("<index>.<name>")."""
-    tensors = {}
-    for index, values in optimizer.state_dict()["state"].items():
-        for name, value in values.items():
-            tensor = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{index}.{name}"] = tensor.detach().contiguous()
-    return tensors
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    current = optimizer.state_dict()
-    n_params = sum(len(group["params"]) for group in current["param_groups"])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        index, _, name = key.partition(".")
-        if not index.isdigit() or int(index) >= n_params:
-            raise ValueError(f"optimizer state {key!r} does not match the trainable parameters")
-        state.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
-
-
 # --------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class PPOModels:
-    """The four networks of PPO (the reward model may be absent when a reward_fn scores)."""
-
-    policy: nn.Module
-    ref_policy: nn.Module
-    critic: nn.Module
-    reward_model: nn.Module | None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-
-def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
-    """Freeze the reference and the RM; apply memory options; return trainable params."""
-    for frozen in (models.ref_policy, models.reward_model):
-        if frozen is not None:
-            frozen.eval().requires_grad_(False)
-    # a RewardModel critic wraps its transformers model in `.seq`
-    critic = models.critic.seq if isinstance(models.critic, RewardModel) else models.critic
-    for module in (models.policy, critic):
-        if config.train_top_layers is not None:
-            freeze_all_but_top_layers(module, config.train_top_layers)
-        if config.gradient_checkpointing:
-            enable_gradient_checkpointing(module)
-    params = [p for m in (models.policy, critic) for p in m.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("policy and critic have no trainable parameters")
-    return params
 
 
 def train_ppo(
@@ -678,9 +644,21 @@ def train_ppo(
     start, resumed_from = 0, None
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
     if found is not None:
-        state = load_checkpoint(found, models, optimizer)
+        state = load_checkpoint(found, policy=policy, critic=critic, optimizer=optimizer)
         start = resumed_from = int(state["step"])
         kl_ctl.value = float(state["kl_coef"])
+
+    def checkpoint(step: int) -> None:
+        assert checkpoint_dir is not None
+        state = {
+            "step": step,
+            "kl_coef": kl_ctl.value,
+            "seed": config.seed,
+            "config": asdict(config),
+        }
+        save_checkpoint(checkpoint_dir, state, policy=policy, critic=critic, tokenizer=tokenizer,
+                        optimizer=optimizer, keep=config.keep_checkpoints)  # fmt: skip
+
     metrics: dict[str, float] = {}
     status = "completed"
     step = start
@@ -694,11 +672,11 @@ def train_ppo(
             on_metrics(step + 1, metrics)
         every = config.checkpoint_every
         if checkpoint_dir and every and (step + 1) % every == 0 and step + 1 < config.steps:
-            save_checkpoint(checkpoint_dir, step + 1, models, tokenizer, optimizer, kl_ctl, config)
+            checkpoint(step + 1)
     else:
         step = max(config.steps, start)
     if checkpoint_dir and step > (resumed_from or 0):
-        save_checkpoint(checkpoint_dir, step, models, tokenizer, optimizer, kl_ctl, config)
+        checkpoint(step)
     return {"status": status, "step": step, "kl_coef": kl_ctl.value,
             "resumed_from": resumed_from, **metrics}  # fmt: skip
 

@@ -163,7 +163,7 @@ def _config(args: argparse.Namespace, n_prompts: int) -> Any:
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     """The checkpoint folder, or None when checkpointing is off; refuses stale ones."""
-    from training.ml.ppo import latest_checkpoint
+    from training.ml.ppo_checkpoint import latest_checkpoint
 
     if not (args.checkpoint_every or args.resume or args.checkpoint_dir):
         return None
@@ -208,7 +208,8 @@ def _train(
     resume: bool,
 ) -> dict[str, Any]:
     """train_ppo with progress bars; the first Ctrl-C stops after the current step."""
-    from training.ml.ppo import CheckpointError, train_ppo
+    from training.ml.ppo import train_ppo
+    from training.ml.ppo_checkpoint import CheckpointError
     from training.ml.progress import MetricsProgress
 
     stop = {"requested": False}
