@@ -47,6 +47,7 @@ from labeling.services.tasks import task_lease_next, task_skip
 JSONL = "application/jsonl"
 PARQUET = "application/vnd.apache.parquet"
 PARQUET_SPOOL_BYTES = 16 * 2**20  # Parquet exports larger than this spool to a temp file
+MULTIPART_OVERHEAD_BYTES = 64 * 2**10  # headers and boundaries around an uploaded file
 
 
 def _valid(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -152,6 +153,7 @@ class PromptImportApi(APIView):
     )
     def post(self, request: Request, slug: str) -> Response:
         project = selectors.access_project(user=request.user, slug=slug, admin=True)
+        _check_request_size(request)
         items, source = _prompt_items(request)
         result = prompts_import(project=project, items=items, source=source)
         return Response(s.PromptImportOut(result).data, status=status.HTTP_201_CREATED)
@@ -160,6 +162,19 @@ class PromptImportApi(APIView):
 @extend_schema_view(post=extend_schema(exclude=True))
 class PromptImportSlashApi(PromptImportApi):
     """The same import with a trailing slash (documented once, without it)."""
+
+
+def _check_request_size(request: Request) -> None:
+    """Refuse an oversized body before reading it: DRF parses JSON from the raw stream, so
+    Django's DATA_UPLOAD_MAX_MEMORY_SIZE does not bound it, and multipart files are not
+    bounded by it either."""
+    limit = settings.RLHF_IMPORT_MAX_BYTES
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit + MULTIPART_OVERHEAD_BYTES:
+        raise ApplicationError(f"the request is {length} bytes; the limit is {limit} bytes")
 
 
 def _prompt_items(request: Request) -> tuple[list[PromptIn], str]:

@@ -203,6 +203,9 @@ def test_import_size_limit_and_admin_only(
             "detail"
         ]
     )
+    big = [{"prompt": "x" * 1000}] * 100  # ~100 KB, more than the limit plus multipart slack
+    assert "limit" in assert_error(admin_client_api.post(url, big, format="json"), 400)["detail"]
+    assert not Prompt.objects.exists()
     assert_error(labeler_client.post(url, [{"prompt": "x"}], format="json"), 403)
 
 
