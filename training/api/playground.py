@@ -13,7 +13,7 @@ from training.models import PlaygroundReply
 from training.services import playground
 
 
-class ReplyOut(serializers.ModelSerializer):
+class PlaygroundReplyOut(serializers.ModelSerializer):
     policy_version = serializers.SerializerMethodField()
     rating = serializers.SerializerMethodField()
 
@@ -31,9 +31,20 @@ class ReplyOut(serializers.ModelSerializer):
         return obj.feedback.rating if obj.feedback is not None else None
 
 
+class PlaygroundRequestIn(serializers.Serializer):
+    prompt = serializers.JSONField(help_text="A string or a chat list ending with a user turn.")
+
+
+class PlaygroundFeedbackIn(serializers.Serializer):
+    rating = serializers.ChoiceField(choices=[1, -1])
+
+
+class PlaygroundDemonstrationIn(serializers.Serializer):
+    response = serializers.CharField(trim_whitespace=False)
+
+
 class PlaygroundRequestApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        prompt = serializers.JSONField(help_text="A string or a chat list ending with a user turn.")
+    InputSerializer = PlaygroundRequestIn
 
     @extend_schema(request=InputSerializer, responses={202: dict})
     def post(self, request: Request, slug: str) -> Response:
@@ -48,18 +59,17 @@ class PlaygroundRequestApi(APIView):
 
 def _reply_out(request: Request, reply_id: int) -> dict[str, Any]:
     reply = playground.access_playground_reply(user=request.user, reply_id=reply_id)
-    return ReplyOut(reply).data
+    return PlaygroundReplyOut(reply).data
 
 
 class PlaygroundReplyApi(APIView):
-    @extend_schema(responses=ReplyOut)
+    @extend_schema(responses=PlaygroundReplyOut)
     def get(self, request: Request, reply_id: int) -> Response:
         return Response(_reply_out(request, reply_id))
 
 
 class PlaygroundFeedbackApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        rating = serializers.ChoiceField(choices=[1, -1])
+    InputSerializer = PlaygroundFeedbackIn
 
     @extend_schema(request=InputSerializer, responses={201: dict})
     def post(self, request: Request, reply_id: int) -> Response:
@@ -75,8 +85,7 @@ class PlaygroundFeedbackApi(APIView):
 
 
 class PlaygroundDemonstrationApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        response = serializers.CharField(trim_whitespace=False)
+    InputSerializer = PlaygroundDemonstrationIn
 
     @extend_schema(request=InputSerializer, responses={201: dict})
     def post(self, request: Request, reply_id: int) -> Response:
