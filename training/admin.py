@@ -31,3 +31,10 @@ class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["id", "project", "round", "kind", "status", "progress_done", "progress_total"]
     list_filter = ["project", "kind", "status"]
     raw_id_fields = ["round", "output"]
+
+
+@admin.register(models.PlaygroundReply)
+class PlaygroundReplyAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "user", "status", "policy_version", "created_at"]
+    list_filter = ["project", "status"]
+    raw_id_fields = ["user", "policy_version"]
