@@ -8,8 +8,10 @@ from --model, critic and reward model initialised from it (the head is untrained
 does not change the cost; pass --reward-model for a trained one). Each step samples one
 response per prompt, runs the four scoring forwards (policy, reference, critic, RM), then
 `--ppo-epochs` passes of minibatch updates of policy and critic. The first step warms up
-and is not timed. TRL 1.16 ships no PPO trainer, so there is no side-by-side anchor; the
-sampling rate of the same rollouts is reported beside it. Writes bench/out/ppo.json.
+and is not timed. TRL 1.16 ships no PPO trainer, so there is no outside anchor; side by
+side in the same run are our trainer with and without the frozen-trunk cache (the
+frozen bottom blocks run once per rollout instead of in every update pass), and the
+generation rate inside the same rollouts. Writes bench/out/ppo.json.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from bench.rm_vs_trl import machine
+from training.ml.commands.common import quiet_transformers
 from training.ml.models import load_causal_lm, resolve_device
 from training.ml.ppo import PPOConfig, bench_ppo
 from training.ml.reward_model import RewardModel, load_reward_model
@@ -72,11 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the run without the trunk cache"
+    )
     parser.add_argument("--out", default=str(OUT / "ppo.json"))
     return parser.parse_args(argv)
 
 
 def load_models(args: argparse.Namespace) -> tuple[Any, ...]:
+    quiet_transformers()
     device = resolve_device(args.device)
     policy, tokenizer = load_causal_lm(args.model, device=device, dtype=args.dtype)
     ref_policy, _ = load_causal_lm(args.model, device=device, dtype=args.dtype)
@@ -90,10 +97,8 @@ def load_models(args: argparse.Namespace) -> tuple[Any, ...]:
     return policy, ref_policy, critic, reward_model, tokenizer
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = machine()
+def run(args: argparse.Namespace, *, cache: bool) -> dict[str, float]:
+    """Fresh models, then `args.steps` timed PPO steps."""
     policy, ref_policy, critic, reward_model, tokenizer = load_models(args)
     config = PPOConfig(
         steps=args.steps,
@@ -102,11 +107,29 @@ def main(argv: list[str] | None = None) -> int:
         ppo_epochs=args.ppo_epochs,
         max_new_tokens=args.max_new_tokens,
         train_top_layers=args.train_top_layers,
+        cache_frozen_trunk=cache,
         lr=1e-5,
         seed=0,
     )
     prompts = bench_prompts(args.prompts)
     figures = bench_ppo(policy, ref_policy, critic, reward_model, tokenizer, prompts, config)
+    print(f"trunk cache {cache}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = machine()
+    results = {"trunk_cache": run(args, cache=True)}
+    if not args.no_compare:
+        results["no_trunk_cache"] = run(args, cache=False)
+        results["speedup_of_trunk_cache"] = {
+            "ppo_tokens_per_s": results["trunk_cache"]["ppo_tokens_per_s"]
+            / results["no_trunk_cache"]["ppo_tokens_per_s"],
+            "update_tokens_per_s": results["trunk_cache"]["update_tokens_per_s"]
+            / results["no_trunk_cache"]["update_tokens_per_s"],
+        }
     info["loadavg_end"] = os.getloadavg()[0]
     report = {
         "benchmark": "ppo_throughput",
@@ -124,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "warmup_steps": 1,
         },
-        "results": figures,
+        "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -260,6 +260,17 @@ def _top_only(
     return cache.top_only(hidden[rows])
 
 
+class Forwards(NamedTuple):
+    """The no-grad forwards of a rollout: (B, R) each, trunks (B, P + R, H) or None."""
+
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    policy_trunk: torch.Tensor | None
+    critic_trunk: torch.Tensor | None
+
+
 @torch.no_grad()
 def forward_rollout(
     models: PPOModels,
@@ -268,9 +279,9 @@ def forward_rollout(
     r_len: int,
     temperature: float,
     chunk: int,
-) -> dict[str, torch.Tensor | None]:
-    """logprobs, ref_logprobs, values, entropy (each (B, R)), in chunks of `chunk` rows,
-    and the recorded trunks of policy and critic (or None).
+) -> Forwards:
+    """Policy, reference and critic over the rollout in chunks of `chunk` rows, recording
+    the trunks of policy and critic when they are cached.
 
     Policy and reference go through the same code on the same batch, so when they are
     equal the log-probs are bitwise equal and the KL is exactly 0."""
@@ -289,13 +300,12 @@ def forward_rollout(
             values = response_values(models.critic, ids, mask, r_len)
             assert entropy is not None
             parts.append((logp, ref_logp, values, entropy))
-    columns = [torch.cat(column) for column in zip(*parts, strict=True)]
-    out: dict[str, torch.Tensor | None] = dict(
-        zip(("logprobs", "ref_logprobs", "values", "entropy"), columns, strict=True)
-    )
-    out["policy_trunk"] = torch.cat(policy_trunk) if policy_trunk else None
-    out["critic_trunk"] = torch.cat(critic_trunk) if critic_trunk else None
-    return out
+    logp, ref_logp, values, entropy = (torch.cat(column) for column in zip(*parts, strict=True))
+    return Forwards(
+        logp, ref_logp, values, entropy,
+        torch.cat(policy_trunk) if policy_trunk else None,
+        torch.cat(critic_trunk) if critic_trunk else None,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -486,20 +496,22 @@ def collect_rollout(
     forwards = forward_rollout(
         models, input_ids, attention_mask, r_len, config.temperature, config.forward_batch_size
     )
+    texts = [s.text for s in samples]
     rm_scores = score_episodes(
         models.reward_model, input_ids, attention_mask, config.forward_batch_size
     )
-    texts = [s.text for s in samples]
-    extra = rule_rewards(texts, [len(s.token_ids) for s in samples], rules)
+    extra = torch.tensor(
+        rule_rewards(texts, [len(s.token_ids) for s in samples], rules), device=models.device
+    )
     if reward_fn is not None:
-        extra = [a + float(b) for a, b in zip(extra, reward_fn(texts, prompts), strict=True)]
+        extra += torch.tensor(reward_fn(texts, prompts), device=models.device, dtype=extra.dtype)
     finished = torch.tensor([s.finished for s in samples], device=models.device)
-    scores = rm_scores + torch.tensor(extra, device=models.device, dtype=rm_scores.dtype)
-    scores = scores - config.missing_eos_penalty * (~finished).to(scores.dtype)
+    missing_eos = config.missing_eos_penalty * (~finished).to(extra.dtype)
+    scores = rm_scores + extra - missing_eos  # (B,)
     rollout = Rollout(
         input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
         scores=scores, rm_scores=rm_scores, finished=finished, texts=texts,
-        generate_s=generate_s, **forwards,  # type: ignore[arg-type]  # tensors, or None trunks
+        generate_s=generate_s, **forwards._asdict(),
     )  # fmt: skip
     verify_trunks(models, rollout, config.temperature)
     return rollout
@@ -518,6 +530,36 @@ def compute_advantages(
     return rewards, masked_whiten(advantages, mask), returns
 
 
+def minibatch_loss(
+    models: PPOModels,
+    rollout: Rollout,
+    idx: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    config: PPOConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy loss + vf_coef * clipped value loss on rollout rows `idx`."""
+    ids, attn, mask = (
+        rollout.input_ids[idx],
+        rollout.attention_mask[idx],
+        rollout.response_mask[idx],
+    )
+    r_len = mask.shape[1]
+    with _top_only(models.policy_trunk, rollout.policy_trunk, idx):
+        logits = response_logits(models.policy, ids, attn, r_len)
+    new_logp, _ = token_logprobs(logits, ids[:, -r_len:], config.temperature, entropy=False)
+    pg, stats = policy_loss(
+        new_logp, rollout.logprobs[idx], advantages[idx], mask, config.cliprange
+    )
+    with _top_only(models.critic_trunk, rollout.critic_trunk, idx):
+        new_values = response_values(models.critic, ids, attn, r_len)
+    vf, vf_stats = value_loss(
+        new_values, rollout.values[idx], returns[idx], mask, config.cliprange_value
+    )
+    stats |= vf_stats | {"policy_loss": pg.item(), "value_loss": vf.item()}
+    return pg + config.vf_coef * vf, stats
+
+
 def ppo_update(
     models: PPOModels,
     optimizer: torch.optim.Optimizer,
@@ -534,31 +576,14 @@ def ppo_update(
     models.critic.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)
-    n, r_len = rollout.input_ids.shape[0], rollout.response_mask.shape[1]
+    n = rollout.input_ids.shape[0]
     totals: dict[str, list[float]] = {}
-    draw = step * config.ppo_epochs * math.ceil(n / config.mini_batch_size)
+    draw = step * config.ppo_epochs * math.ceil(n / config.mini_batch_size)  # ptx batch index
     for _ in range(config.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(models.device)
         for start in range(0, n, config.mini_batch_size):
             idx = order[start : start + config.mini_batch_size]
-            ids, attn, mask = (
-                rollout.input_ids[idx],
-                rollout.attention_mask[idx],
-                rollout.response_mask[idx],
-            )
-            with _top_only(models.policy_trunk, rollout.policy_trunk, idx):
-                logits = response_logits(models.policy, ids, attn, r_len)
-            new_logp, _ = token_logprobs(logits, ids[:, -r_len:], config.temperature, entropy=False)
-            pg, stats = policy_loss(
-                new_logp, rollout.logprobs[idx], advantages[idx], mask, config.cliprange
-            )
-            with _top_only(models.critic_trunk, rollout.critic_trunk, idx):
-                new_values = response_values(models.critic, ids, attn, r_len)
-            vf, vf_stats = value_loss(
-                new_values, rollout.values[idx], returns[idx], mask, config.cliprange_value
-            )
-            loss = pg + config.vf_coef * vf
-            stats |= vf_stats | {"policy_loss": pg.item(), "value_loss": vf.item()}
+            loss, stats = minibatch_loss(models, rollout, idx, advantages, returns, config)
             if ptx:
                 lm_loss = ptx_loss(models.policy, ptx, draw, config, pad_id)
                 loss = loss + config.ptx_coef * lm_loss
