@@ -123,6 +123,25 @@ def test_hostile_response_is_shown_as_text_and_runs_nothing(page, project, label
     assert page.title() == title and "pwned" not in page.title()
 
 
+def test_chat_context_is_shown_message_by_message(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+    task = RankingTaskFactory(project=project)
+    task.prompt.chat = [
+        {"role": "system", "content": "You answer in one sentence."},
+        {"role": "user", "content": "What is <b>2+2</b>?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    task.prompt.text = "And 3+3?"
+    task.prompt.save()
+    log_in(page, labeler.username)
+    open_label_page(page, project)
+    roles = page.locator("#prompt .message__role").all_text_contents()
+    contents = page.locator("#prompt .message__content").all_text_contents()
+    assert roles == ["system", "user", "assistant", "user"]
+    assert contents == [m["content"] for m in task.prompt.chat]
+    assert page.locator("#prompt b").count() == 0
+
+
 def test_drag_and_drop_ranking_with_a_tie(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
