@@ -133,59 +133,51 @@ def comparison_rows(
         conversational = has_chat_prompts(queryset)
     pseudonyms = pseudonyms_for(queryset, "project_id")
     labels: dict[tuple[str | None, int | None, str], str | None] = {}
-    for (
-        prompt_text,
-        chat,
-        chosen_text,
-        rejected_text,
-        prompt_id,
-        chosen_id,
-        rejected_id,
-        ranking_id,
-        project_id,
-        labeler_id,
-        round_number,
-        chosen_kind,
-        chosen_version,
-        chosen_name,
-        rejected_kind,
-        rejected_version,
-        rejected_name,
-        margin,
-        created_at,
-    ) in (
+    rows = (
         queryset.prefetch_related(None)  # tuples: nothing to prefetch into
         .annotate(export_created_at=db_text("created_at"))
         .values_list(*COMPARISON_COLUMNS)
         .iterator(chunk_size=CHUNK_SIZE)
-    ):
-        chosen_key = (chosen_kind, chosen_version, chosen_name)
-        rejected_key = (rejected_kind, rejected_version, rejected_name)
-        if chosen_key not in labels:
-            labels[chosen_key] = policy_label(*chosen_key)
-        if rejected_key not in labels:
-            labels[rejected_key] = policy_label(*rejected_key)
-        if conversational:
-            prompt: str | Chat = chat or [{"role": "user", "content": prompt_text}]
-            chosen: str | Chat = [{"role": "assistant", "content": chosen_text}]
-            rejected: str | Chat = [{"role": "assistant", "content": rejected_text}]
-        else:
-            prompt, chosen, rejected = prompt_text, chosen_text, rejected_text
-        yield {
-            "prompt": prompt,
-            "chosen": chosen,
-            "rejected": rejected,
-            "prompt_id": prompt_id,
-            "chosen_id": chosen_id,
-            "rejected_id": rejected_id,
-            "ranking_id": ranking_id,
-            "labeler": pseudonyms.get((project_id, labeler_id)),
-            "round": round_number,
-            "policy_version": labels[chosen_key],
-            "rejected_policy_version": labels[rejected_key],
-            "margin": margin,
-            "created_at": iso_from_db_text(created_at),
-        }
+    )
+    for values in rows:
+        yield _comparison_row(values, pseudonyms, labels, conversational)
+
+
+def _comparison_row(
+    values: Sequence[Any],
+    pseudonyms: dict[tuple[int, int], str],
+    labels: dict[tuple[str | None, int | None, str], str | None],
+    conversational: bool,
+) -> Row:
+    """One row from the COMPARISON_COLUMNS of a comparison; `labels` caches policy labels."""
+    prompt_text, chat, chosen_text, rejected_text = values[:4]
+    prompt_id, chosen_id, rejected_id, ranking_id, project_id, labeler_id = values[4:10]
+    round_number, margin, created_at = values[10], values[17], values[18]
+    chosen_policy, rejected_policy = tuple(values[11:14]), tuple(values[14:17])
+    for policy in (chosen_policy, rejected_policy):
+        if policy not in labels:
+            labels[policy] = policy_label(*policy)
+    if conversational:
+        prompt: str | Chat = chat or [{"role": "user", "content": prompt_text}]
+        chosen: str | Chat = [{"role": "assistant", "content": chosen_text}]
+        rejected: str | Chat = [{"role": "assistant", "content": rejected_text}]
+    else:
+        prompt, chosen, rejected = prompt_text, chosen_text, rejected_text
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "prompt_id": prompt_id,
+        "chosen_id": chosen_id,
+        "rejected_id": rejected_id,
+        "ranking_id": ranking_id,
+        "labeler": pseudonyms.get((project_id, labeler_id)),
+        "round": round_number,
+        "policy_version": labels[chosen_policy],
+        "rejected_policy_version": labels[rejected_policy],
+        "margin": margin,
+        "created_at": iso_from_db_text(created_at),
+    }
 
 
 def jsonl_stream(
