@@ -132,7 +132,9 @@ export function renderGroups(list, state, numberOf, k) {
       ]),
     );
   });
-  const hint = state.placedCount === 0 ? `Press 1–${k} or drag cards here, best first` : "Drop here";
+  const touch = window.matchMedia("(pointer: coarse)").matches;
+  const start = touch ? "Tap “Place” on the cards, best first" : `Press 1–${k} or drag cards here, best first`;
+  const hint = state.placedCount === 0 ? start : touch ? "" : "Drop here";
   items.push(el("li", { className: "gap gap--end", attrs: { "data-gap": state.groups.length } }, [
     el("span", { className: "gap__hint", text: hint }),
   ]));
