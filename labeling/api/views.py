@@ -200,12 +200,22 @@ class NextTaskApi(APIView):
             200: s.NextTaskOut,
             204: OpenApiResponse(description="No task is waiting for this labeler."),
         },
+        parameters=[
+            OpenApiParameter(
+                "exclude", int, description="The task on screen: lease the one after it (prefetch)."
+            )
+        ],
         description="Leases the labeler's next task until `expires_at` (the same task again "
         "while the lease runs).",
     )
     def get(self, request: Request, slug: str) -> Response:
         project = selectors.access_project(user=request.user, slug=slug)
-        assignment = task_lease_next(project=project, labeler=request.user)
+        exclude = request.query_params.get("exclude")
+        assignment = task_lease_next(
+            project=project,
+            labeler=request.user,
+            exclude_task_id=int(exclude) if exclude and exclude.isdigit() else None,
+        )
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(_next_task_out(project, assignment, request.user))

@@ -37,7 +37,11 @@ ACTIVE, SUBMITTED, SKIPPED = (
 
 @transaction.atomic
 def task_lease_next(
-    *, project: Project, labeler: Any, now: datetime | None = None
+    *,
+    project: Project,
+    labeler: Any,
+    now: datetime | None = None,
+    exclude_task_id: int | None = None,
 ) -> Assignment | None:
     """The labeler's next task, leased until `now + project.lease_seconds`; None when none.
 
@@ -45,13 +49,16 @@ def task_lease_next(
     task. Otherwise the oldest open task with a free slot that the labeler has never ranked
     or skipped is leased (the labeler's own expired lease on it is renewed, since a task
     has one assignment row per labeler). Gold tasks are offered like any other.
+
+    `exclude_task_id` is the task on the labeler's screen: the browser prefetches the task
+    after it, so a labeler holds at most two leases (the one being ranked and the next).
     """
     now = now or timezone.now()
     _lock_membership(project, labeler)
-    current = _current_lease(project, labeler, now)
+    current = _current_lease(project, labeler, now, exclude_task_id=exclude_task_id)
     if current is not None:
         return current
-    tried: list[int] = []
+    tried: list[int] = [exclude_task_id] if exclude_task_id is not None else []
     while (task := _lock_candidate(project, labeler, now, exclude=tried)) is not None:
         # The candidate query counted slots from its snapshot; recount under the lock.
         if used_slots(task=task, now=now, exclude_labeler=labeler) < task.overlap:
@@ -77,19 +84,19 @@ def task_skip(*, task: RankingTask, labeler: Any) -> None:
         assignment.save(update_fields=["status", "updated_at"])
 
 
-def _current_lease(project: Project, labeler: Any, now: datetime) -> Assignment | None:
-    return (
-        Assignment.objects.select_related("task__prompt", "task__project")
-        .filter(
-            task__project=project,
-            task__status=RankingTask.Status.OPEN,
-            labeler=labeler,
-            status=ACTIVE,
-            expires_at__gt=now,
-        )
-        .order_by("id")
-        .first()
+def _current_lease(
+    project: Project, labeler: Any, now: datetime, *, exclude_task_id: int | None = None
+) -> Assignment | None:
+    leases = Assignment.objects.select_related("task__prompt", "task__project").filter(
+        task__project=project,
+        task__status=RankingTask.Status.OPEN,
+        labeler=labeler,
+        status=ACTIVE,
+        expires_at__gt=now,
     )
+    if exclude_task_id is not None:
+        leases = leases.exclude(task_id=exclude_task_id)
+    return leases.order_by("id").first()
 
 
 def _lock_membership(project: Project, labeler: Any) -> None:

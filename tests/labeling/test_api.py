@@ -515,3 +515,15 @@ def test_session_auth_needs_the_csrf_token(labeler, project) -> None:  # type: i
     response = client.post(f"{API}/tasks/{task['id']}/skip/")
     assert_error(response, 403)
     assert "CSRF" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_next_task_exclude_prefetches_another_task(project, labeler_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.factories import RankingTaskFactory
+
+    RankingTaskFactory.create_batch(2, project=project)
+    url = f"/api/v1/projects/{project.slug}/tasks/next/"
+    first = labeler_client.get(url).json()
+    second = labeler_client.get(url, {"exclude": first["id"]}).json()
+    assert second["id"] != first["id"]
+    assert labeler_client.get(url).json()["id"] == first["id"]

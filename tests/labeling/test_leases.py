@@ -142,3 +142,28 @@ def test_skip_after_ranking_is_a_conflict(project, labeler) -> None:  # type: ig
 def test_tasks_of_other_projects_are_not_offered(project, labeler, outsider) -> None:  # type: ignore[no-untyped-def]
     RankingTaskFactory(project=outsider.memberships.get().project)
     assert task_lease_next(project=project, labeler=labeler) is None
+
+
+def test_prefetch_leases_the_task_after_the_one_on_screen(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    RankingTaskFactory.create_batch(3, project=project)
+    on_screen = task_lease_next(project=project, labeler=labeler)
+    assert on_screen is not None
+    prefetched = task_lease_next(
+        project=project, labeler=labeler, exclude_task_id=on_screen.task_id
+    )
+    assert prefetched is not None and prefetched.task_id != on_screen.task_id
+    # Asking again (a reload of the prefetch) gives the same next task: at most two leases.
+    again = task_lease_next(project=project, labeler=labeler, exclude_task_id=on_screen.task_id)
+    assert again is not None and again.pk == prefetched.pk
+    assert Assignment.objects.filter(labeler=labeler, status="active").count() == 2
+    # After submitting the task on screen, the plain next is the prefetched one.
+    submit(on_screen.task, labeler)
+    following = task_lease_next(project=project, labeler=labeler)
+    assert following is not None and following.pk == prefetched.pk
+
+
+def test_prefetch_on_the_last_task_gives_none(project, labeler) -> None:  # type: ignore[no-untyped-def]
+    RankingTaskFactory(project=project)
+    only = task_lease_next(project=project, labeler=labeler)
+    assert only is not None
+    assert task_lease_next(project=project, labeler=labeler, exclude_task_id=only.task_id) is None
