@@ -86,7 +86,16 @@ def _seed(*, labelers: int, tasks: int, k: int, overlap: int) -> tuple[str, list
         for t in task_rows
         for j in range(k)
     )
+    _analyze()
     return project.slug, keys
+
+
+def _analyze() -> None:
+    """Fresh planner statistics: right after a bulk seed PostgreSQL would plan on empty ones."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 def _free_port() -> int:
@@ -267,6 +276,7 @@ def _seed_comparisons(rows: int) -> str:
                 )  # fmt: skip
 
     Comparison.objects.bulk_create(comparisons(), batch_size=5000)
+    _analyze()
     return project.slug
 
 
