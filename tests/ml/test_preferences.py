@@ -187,3 +187,20 @@ def test_reading_preferences_does_not_import_torch(tmp_path: Path) -> None:
 
 def _read_one(tmp_path: Path, record: dict[str, Any]) -> list[RankedExample]:
     return read_preferences(write_jsonl(tmp_path / "p.jsonl", [record]))
+
+
+def test_all_unacceptable_rankings_are_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from training.ml.preferences import read_preferences
+
+    rows = [
+        {"prompt": "p", "responses": [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}],
+         "order": [[1], [2]]},
+        {"prompt": "q", "responses": [{"id": 3, "text": "c"}, {"id": 4, "text": "d"}],
+         "order": [[3], [4]], "all_unacceptable": True},
+    ]  # fmt: skip
+    path = tmp_path / "rankings.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    examples = read_preferences(path)
+    assert [e.prompt for e in examples] == ["p"]

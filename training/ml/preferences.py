@@ -91,8 +91,16 @@ def check_tie_groups(tie_groups: list[list[int]], k: int) -> None:
 
 
 def read_preferences(path: str | os.PathLike[str]) -> list[RankedExample]:
-    """Read a JSONL or Parquet preference file; raise DataError at the first bad record."""
-    examples = [parse_record(record, path, line) for line, record in iter_records(path)]
+    """Read a JSONL or Parquet preference file; raise DataError at the first bad record.
+
+    Rankings marked "all unacceptable" (K-wise export rows) are safety data, not
+    preferences: they are skipped, as RM training in the app skips them.
+    """
+    examples = [
+        parse_record(record, path, line)
+        for line, record in iter_records(path)
+        if not (isinstance(record, dict) and record.get("all_unacceptable") is True)
+    ]
     if not examples:
         raise DataError(path, 0, "the file holds no preference records")
     return examples
