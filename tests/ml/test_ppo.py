@@ -180,19 +180,42 @@ def test_frozen_trunk_cache_is_verified_and_changes_nothing() -> None:
     results = []
     for cache in (True, False):
         policy, ref_policy, critic, tokenizer = build()
+        reward_model = RewardModel.from_causal_lm(policy)
+        reward_model.load_state_dict(critic.state_dict())  # the critic starts from the RM
         config.cache_frozen_trunk = cache
-        train_ppo(policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces)
-        results.append([p.detach() for m in (policy, critic) for p in m.parameters()])
-    for cached, full in zip(*results, strict=True):
-        torch.testing.assert_close(cached, full)
-    # the cache really runs: the rollout records both trunks and they pass the check
+        seen: list[dict] = []
+        train_ppo(
+            policy, ref_policy, critic, reward_model, tokenizer, PROMPTS, config,
+            on_metrics=lambda _, m, out=seen: out.append(m),
+        )  # fmt: skip
+        results.append(([p.detach() for m in (policy, critic) for p in m.parameters()], seen))
+    (cached, cached_metrics), (full, full_metrics) = results
+    for a, b in zip(cached, full, strict=True):
+        torch.testing.assert_close(a, b)
+    for key in ("objective/kl", "env/rm_score", "losses/policy_loss", "losses/value_loss"):
+        assert [m[key] for m in cached_metrics] == pytest.approx([m[key] for m in full_metrics])
+    assert cached_metrics[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_trunk_caches_are_shared_only_between_equal_bottoms() -> None:
     policy, ref_policy, critic, tokenizer = build()
-    models = PPOModels(policy, ref_policy, critic, None)
+    reward_model = RewardModel.from_causal_lm(policy)
+    reward_model.load_state_dict(critic.state_dict())
+    models = PPOModels(policy, ref_policy, critic, reward_model)
     prepare_models(models, PPOConfig(train_top_layers=1))
     assert models.policy_trunk is not None and models.critic_trunk is not None
-    rollout = collect_rollout(models, tokenizer, PROMPTS[:3], config, 0, [], spaces)
+    assert models.ref_trunk is not None and models.rm_trunk is not None
+    rollout = collect_rollout(
+        models, tokenizer, PROMPTS[:3], PPOConfig(**SMALL_ROLLOUT), 0, [], None
+    )
     assert rollout.policy_trunk is not None and rollout.critic_trunk is not None
     assert models.policy_trunk.verified and models.critic_trunk.verified
+    # another reference (tiny:1 has other weights) does not share the policy's trunk
+    other_ref, _ = load_causal_lm("tiny:1")
+    models = PPOModels(*build()[:3], None)
+    models.ref_policy = other_ref
+    prepare_models(models, PPOConfig(train_top_layers=1))
+    assert models.policy_trunk is not None and models.ref_trunk is None
 
 
 def test_ppo_raises_a_synthetic_reward_while_kl_stays_bounded() -> None:

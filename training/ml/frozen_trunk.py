@@ -10,6 +10,10 @@ Works on any model whose blocks `training.ml.models.decoder_layers` finds and wh
 embeddings feed block 0 directly (Llama, SmolLM2, Qwen2, Mistral). `TrunkCache.verify`
 checks that on the real batch, so a model that post-processes its embeddings (Gemma
 scales them) turns the cache off instead of computing something else.
+
+A network whose bottom is equal to a cached one (`same_trunk`: the frozen reference and
+the policy it started, the RM and the critic initialised from it) can run only its top
+blocks on the same recorded trunk, which halves the rollout's scoring forwards.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class TrunkCache:
         self.layers = decoder_layers(model)
         self.owner = layers_owner(model, self.layers)
         self.verified: bool | None = None  # None until checked on a real batch
+        self._running_top_only = False
 
     @contextmanager
     def record(self) -> Iterator[list[torch.Tensor]]:
@@ -71,8 +76,9 @@ class TrunkCache:
         captured: list[torch.Tensor] = []
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured.append(hidden.detach())
+            if not self._running_top_only:  # block k's input then IS the recorded trunk
+                hidden = args[0] if args else kwargs["hidden_states"]
+                captured.append(hidden.detach())
 
         handle = self.layers[self.k].register_forward_pre_hook(hook, with_kwargs=True)
         try:
@@ -89,9 +95,11 @@ class TrunkCache:
         all_layers = self.owner.layers
         self.owner.layers = nn.ModuleList(list(self.layers)[self.k :])
         model.set_input_embeddings(_RecordedInput(hidden))  # type: ignore[operator]
+        self._running_top_only = True
         try:
             yield
         finally:
+            self._running_top_only = False
             self.owner.layers = all_layers
             model.set_input_embeddings(embeddings)  # type: ignore[operator]
 
@@ -99,3 +107,20 @@ class TrunkCache:
         """Record whether the top-only output `top` reproduces the full forward's `full`."""
         self.verified = bool(torch.allclose(full, top, rtol=1e-3, atol=1e-3))
         return self.verified
+
+
+def _trunk_parameters(model: nn.Module, k: int) -> list[torch.Tensor]:
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    blocks = decoder_layers(model)[:k]
+    return [*embeddings.parameters(), *(p for block in blocks for p in block.parameters())]
+
+
+def same_trunk(a: nn.Module, b: nn.Module, k: int) -> bool:
+    """True when `a` and `b` hold equal input embeddings and blocks 0..k-1, so the input
+    of block k is the same in both (policy and reference when PPO starts from the
+    reference; critic and RM when the critic starts from the RM)."""
+    pa, pb = _trunk_parameters(a, k), _trunk_parameters(b, k)
+    return len(pa) == len(pb) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+        for x, y in zip(pa, pb, strict=True)
+    )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from training.ml.data import Demonstration
-from training.ml.frozen_trunk import TrunkCache, frozen_prefix
+from training.ml.frozen_trunk import TrunkCache, frozen_prefix, same_trunk
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
 from training.ml.kl import KLController, kl_k3, kl_penalty, make_kl_controller
 from training.ml.models import (
@@ -155,6 +155,8 @@ class PPOModels:
     reward_model: nn.Module | None
     policy_trunk: TrunkCache | None = None  # set by prepare_models when blocks are frozen
     critic_trunk: TrunkCache | None = None
+    ref_trunk: TrunkCache | None = None  # the reference's top on the policy's trunk
+    rm_trunk: TrunkCache | None = None  # the RM's top on the critic's trunk
 
     @property
     def device(self) -> torch.device:
@@ -167,8 +169,8 @@ def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
     for frozen in (models.ref_policy, models.reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
-    # a RewardModel critic wraps its transformers model in `.seq`
-    critic = models.critic.seq if isinstance(models.critic, RewardModel) else models.critic
+    critic = _inner(models.critic)
+    assert critic is not None
     for module in (models.policy, critic):
         if config.train_top_layers is not None:
             freeze_all_but_top_layers(module, config.train_top_layers)
@@ -180,7 +182,14 @@ def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
     if config.cache_frozen_trunk:
         models.policy_trunk = _trunk_cache(models.policy)
         models.critic_trunk = _trunk_cache(critic)
+        models.ref_trunk = _shared_trunk(models.policy_trunk, models.ref_policy)
+        models.rm_trunk = _shared_trunk(models.critic_trunk, _inner(models.reward_model))
     return params
+
+
+def _inner(model: nn.Module | None) -> nn.Module | None:
+    """The transformers model: a RewardModel wraps it in `.seq`."""
+    return model.seq if isinstance(model, RewardModel) else model
 
 
 def _trunk_cache(model: nn.Module) -> TrunkCache | None:
@@ -189,6 +198,16 @@ def _trunk_cache(model: nn.Module) -> TrunkCache | None:
     except (AttributeError, ValueError):  # not a transformers model with findable blocks
         return None
     return TrunkCache(model, k) if k else None
+
+
+def _shared_trunk(cache: TrunkCache | None, other: nn.Module | None) -> TrunkCache | None:
+    """A cache that runs `other`'s top blocks on `cache`'s trunk, if their bottoms are equal."""
+    if cache is None or other is None:
+        return None
+    try:
+        return TrunkCache(other, cache.k) if same_trunk(cache.model, other, cache.k) else None
+    except (AttributeError, ValueError):
+        return None
 
 
 def pack_episodes(
@@ -252,21 +271,40 @@ def _recording(cache: TrunkCache | None) -> Iterator[list[torch.Tensor]]:
 
 
 def _top_only(
-    cache: TrunkCache | None, hidden: torch.Tensor | None, rows: torch.Tensor | slice
+    cache: TrunkCache | None, hidden: torch.Tensor | None, rows: torch.Tensor | None = None
 ) -> AbstractContextManager[None]:
-    """Run only the blocks above the frozen trunk, on its recorded output for `rows`."""
+    """Run only the blocks above the frozen trunk, on its recorded output (for `rows`)."""
     if cache is None or hidden is None:
         return nullcontext()
-    return cache.top_only(hidden[rows])
+    return cache.top_only(hidden if rows is None else hidden[rows])
+
+
+def _checked_trunk(
+    cache: TrunkCache | None,
+    recorded: list[torch.Tensor],
+    full: torch.Tensor,
+    top_forward: Callable[[], torch.Tensor],
+) -> torch.Tensor | None:
+    """The trunk the last forward recorded, once the cache is known to reproduce that
+    forward's output `full` (checked on the first batch of the run; if it fails, the
+    cache is off for good)."""
+    if cache is None or not recorded:
+        return None
+    if cache.verified is None:
+        with cache.top_only(recorded[-1]):
+            cache.verify(full, top_forward())
+    return recorded[-1] if cache.verified else None
 
 
 class Forwards(NamedTuple):
-    """The no-grad forwards of a rollout: (B, R) each, trunks (B, P + R, H) or None."""
+    """The no-grad forwards of a rollout: (B, R) each, rm_scores (B,), trunks (B, P + R, H)
+    or None."""
 
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
+    rm_scores: torch.Tensor
     policy_trunk: torch.Tensor | None
     critic_trunk: torch.Tensor | None
 
@@ -277,73 +315,65 @@ def forward_rollout(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     r_len: int,
-    temperature: float,
-    chunk: int,
+    config: PPOConfig,
 ) -> Forwards:
-    """Policy, reference and critic over the rollout in chunks of `chunk` rows, recording
-    the trunks of policy and critic when they are cached.
-
-    Policy and reference go through the same code on the same batch, so when they are
-    equal the log-probs are bitwise equal and the KL is exactly 0."""
+    """Policy, reference, critic and RM over the rollout, `forward_batch_size` rows at a
+    time. With trunk caches the policy's and critic's trunks are recorded for the update,
+    and the reference and RM run only their top blocks on them when their bottoms are
+    the same. Policy and reference go through the same code on the same batch, so when
+    they are equal the log-probs agree and the KL is 0."""
+    chunk, temperature = config.forward_batch_size, config.temperature
     parts: list[tuple[torch.Tensor, ...]] = []
     with (
-        _recording(models.policy_trunk) as policy_trunk,
-        _recording(models.critic_trunk) as critic_trunk,
+        _recording(models.policy_trunk) as policy_recorded,
+        _recording(models.critic_trunk) as critic_recorded,
     ):
         for start in range(0, input_ids.shape[0], chunk):
             ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
-            tokens = ids[:, -r_len:]
-            logits = response_logits(models.policy, ids, mask, r_len)
-            logp, entropy = token_logprobs(logits, tokens, temperature)
-            ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
-            ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
-            values = response_values(models.critic, ids, mask, r_len)
-            assert entropy is not None
-            parts.append((logp, ref_logp, values, entropy))
-    logp, ref_logp, values, entropy = (torch.cat(column) for column in zip(*parts, strict=True))
+            parts.append(_forward_chunk(models, ids, mask, r_len, temperature,
+                                        policy_recorded, critic_recorded))  # fmt: skip
+    logp, ref_logp, values, entropy, rm_scores = (torch.cat(c) for c in zip(*parts, strict=True))
     return Forwards(
-        logp, ref_logp, values, entropy,
-        torch.cat(policy_trunk) if policy_trunk else None,
-        torch.cat(critic_trunk) if critic_trunk else None,
+        logp, ref_logp, values, entropy, rm_scores,
+        _concat_if_verified(models.policy_trunk, policy_recorded),
+        _concat_if_verified(models.critic_trunk, critic_recorded),
     )  # fmt: skip
 
 
-@torch.no_grad()
-def verify_trunks(models: PPOModels, rollout: Rollout, temperature: float) -> None:
-    """Once per run: the top-only forward on the recorded trunk must reproduce the full
-    forward on two rows; if not, the cache is switched off (and dropped from `rollout`)."""
-    rows = slice(0, 2)
-    ids, mask = rollout.input_ids[rows], rollout.attention_mask[rows]
-    r_len = rollout.response_mask.shape[1]
-    policy, critic = models.policy_trunk, models.critic_trunk
-    if policy is not None and policy.verified is None and rollout.policy_trunk is not None:
-        with policy.top_only(rollout.policy_trunk[rows]):
-            logits = response_logits(models.policy, ids, mask, r_len)
-        logp, _ = token_logprobs(logits, ids[:, -r_len:], temperature, entropy=False)
-        if not policy.verify(rollout.logprobs[rows], logp):
-            rollout.policy_trunk = None
-    if critic is not None and critic.verified is None and rollout.critic_trunk is not None:
-        with critic.top_only(rollout.critic_trunk[rows]):
-            values = response_values(models.critic, ids, mask, r_len)
-        if not critic.verify(rollout.values[rows], values):
-            rollout.critic_trunk = None
+def _forward_chunk(
+    models: PPOModels,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    r_len: int,
+    temperature: float,
+    policy_recorded: list[torch.Tensor],
+    critic_recorded: list[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """(logprobs, ref_logprobs, values, entropy, rm_scores) of one chunk of rows."""
+    tokens = ids[:, -r_len:]
+    logits = response_logits(models.policy, ids, mask, r_len)
+    logp, entropy = token_logprobs(logits, tokens, temperature)
+    assert entropy is not None
+    trunk = _checked_trunk(models.policy_trunk, policy_recorded, logits,
+                           lambda: response_logits(models.policy, ids, mask, r_len))  # fmt: skip
+    with _top_only(models.ref_trunk, trunk):
+        ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
+    ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
+    values = response_values(models.critic, ids, mask, r_len)
+    trunk = _checked_trunk(models.critic_trunk, critic_recorded, values,
+                           lambda: response_values(models.critic, ids, mask, r_len))  # fmt: skip
+    if models.reward_model is None:
+        rm_scores = torch.zeros(ids.shape[0], device=ids.device)
+    else:
+        with _top_only(models.rm_trunk, trunk):
+            rm_scores = models.reward_model(ids, mask).float()  # (B,) at the final token
+    return logp, ref_logp, values, entropy, rm_scores
 
 
-@torch.no_grad()
-def score_episodes(
-    reward_model: nn.Module | None,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    chunk: int,
-) -> torch.Tensor:
-    """(B,) RM score of prompt + response at its final token (zeros without an RM)."""
-    if reward_model is None:
-        return torch.zeros(input_ids.shape[0], device=input_ids.device)
-    scores = [
-        reward_model(input_ids[s : s + chunk], attention_mask[s : s + chunk]).float()
-        for s in range(0, input_ids.shape[0], chunk)
-    ]
-    return torch.cat(scores)
+def _concat_if_verified(
+    cache: TrunkCache | None, recorded: list[torch.Tensor]
+) -> torch.Tensor | None:
+    return torch.cat(recorded) if cache is not None and cache.verified and recorded else None
 
 
 def token_rewards(
@@ -492,14 +522,8 @@ def collect_rollout(
         t.to(models.device)
         for t in pack_episodes(prompt_ids, [s.token_ids for s in samples], tokenizer.pad_token_id)
     )
-    r_len = response_mask.shape[1]
-    forwards = forward_rollout(
-        models, input_ids, attention_mask, r_len, config.temperature, config.forward_batch_size
-    )
+    forwards = forward_rollout(models, input_ids, attention_mask, response_mask.shape[1], config)
     texts = [s.text for s in samples]
-    rm_scores = score_episodes(
-        models.reward_model, input_ids, attention_mask, config.forward_batch_size
-    )
     extra = torch.tensor(
         rule_rewards(texts, [len(s.token_ids) for s in samples], rules), device=models.device
     )
@@ -507,14 +531,12 @@ def collect_rollout(
         extra += torch.tensor(reward_fn(texts, prompts), device=models.device, dtype=extra.dtype)
     finished = torch.tensor([s.finished for s in samples], device=models.device)
     missing_eos = config.missing_eos_penalty * (~finished).to(extra.dtype)
-    scores = rm_scores + extra - missing_eos  # (B,)
-    rollout = Rollout(
+    scores = forwards.rm_scores + extra - missing_eos  # (B,)
+    return Rollout(
         input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-        scores=scores, rm_scores=rm_scores, finished=finished, texts=texts,
-        generate_s=generate_s, **forwards._asdict(),
+        scores=scores, finished=finished, texts=texts, generate_s=generate_s,
+        **forwards._asdict(),
     )  # fmt: skip
-    verify_trunks(models, rollout, config.temperature)
-    return rollout
 
 
 def compute_advantages(
