@@ -148,7 +148,9 @@ def _decode_batch(
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
     positions = position_ids_from_attention_mask(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(  # logits of the last position only: (B, 1, V), not (B, P, V)
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
     rows = [_Row([], []) for _ in prompts]
     eos = torch.tensor(sorted(eos_ids), device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
