@@ -7,20 +7,16 @@ import pytest
 import torch
 
 from training.ml.models import load_causal_lm
-from training.ml.ppo import (
-    PPOConfig,
-    PPOModels,
-    collect_rollout,
-    pack_episodes,
+from training.ml.ppo import PPOConfig, prepare_models, train_ppo
+from training.ml.ppo_checkpoint import latest_checkpoint
+from training.ml.ppo_losses import (
     policy_loss,
-    prepare_models,
     prompt_batch,
     ptx_examples,
     token_rewards,
-    train_ppo,
     value_loss,
 )
-from training.ml.ppo_checkpoint import latest_checkpoint
+from training.ml.ppo_rollout import PPOModels, collect_rollout, pack_episodes
 from training.ml.reward_model import RewardModel
 from training.ml.rules import LengthRule
 

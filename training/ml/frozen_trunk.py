@@ -124,3 +124,22 @@ def same_trunk(a: nn.Module, b: nn.Module, k: int) -> bool:
         x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
         for x, y in zip(pa, pb, strict=True)
     )
+
+
+def trunk_cache_for(model: nn.Module) -> TrunkCache | None:
+    """A cache over the model's frozen bottom blocks, or None when there are none."""
+    try:
+        k = frozen_prefix(model)
+    except (AttributeError, ValueError):  # not a transformers model with findable blocks
+        return None
+    return TrunkCache(model, k) if k else None
+
+
+def shared_trunk_cache(cache: TrunkCache | None, other: nn.Module | None) -> TrunkCache | None:
+    """A cache that runs `other`'s top blocks on `cache`'s trunk, if their bottoms are equal."""
+    if cache is None or other is None:
+        return None
+    try:
+        return TrunkCache(other, cache.k) if same_trunk(cache.model, other, cache.k) else None
+    except (AttributeError, ValueError):
+        return None

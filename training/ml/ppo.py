@@ -11,41 +11,45 @@ episodes, P prompt tokens (left-padded), R response tokens (right-padded), V voc
 from __future__ import annotations
 
 import math
-import random
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from training.ml.data import Demonstration
-from training.ml.frozen_trunk import TrunkCache, frozen_prefix, same_trunk
+from training.ml.data import PromptInput
+from training.ml.frozen_trunk import shared_trunk_cache, trunk_cache_for
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
-from training.ml.kl import KLController, kl_k3, kl_penalty, make_kl_controller
-from training.ml.models import (
-    enable_gradient_checkpointing,
-    encode_prompt,
-    freeze_all_but_top_layers,
-)
+from training.ml.kl import KLController, kl_k3, make_kl_controller
+from training.ml.models import enable_gradient_checkpointing, freeze_all_but_top_layers
 from training.ml.ppo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from training.ml.reward_model import RewardModel
-from training.ml.rules import Rule, rule_rewards
-from training.ml.sampling import (
-    GenerationSettings,
-    position_ids_from_attention_mask,
-    sample_responses,
+from training.ml.ppo_losses import (
+    PtxExample,
+    PtxItem,
+    policy_loss,
+    prompt_batch,
+    ptx_examples,
+    ptx_loss,
+    token_rewards,
+    value_loss,
 )
-from training.ml.sft import build_sft_example, collate_right_padded, response_nll
+from training.ml.ppo_rollout import (
+    PPOModels,
+    RewardFn,
+    Rollout,
+    collect_rollout,
+    response_logits,
+    response_values,
+    token_logprobs,
+    top_only,
+)
+from training.ml.reward_model import RewardModel
+from training.ml.rules import Rule
 
-Prompt = str | list[dict]
-PtxItem = str | tuple[Prompt, str] | Demonstration
-PtxExample = tuple[list[int], list[int]]  # (input_ids, labels), labels -100 where no loss
-RewardFn = Callable[[list[str], list[Prompt]], list[float]]
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -122,47 +126,6 @@ class PPOConfig:
             raise ValueError("temperature must be > 0 (PPO needs the sampling distribution)")
 
 
-# --------------------------------------------------------------------------- rollout
-
-
-@dataclass
-class Rollout:
-    """One batch of B episodes, tensors on the training device."""
-
-    input_ids: torch.Tensor  # (B, P + R) prompt left-padded, response right-padded
-    attention_mask: torch.Tensor  # (B, P + R)
-    response_mask: torch.Tensor  # (B, R) 1.0 on response tokens (EOS included)
-    logprobs: torch.Tensor  # (B, R) log pi_old(y_t)
-    ref_logprobs: torch.Tensor  # (B, R) log pi_SFT(y_t)
-    values: torch.Tensor  # (B, R) V(s_t) of the critic
-    entropy: torch.Tensor  # (B, R) entropy of pi_old at each response position
-    scores: torch.Tensor  # (B,) reward of the whole response (RM + rules + fn - EOS penalty)
-    rm_scores: torch.Tensor  # (B,) the reward model's part of `scores`
-    finished: torch.Tensor  # (B,) bool: response ended with EOS
-    texts: list[str]
-    generate_s: float  # seconds spent sampling (the rest of the rollout is forwards)
-    policy_trunk: torch.Tensor | None = None  # (B, P + R, H) input of the policy's block k
-    critic_trunk: torch.Tensor | None = None  # (B, P + R, H) input of the critic's block k
-
-
-@dataclass
-class PPOModels:
-    """The four networks of PPO (the reward model may be absent when a reward_fn scores)."""
-
-    policy: nn.Module
-    ref_policy: nn.Module
-    critic: nn.Module
-    reward_model: nn.Module | None
-    policy_trunk: TrunkCache | None = None  # set by prepare_models when blocks are frozen
-    critic_trunk: TrunkCache | None = None
-    ref_trunk: TrunkCache | None = None  # the reference's top on the policy's trunk
-    rm_trunk: TrunkCache | None = None  # the RM's top on the critic's trunk
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-
 def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
     """Freeze the reference and the RM, apply the memory options, set up the trunk caches;
     returns the trainable parameters of policy and critic."""
@@ -180,10 +143,10 @@ def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
     if not params:
         raise ValueError("policy and critic have no trainable parameters")
     if config.cache_frozen_trunk:
-        models.policy_trunk = _trunk_cache(models.policy)
-        models.critic_trunk = _trunk_cache(critic)
-        models.ref_trunk = _shared_trunk(models.policy_trunk, models.ref_policy)
-        models.rm_trunk = _shared_trunk(models.critic_trunk, _inner(models.reward_model))
+        models.policy_trunk = trunk_cache_for(models.policy)
+        models.critic_trunk = trunk_cache_for(critic)
+        models.ref_trunk = shared_trunk_cache(models.policy_trunk, models.ref_policy)
+        models.rm_trunk = shared_trunk_cache(models.critic_trunk, _inner(models.reward_model))
     return params
 
 
@@ -192,351 +155,7 @@ def _inner(model: nn.Module | None) -> nn.Module | None:
     return model.seq if isinstance(model, RewardModel) else model
 
 
-def _trunk_cache(model: nn.Module) -> TrunkCache | None:
-    try:
-        k = frozen_prefix(model)
-    except (AttributeError, ValueError):  # not a transformers model with findable blocks
-        return None
-    return TrunkCache(model, k) if k else None
-
-
-def _shared_trunk(cache: TrunkCache | None, other: nn.Module | None) -> TrunkCache | None:
-    """A cache that runs `other`'s top blocks on `cache`'s trunk, if their bottoms are equal."""
-    if cache is None or other is None:
-        return None
-    try:
-        return TrunkCache(other, cache.k) if same_trunk(cache.model, other, cache.k) else None
-    except (AttributeError, ValueError):
-        return None
-
-
-def pack_episodes(
-    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, response_mask): prompts left-padded to P, responses
-    right-padded to R, so every response starts at column P."""
-    p_len = max(len(p) for p in prompt_ids)
-    r_len = max(1, max(len(r) for r in response_ids))
-    rows, masks, resp_masks = [], [], []
-    for prompt, response in zip(prompt_ids, response_ids, strict=True):
-        left, right = p_len - len(prompt), r_len - len(response)
-        rows.append([pad_id] * left + list(prompt) + list(response) + [pad_id] * right)
-        masks.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
-        resp_masks.append([1.0] * len(response) + [0.0] * right)
-    return torch.tensor(rows), torch.tensor(masks), torch.tensor(resp_masks)
-
-
-def response_logits(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, r_len: int
-) -> torch.Tensor:
-    """(B, R, V) logits predicting each response token (from the position before it)."""
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-        logits_to_keep=r_len + 1,  # only the last R + 1 positions are ever needed
-    )
-    return out.logits[:, -(r_len + 1) : -1].float()
-
-
-def token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, entropy: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(log pi(y_t), entropy_t or None), both (B, R), of the tempered softmax(z / T)."""
-    z = logits / temperature  # (B, R, V)
-    log_norm = z.logsumexp(-1)  # (B, R)
-    logp = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_norm
-    if not entropy:
-        return logp, None
-    return logp, log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
-
-
-def response_values(
-    critic: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, r_len: int
-) -> torch.Tensor:
-    """(B, R) V(s_t): the critic's head at the position before response token t."""
-    values = critic.token_values(input_ids, attention_mask)  # type: ignore[operator]  # RewardModel
-    return values[:, -(r_len + 1) : -1].float()
-
-
-@contextmanager
-def _recording(cache: TrunkCache | None) -> Iterator[list[torch.Tensor]]:
-    """Record the input of the cache's block k, unless there is no (working) cache."""
-    if cache is None or cache.verified is False:
-        yield []
-        return
-    with cache.record() as captured:
-        yield captured
-
-
-def _top_only(
-    cache: TrunkCache | None, hidden: torch.Tensor | None, rows: torch.Tensor | None = None
-) -> AbstractContextManager[None]:
-    """Run only the blocks above the frozen trunk, on its recorded output (for `rows`)."""
-    if cache is None or hidden is None:
-        return nullcontext()
-    return cache.top_only(hidden if rows is None else hidden[rows])
-
-
-def _checked_trunk(
-    cache: TrunkCache | None,
-    recorded: list[torch.Tensor],
-    full: torch.Tensor,
-    top_forward: Callable[[], torch.Tensor],
-) -> torch.Tensor | None:
-    """The trunk the last forward recorded, once the cache is known to reproduce that
-    forward's output `full` (checked on the first batch of the run; if it fails, the
-    cache is off for good)."""
-    if cache is None or not recorded:
-        return None
-    if cache.verified is None:
-        with cache.top_only(recorded[-1]):
-            cache.verify(full, top_forward())
-    return recorded[-1] if cache.verified else None
-
-
-class Forwards(NamedTuple):
-    """The no-grad forwards of a rollout: (B, R) each, rm_scores (B,), trunks (B, P + R, H)
-    or None."""
-
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    entropy: torch.Tensor
-    rm_scores: torch.Tensor
-    policy_trunk: torch.Tensor | None
-    critic_trunk: torch.Tensor | None
-
-
-@torch.no_grad()
-def forward_rollout(
-    models: PPOModels,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    r_len: int,
-    config: PPOConfig,
-) -> Forwards:
-    """Policy, reference, critic and RM over the rollout, `forward_batch_size` rows at a
-    time. With trunk caches the policy's and critic's trunks are recorded for the update,
-    and the reference and RM run only their top blocks on them when their bottoms are
-    the same. Policy and reference go through the same code on the same batch, so when
-    they are equal the log-probs agree and the KL is 0."""
-    chunk, temperature = config.forward_batch_size, config.temperature
-    parts: list[tuple[torch.Tensor, ...]] = []
-    with (
-        _recording(models.policy_trunk) as policy_recorded,
-        _recording(models.critic_trunk) as critic_recorded,
-    ):
-        for start in range(0, input_ids.shape[0], chunk):
-            ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
-            parts.append(_forward_chunk(models, ids, mask, r_len, temperature,
-                                        policy_recorded, critic_recorded))  # fmt: skip
-    logp, ref_logp, values, entropy, rm_scores = (torch.cat(c) for c in zip(*parts, strict=True))
-    return Forwards(
-        logp, ref_logp, values, entropy, rm_scores,
-        _concat_if_verified(models.policy_trunk, policy_recorded),
-        _concat_if_verified(models.critic_trunk, critic_recorded),
-    )  # fmt: skip
-
-
-def _forward_chunk(
-    models: PPOModels,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    r_len: int,
-    temperature: float,
-    policy_recorded: list[torch.Tensor],
-    critic_recorded: list[torch.Tensor],
-) -> tuple[torch.Tensor, ...]:
-    """(logprobs, ref_logprobs, values, entropy, rm_scores) of one chunk of rows."""
-    tokens = ids[:, -r_len:]
-    logits = response_logits(models.policy, ids, mask, r_len)
-    logp, entropy = token_logprobs(logits, tokens, temperature)
-    assert entropy is not None
-    trunk = _checked_trunk(models.policy_trunk, policy_recorded, logits,
-                           lambda: response_logits(models.policy, ids, mask, r_len))  # fmt: skip
-    with _top_only(models.ref_trunk, trunk):
-        ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
-    ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
-    values = response_values(models.critic, ids, mask, r_len)
-    trunk = _checked_trunk(models.critic_trunk, critic_recorded, values,
-                           lambda: response_values(models.critic, ids, mask, r_len))  # fmt: skip
-    if models.reward_model is None:
-        rm_scores = torch.zeros(ids.shape[0], device=ids.device)
-    else:
-        with _top_only(models.rm_trunk, trunk):
-            rm_scores = models.reward_model(ids, mask).float()  # (B,) at the final token
-    return logp, ref_logp, values, entropy, rm_scores
-
-
-def _concat_if_verified(
-    cache: TrunkCache | None, recorded: list[torch.Tensor]
-) -> torch.Tensor | None:
-    return torch.cat(recorded) if cache is not None and cache.verified and recorded else None
-
-
-def token_rewards(
-    scores: torch.Tensor,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    response_mask: torch.Tensor,
-    kl_coef: float,
-) -> torch.Tensor:
-    """(B, R) per-token reward: -beta * (log pi - log pi_SFT) on every response token, plus
-    the sequence score at the final response token (InstructGPT eq. 2, Ziegler 2019)."""
-    rewards = -kl_coef * kl_penalty(logprobs, ref_logprobs) * response_mask
-    last = (response_mask.sum(-1).long() - 1).clamp(min=0)  # (B,) index of the final token
-    has_tokens = response_mask.sum(-1) > 0
-    rewards[torch.arange(rewards.shape[0]), last] += torch.where(has_tokens, scores, 0.0)
-    return rewards
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def policy_loss(
-    new_logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    cliprange: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7) over masked tokens, all (B, R)."""
-    log_ratio = new_logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask).item(),  # k3, CleanRL
-        }
-    return loss, stats
-
-
-def value_loss(
-    new_values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    cliprange_value: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2) over masked tokens."""
-    clipped = old_values + (new_values - old_values).clamp(-cliprange_value, cliprange_value)
-    losses = torch.maximum((new_values - returns) ** 2, (clipped - returns) ** 2)
-    loss = 0.5 * masked_mean(losses, mask)
-    with torch.no_grad():
-        frac = masked_mean(((clipped - returns) ** 2 > (new_values - returns) ** 2).float(), mask)
-    return loss, {"vf_clipfrac": frac.item()}
-
-
-# --------------------------------------------------------------------------- data
-
-
-def prompt_batch(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Indices of the items of `step`: epochs over the set, each in its own shuffled order
-    (seeded by seed and epoch), so a resumed run sees exactly the same batches."""
-    orders: dict[int, list[int]] = {}
-    indices = []
-    for i in range(step * batch_size, (step + 1) * batch_size):
-        epoch, position = divmod(i, n_items)
-        if epoch not in orders:
-            orders[epoch] = list(range(n_items))
-            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
-        indices.append(orders[epoch][position])
-    return indices
-
-
-def ptx_examples(tokenizer: Any, items: Sequence[PtxItem], max_length: int) -> list[PtxExample]:
-    """(input_ids, labels) of each PPO-ptx item, as SFT builds them. A str is pretraining
-    text (every token is a label); a (prompt, response) pair or a Demonstration is chat-
-    templated with the loss on the response and its EOS."""
-    examples = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            ids = tokenizer(item, add_special_tokens=False)["input_ids"][:max_length]
-            example = (list(ids), list(ids))
-        elif isinstance(item, Demonstration):
-            example = build_sft_example(tokenizer, item, max_length)
-        elif isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[1], str):
-            demo = Demonstration(prompt=item[0], response=item[1])
-            example = build_sft_example(tokenizer, demo, max_length)
-        else:
-            raise ValueError(f"ptx item {i}: expected a text or a (prompt, response) pair")
-        if len(example[0]) < 2:
-            raise ValueError(f"ptx item {i}: fewer than 2 tokens, nothing to predict")
-        examples.append(example)
-    return examples
-
-
-def ptx_loss(
-    policy: nn.Module,
-    examples: list[PtxExample],
-    draw: int,
-    config: PPOConfig,
-    pad_id: int,
-) -> torch.Tensor:
-    """PPO-ptx: mean NLL of the labelled tokens of the `draw`-th ptx batch (InstructGPT
-    eq. 2's gamma * E[log pi(x)] term, as a loss)."""
-    picks = prompt_batch(len(examples), config.ptx_batch_size, draw, config.seed)
-    device = next(policy.parameters()).device
-    batch = collate_right_padded([examples[i] for i in picks], pad_id, device)
-    nll, count = response_nll(policy, batch)
-    return nll / max(count, 1)
-
-
-# --------------------------------------------------------------------------- one step
-
-
-def collect_rollout(
-    models: PPOModels,
-    tokenizer: Any,
-    prompts: list[Prompt],
-    config: PPOConfig,
-    step: int,
-    rules: Sequence[Rule],
-    reward_fn: RewardFn | None,
-) -> Rollout:
-    """Sample one response per prompt, then score it and recompute log-probs and values."""
-    models.policy.eval()
-    started = time.perf_counter()
-    settings = GenerationSettings(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=config.seed + step,
-        max_prompt_tokens=config.max_prompt_length,
-    )
-    samples = [
-        group[0]
-        for group in sample_responses(
-            models.policy, tokenizer, prompts, k=1, settings=settings,
-            batch_size=config.forward_batch_size,
-        )
-    ]  # fmt: skip
-    generate_s = time.perf_counter() - started
-    prompt_ids = [encode_prompt(tokenizer, p, config.max_prompt_length) for p in prompts]
-    input_ids, attention_mask, response_mask = (
-        t.to(models.device)
-        for t in pack_episodes(prompt_ids, [s.token_ids for s in samples], tokenizer.pad_token_id)
-    )
-    forwards = forward_rollout(models, input_ids, attention_mask, response_mask.shape[1], config)
-    texts = [s.text for s in samples]
-    extra = torch.tensor(
-        rule_rewards(texts, [len(s.token_ids) for s in samples], rules), device=models.device
-    )
-    if reward_fn is not None:
-        extra += torch.tensor(reward_fn(texts, prompts), device=models.device, dtype=extra.dtype)
-    finished = torch.tensor([s.finished for s in samples], device=models.device)
-    missing_eos = config.missing_eos_penalty * (~finished).to(extra.dtype)
-    scores = forwards.rm_scores + extra - missing_eos  # (B,)
-    return Rollout(
-        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-        scores=scores, finished=finished, texts=texts, generate_s=generate_s,
-        **forwards._asdict(),
-    )  # fmt: skip
+# --------------------------------------------------------------------------- update
 
 
 def compute_advantages(
@@ -567,13 +186,13 @@ def minibatch_loss(
         rollout.response_mask[idx],
     )
     r_len = mask.shape[1]
-    with _top_only(models.policy_trunk, rollout.policy_trunk, idx):
+    with top_only(models.policy_trunk, rollout.policy_trunk, idx):
         logits = response_logits(models.policy, ids, attn, r_len)
     new_logp, _ = token_logprobs(logits, ids[:, -r_len:], config.temperature, entropy=False)
     pg, stats = policy_loss(
         new_logp, rollout.logprobs[idx], advantages[idx], mask, config.cliprange
     )
-    with _top_only(models.critic_trunk, rollout.critic_trunk, idx):
+    with top_only(models.critic_trunk, rollout.critic_trunk, idx):
         new_values = response_values(models.critic, ids, attn, r_len)
     vf, vf_stats = value_loss(
         new_values, rollout.values[idx], returns[idx], mask, config.cliprange_value
@@ -607,7 +226,9 @@ def ppo_update(
             idx = order[start : start + config.mini_batch_size]
             loss, stats = minibatch_loss(models, rollout, idx, advantages, returns, config)
             if ptx:
-                lm_loss = ptx_loss(models.policy, ptx, draw, config, pad_id)
+                lm_loss = ptx_loss(
+                    models.policy, ptx, draw, config.ptx_batch_size, config.seed, pad_id
+                )
                 loss = loss + config.ptx_coef * lm_loss
                 stats["ptx_loss"] = lm_loss.item()
             draw += 1
@@ -654,7 +275,7 @@ def train_ppo(
     critic: nn.Module,
     reward_model: nn.Module | None,
     tokenizer: Any,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[PromptInput],
     config: PPOConfig,
     *,
     rules: Sequence[Rule] | None = None,
@@ -732,7 +353,7 @@ def ppo_step(
     models: PPOModels,
     optimizer: torch.optim.Optimizer,
     tokenizer: Any,
-    prompts: list[Prompt],
+    prompts: list[PromptInput],
     config: PPOConfig,
     step: int,
     kl_ctl: KLController,
@@ -793,7 +414,7 @@ def bench_ppo(
     critic: nn.Module,
     reward_model: nn.Module | None,
     tokenizer: Any,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[PromptInput],
     config: PPOConfig,
     *,
     reward_fn: RewardFn | None = None,
