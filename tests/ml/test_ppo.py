@@ -2,6 +2,7 @@
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,7 +38,14 @@ def build(seed: int = 0) -> tuple:
     return policy, ref_policy, critic, tokenizer
 
 
-SMALL = {"batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 4, "lr": 1e-3}
+SMALL_ROLLOUT: dict[str, Any] = {"batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1}
+SMALL: dict[str, Any] = {
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "ppo_epochs": 1,
+    "max_new_tokens": 4,
+    "lr": 1e-3,
+}
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -98,7 +106,7 @@ def test_ptx_examples_mask_the_prompt_of_demonstrations(tiny_lm) -> None:
     assert ids[-len([x for x in labels if x != -100]) :] == [x for x in labels if x != -100]
     assert raw_ids == raw_labels
     with pytest.raises(ValueError, match="ptx item 0"):
-        ptx_examples(tokenizer, [42], max_length=64)
+        ptx_examples(tokenizer, [42], max_length=64)  # type: ignore[list-item]  # under test
 
 
 def test_config_rejects_nonsense() -> None:
@@ -127,9 +135,6 @@ def test_rollout_scores_are_rm_plus_rules_plus_fn_minus_eos_penalty() -> None:
     with torch.no_grad():
         alone = reward_model(row, torch.ones_like(row))
     torch.testing.assert_close(rollout.rm_scores[:1], alone, rtol=1e-4, atol=1e-5)
-
-
-SMALL_ROLLOUT = {"batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1}
 
 
 def test_kl_is_zero_at_the_first_step_and_every_trainable_parameter_changes() -> None:
@@ -182,7 +187,7 @@ def test_frozen_trunk_cache_is_verified_and_changes_nothing() -> None:
         seen: list[dict] = []
         train_ppo(
             policy, ref_policy, critic, reward_model, tokenizer, PROMPTS, config,
-            on_metrics=lambda _, m, out=seen: out.append(m),
+            on_metrics=lambda _, m: seen.append(m),  # noqa: B023  # called within the loop
         )  # fmt: skip
         results.append(([p.detach() for m in (policy, critic) for p in m.parameters()], seen))
     (cached, cached_metrics), (full, full_metrics) = results
@@ -208,8 +213,8 @@ def test_trunk_caches_are_shared_only_between_equal_bottoms() -> None:
     assert models.policy_trunk.verified and models.critic_trunk.verified
     # another reference (tiny:1 has other weights) does not share the policy's trunk
     other_ref, _ = load_causal_lm("tiny:1")
-    models = PPOModels(*build()[:3], None)
-    models.ref_policy = other_ref
+    policy, _, critic, _ = build()
+    models = PPOModels(policy, other_ref, critic, None)
     prepare_models(models, PPOConfig(train_top_layers=1))
     assert models.policy_trunk is not None and models.ref_trunk is None
 

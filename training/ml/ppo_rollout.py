@@ -240,7 +240,7 @@ def _concat_if_verified(
 def collect_rollout(
     models: PPOModels,
     tokenizer: Any,
-    prompts: list[PromptInput],
+    prompts: Sequence[PromptInput],
     config: PPOConfig,
     step: int,
     rules: Sequence[Rule],
@@ -275,7 +275,9 @@ def collect_rollout(
         rule_rewards(texts, [len(s.token_ids) for s in samples], rules), device=models.device
     )
     if reward_fn is not None:
-        extra += torch.tensor(reward_fn(texts, prompts), device=models.device, dtype=extra.dtype)
+        extra += torch.tensor(
+            reward_fn(texts, list(prompts)), device=models.device, dtype=extra.dtype
+        )
     finished = torch.tensor([s.finished for s in samples], device=models.device)
     missing_eos = config.missing_eos_penalty * (~finished).to(extra.dtype)
     scores = forwards.rm_scores + extra - missing_eos  # (B,)
