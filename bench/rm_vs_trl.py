@@ -106,7 +106,8 @@ def run_ours(
     evaluation = evaluate_reward_model(
         model, tokenizer, held_out, max_length=config.max_length, batch_size=config.batch_size
     )
-    return _figures(result["pairs"], result["steps"], wall, cpu, evaluation)
+    figures = _figures(result["pairs"], result["steps"], wall, cpu, evaluation)
+    return {**figures, "trainable_params": models.count_trainable(model)}
 
 
 def trl_pair_rows(
@@ -137,8 +138,10 @@ def run_trl(
     config: RMConfig,
     *,
     pairs_per_prompt: int,
+    self_eval: bool = True,
 ) -> dict[str, Any]:
-    """TRL 1.16 RewardTrainer on the same folder, ids and budget."""
+    """TRL 1.16 RewardTrainer on the same folder, ids and budget; ``self_eval`` also runs
+    TRL's own evaluation on the held-out pairs (a cross-check of our evaluation code)."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -182,8 +185,10 @@ def run_trl(
         wall, cpu = time.perf_counter(), time.process_time()
         output = trainer.train()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        held_rows = Dataset.from_list(trl_pair_rows(tokenizer, held_out, config.max_length))
-        trl_metrics = trainer.evaluate(held_rows)
+        trl_metrics: dict[str, float] = {}
+        if self_eval:
+            held_rows = Dataset.from_list(trl_pair_rows(tokenizer, held_out, config.max_length))
+            trl_metrics = trainer.evaluate(held_rows)
     evaluation = evaluate_reward_model(
         RewardModel(model.eval()),
         tokenizer,
@@ -193,7 +198,7 @@ def run_trl(
     )
     figures = _figures(len(dataset), output.global_step, wall, cpu, evaluation)
     figures["trl_eval_accuracy"] = trl_metrics.get("eval_accuracy")
-    return figures
+    return {**figures, "trainable_params": models.count_trainable(model)}
 
 
 def _figures(
@@ -236,6 +241,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--words", type=int, default=24, help="words per response")
+    parser.add_argument(
+        "--train-top-layers", type=int, default=None, help="freeze all but the top N blocks"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-bucketing", action="store_true", help="random batches for both")
@@ -259,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
     )
-    train = keyword_rankings(args.prompts, k=k, seed=args.seed)
-    held_out = keyword_rankings(args.eval_prompts, k=k, seed=args.seed + 1)
+    train = keyword_rankings(args.prompts, k=k, words=args.words, seed=args.seed)
+    held_out = keyword_rankings(args.eval_prompts, k=k, words=args.words, seed=args.seed + 1)
     config = RMConfig(
         lr=args.lr,
         batch_size=args.batch_size,
         max_length=args.max_length,
         seed=args.seed,
+        train_top_layers=args.train_top_layers,
         length_bucketing=not args.no_bucketing,
     )
     ours = run_ours(folder, train, held_out, config)
