@@ -127,6 +127,10 @@ def test_freeze_all_but_top_layers(fresh_tiny_lm):
     assert all(p.requires_grad for p in top.parameters())
     assert not any(p.requires_grad for p in bottom.parameters())
     assert not model.model.embed_tokens.weight.requires_grad  # tied lm_head stays frozen
+    every_block = freeze_all_but_top_layers(model, 5)
+    assert all(p.requires_grad for p in decoder_layers(model).parameters())
+    assert every_block == count_trainable(model) > n
+    assert freeze_all_but_top_layers(model, 0) == model.model.norm.weight.numel()
 
 
 def test_chat_prompt_and_left_truncation(tiny_lm):

@@ -389,6 +389,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def freeze_all_but_top_layers(model: nn.Module, n: int) -> int:
     """Freeze everything except the top ``n`` blocks, the final norm and any head.
 
+    ``n = 0`` trains only the norm and the head; ``n >= len(blocks)`` trains every block.
     A head is a top-level module outside the backbone (``lm_head``, ``score``, a value
     head). Parameters tied to the input embedding stay frozen: a tied ``lm_head`` would
     otherwise unfreeze the whole vocabulary matrix at the bottom of the network.
@@ -397,7 +398,7 @@ def freeze_all_but_top_layers(model: nn.Module, n: int) -> int:
     layers = decoder_layers(model)
     for param in model.parameters():
         param.requires_grad_(False)
-    trainable: list[nn.Module] = list(layers[len(layers) - max(n, 0) :]) if n > 0 else []
+    trainable: list[nn.Module] = list(layers[max(len(layers) - n, 0) :]) if n > 0 else []
     backbone = layers_owner(model, layers)
     norm = getattr(backbone, "norm", None)
     if isinstance(norm, nn.Module):
