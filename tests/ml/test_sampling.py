@@ -79,13 +79,14 @@ def test_one_response_is_reproducible_from_its_recorded_seed(tiny_lm):
 class _ForceToken:
     """Forward hook on the LM head making ``token`` the most likely next token."""
 
-    def __init__(self, model, token: int) -> None:
+    def __init__(self, model, token: int, boost: float = 1000.0) -> None:
         self.handle = model.lm_head.register_forward_hook(self.hook)
         self.token = token
+        self.boost = boost
 
     def hook(self, module, args, output):
         output = output.clone()
-        output[..., self.token] += 1000.0
+        output[..., self.token] += self.boost
         return output
 
 
@@ -101,6 +102,31 @@ def test_eos_finishes_and_is_the_last_token(tiny_lm):
     for sample in (s for g in groups for s in g):
         assert sample.finished and sample.token_ids == [tokenizer.eos_token_id]
         assert sample.text == "" and len(sample.logprobs) == 1
+
+
+def test_rows_that_end_early_leave_the_batch_without_disturbing_the_others(tiny_lm):
+    model, tokenizer = tiny_lm
+    force = _ForceToken(model, tokenizer.eos_token_id, boost=9.0)  # EOS ~15% per step
+    settings = GenerationSettings(max_new_tokens=12, seed=3)
+    try:
+        batched = sample_responses(model, tokenizer, PROMPTS, k=4, settings=settings, batch_size=12)
+        alone = [  # prompt i alone, with the seeds it had in the batch: 3 + i * k + j
+            sample_responses(
+                model, tokenizer, [p], k=4, batch_size=1,
+                settings=GenerationSettings(max_new_tokens=12, seed=3 + i * 4),
+            )[0]
+            for i, p in enumerate(PROMPTS)
+        ]  # fmt: skip
+    finally:
+        force.handle.remove()
+    lengths = {s.token_count for group in batched for s in group}
+    assert len(lengths) > 2, "rows should end at different steps"
+    assert any(s.finished for g in batched for s in g)
+    assert any(not s.finished for g in batched for s in g)
+    for group, solo in zip(batched, alone, strict=True):
+        for sample, reference in zip(group, solo, strict=True):
+            assert sample.token_ids == reference.token_ids
+            assert sample.logprobs == pytest.approx(reference.logprobs, abs=1e-4)
 
 
 def test_without_eos_the_limit_leaves_it_unfinished(tiny_lm):

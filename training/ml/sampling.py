@@ -134,6 +134,24 @@ class _Row:
     finished: bool = False
 
 
+@dataclass
+class _Live:
+    """The rows still decoding: batch line ``i`` is ``rows[index[i]]``."""
+
+    index: list[int]
+    generators: list[torch.Generator]
+    mask: torch.Tensor  # (b, P + steps) attention mask
+    next_pos: torch.Tensor  # (b, 1) position of the next token
+
+    def keep(self, lines: torch.Tensor, cache: Any) -> None:
+        """Drop finished lines from the batch and from the KV cache."""
+        kept = lines.tolist()
+        cache.batch_select_indices(lines)
+        self.index = [self.index[i] for i in kept]
+        self.generators = [self.generators[i] for i in kept]
+        self.mask, self.next_pos = self.mask[lines], self.next_pos[lines]
+
+
 @torch.inference_mode()
 def _decode_batch(
     model: nn.Module,
@@ -143,48 +161,59 @@ def _decode_batch(
     eos_ids: set[int],
     pad_id: int,
 ) -> list[_Row]:
-    """Sample one response per prompt row; rows stop at EOS or ``max_new_tokens``."""
+    """Sample one response per prompt row; a row leaves the batch at EOS."""
     device = next(model.parameters()).device
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
     positions = position_ids_from_attention_mask(mask)
     out = model(  # logits of the last position only: (B, 1, V), not (B, P, V)
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
     )
     rows = [_Row([], []) for _ in prompts]
+    live = _Live(
+        index=list(range(len(prompts))),
+        generators=[torch.Generator(device=device).manual_seed(s) for s in seeds],
+        mask=mask,
+        next_pos=positions[:, -1:] + 1,
+    )
     eos = torch.tensor(sorted(eos_ids), device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    next_pos = positions[:, -1:] + 1  # (B, 1)
     for step in range(settings.max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        tokens = pick_tokens(logits, settings, generators)  # (B,)
-        token_logp = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)  # (B,)
-        _append(rows, tokens, token_logp, done)
-        done = done | torch.isin(tokens, eos)
-        if bool(done.all()) or step == settings.max_new_tokens - 1:
+        logits = out.logits[:, -1, :].float()  # (b, V)
+        tokens = pick_tokens(logits, settings, live.generators)  # (b,)
+        token_logp = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)  # (b,)
+        ended = torch.isin(tokens, eos)  # (b,)
+        _append(rows, live.index, tokens, token_logp, ended)
+        running = (~ended).nonzero().squeeze(-1)  # (b',) lines still decoding
+        if running.numel() == 0 or step == settings.max_new_tokens - 1:
             break
-        tokens = tokens.masked_fill(done, pad_id)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, P + step + 1)
+        if running.numel() < len(live.index):
+            live.keep(running, out.past_key_values)
+            tokens = tokens[running]
+        live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
         out = model(
             input_ids=tokens[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
+            attention_mask=live.mask,
+            position_ids=live.next_pos,
             past_key_values=out.past_key_values,
             use_cache=True,
         )
-        next_pos = next_pos + 1
-    for row in rows:
-        row.finished = bool(row.token_ids) and row.token_ids[-1] in eos_ids
+        live.next_pos = live.next_pos + 1
     return rows
 
 
-def _append(rows: list[_Row], tokens: torch.Tensor, logp: torch.Tensor, done: torch.Tensor) -> None:
-    for row, token, value, stopped in zip(
-        rows, tokens.tolist(), logp.tolist(), done.tolist(), strict=True
+def _append(
+    rows: list[_Row],
+    index: list[int],
+    tokens: torch.Tensor,
+    logp: torch.Tensor,
+    ended: torch.Tensor,
+) -> None:
+    for line, (token, value, end) in enumerate(
+        zip(tokens.tolist(), logp.tolist(), ended.tolist(), strict=True)
     ):
-        if not stopped:
-            row.token_ids.append(int(token))
-            row.logprobs.append(float(value))
+        row = rows[index[line]]
+        row.token_ids.append(int(token))
+        row.logprobs.append(float(value))
+        row.finished = bool(end)
 
 
 # --------------------------------------------------------------------------- public API
