@@ -5,4 +5,4 @@ from .base import env
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 # Only for local development; production.py refuses to start without DJANGO_SECRET_KEY.
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="local-dev-only-not-a-secret")  # noqa: S105
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="local-dev-only-not-a-secret")

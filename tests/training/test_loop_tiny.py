@@ -45,10 +45,10 @@ def _label_everything(project, labeler) -> int:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on_commit):  # type: ignore[no-untyped-def]
     project = tiny_project
     labeler = MembershipFactory(project=project, role="labeler").user
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         round1 = rounds.round_start(project=project, num_prompts=3)
     round1.refresh_from_db()
     assert round1.stage == "labeling", round1.error
@@ -57,7 +57,7 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, dj
     assert {r.policy_version_id for r in responses} == {round1.sampling_policy_id}
     assert all(r.seed is not None and r.generation["max_new_tokens"] == 6 for r in responses)
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         assert _label_everything(project, labeler) == 3  # the last one advances the round
     round1.refresh_from_db()
     assert round1.stage == "done", round1.error
@@ -74,7 +74,7 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, dj
     assert "objective/kl" in ppo_points.first().values
     assert round1.metrics["comparisons_total"] == 3 * 2  # K=3 with one tie: 2 pairs each
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         round2 = rounds.round_start(project=project, num_prompts=1)
     assert round2.sampling_policy == policy
     assert set(
@@ -86,7 +86,7 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, dj
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project, on_commit):  # type: ignore[no-untyped-def]
     from core.exceptions import ApplicationError
     from tests.factories import DemonstrationFactory
     from training.services.sft import sft_start
@@ -95,7 +95,7 @@ def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project
         sft_start(project=tiny_project)
     DemonstrationFactory.create_batch(4, project=tiny_project)
     base = registry.current_policy(project=tiny_project)
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         run = sft_start(project=tiny_project, config={"epochs": 1, "batch_size": 2})
     run.refresh_from_db()
     assert run.status == "succeeded", run.error

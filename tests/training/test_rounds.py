@@ -78,9 +78,9 @@ def _rank_all(round_: Round) -> None:
 
 
 @pytest.mark.django_db
-def test_a_round_walks_every_stage(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_a_round_walks_every_stage(bodies, project_with_prompts, on_commit):  # type: ignore[no-untyped-def]
     project = project_with_prompts
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         round_ = rounds.round_start(project=project, num_prompts=2)
     round_.refresh_from_db()
     assert round_.stage == "labeling"
@@ -90,7 +90,7 @@ def test_a_round_walks_every_stage(bodies, project_with_prompts, django_capture_
         rounds.round_start(project=project)
 
     _rank_all(round_)
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         rounds.round_advance(round_=round_)
     round_.refresh_from_db()
     assert round_.stage == "done", round_.error
@@ -100,20 +100,22 @@ def test_a_round_walks_every_stage(bodies, project_with_prompts, django_capture_
     assert round_.metrics["rm/accuracy"] == 0.75
 
     # The next round samples from the new policy.
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         second = rounds.round_start(project=project, num_prompts=1)
     assert second.sampling_policy == round_.policy
 
 
 @pytest.mark.django_db
-def test_a_failed_stage_keeps_old_models_and_can_be_retried(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_a_failed_stage_keeps_old_models_and_can_be_retried(
+    bodies, project_with_prompts, on_commit
+):  # type: ignore[no-untyped-def]
     project = project_with_prompts
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         round_ = rounds.round_start(project=project, num_prompts=2)
     _rank_all(round_)
     base = registry.current_policy(project=project)
     bodies.fail.add("rm")
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         rounds.round_advance(round_=round_)
     round_.refresh_from_db()
     assert (round_.stage, round_.failed_stage) == ("failed", "training_rm")
@@ -122,7 +124,7 @@ def test_a_failed_stage_keeps_old_models_and_can_be_retried(bodies, project_with
     assert registry.current_reward_model(project=project) is None
 
     bodies.fail.clear()
-    with django_capture_on_commit_callbacks(execute=True):
+    with on_commit():
         rounds.round_advance(round_=round_)
     round_.refresh_from_db()
     assert round_.stage == "done"
@@ -131,8 +133,8 @@ def test_a_failed_stage_keeps_old_models_and_can_be_retried(bodies, project_with
 
 
 @pytest.mark.django_db
-def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
-    with django_capture_on_commit_callbacks(execute=True):
+def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts, on_commit):  # type: ignore[no-untyped-def]
+    with on_commit():
         round_ = rounds.round_start(project=project_with_prompts, num_prompts=2)
     rounds.round_cancel(round_=round_)
     round_.refresh_from_db()

@@ -1,0 +1,7 @@
+import pytest
+
+
+@pytest.fixture
+def on_commit(django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    """Run what services queue with transaction.on_commit (eager Celery tasks) in the test."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
