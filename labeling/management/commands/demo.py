@@ -83,6 +83,11 @@ class Command(BaseCommand):
                 guidelines=GUIDELINES,
                 base_model=default_base_model(),
             )
+            # A round must finish in minutes on a laptop CPU: short samples, few PPO steps,
+            # and only the top transformer blocks trained (see docs/benchmarks.md).
+            project.training_config = DEMO_TRAINING_CONFIG
+            project.max_new_tokens = 64
+            project.save(update_fields=["training_config", "max_new_tokens", "updated_at"])
         membership_add(project=project, username="admin", role=Membership.Role.ADMIN)
         membership_add(project=project, username="labeler", role=Membership.Role.LABELER)
         prompts = prompts_import(
@@ -177,6 +182,21 @@ def ensure_user(username: str, *, superuser: bool, reset: bool) -> str | None:
     user.set_password(password)
     user.save(update_fields=["password"])
     return password
+
+
+DEMO_TRAINING_CONFIG = {
+    "prompts_per_round": 8,
+    "sft": {"epochs": 1, "batch_size": 4, "train_top_layers": 2},
+    "rm": {"batch_size": 4, "max_length": 256, "train_top_layers": 2, "lr": 5e-5},
+    "ppo": {
+        "steps": 6,
+        "batch_size": 4,
+        "mini_batch_size": 4,
+        "max_new_tokens": 48,
+        "train_top_layers": 2,
+        "kl_target": 1.0,
+    },
+}
 
 
 def default_base_model() -> str:
