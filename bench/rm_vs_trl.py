@@ -107,7 +107,8 @@ def run_ours(
         model, tokenizer, held_out, max_length=config.max_length, batch_size=config.batch_size
     )
     figures = _figures(result["pairs"], result["steps"], wall, cpu, evaluation)
-    return {**figures, "trainable_params": models.count_trainable(model)}
+    tokens = {"tokens": result["tokens"], "padded_tokens": result["padded_tokens"]}
+    return {**figures, **tokens, "trainable_params": models.count_trainable(model)}
 
 
 def trl_pair_rows(
@@ -179,12 +180,18 @@ def run_trl(
             disable_tqdm=True,
             dataloader_num_workers=0,
         )
+        collator, tokens = counting_collator(tokenizer.pad_token_id)
         trainer = RewardTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=collator,
         )
         wall, cpu = time.perf_counter(), time.process_time()
         output = trainer.train()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        tokens = dict(tokens)  # the training batches only
         trl_metrics: dict[str, float] = {}
         if self_eval:
             held_rows = Dataset.from_list(trl_pair_rows(tokenizer, held_out, config.max_length))
@@ -198,7 +205,23 @@ def run_trl(
     )
     figures = _figures(len(dataset), output.global_step, wall, cpu, evaluation)
     figures["trl_eval_accuracy"] = trl_metrics.get("eval_accuracy")
-    return {**figures, "trainable_params": models.count_trainable(model)}
+    return {**figures, **tokens, "trainable_params": models.count_trainable(model)}
+
+
+def counting_collator(pad_id: int) -> tuple[Any, dict[str, int]]:
+    """TRL's own preference collator, counting attended and padded tokens of its batches."""
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    collate = DataCollatorForPreference(pad_token_id=pad_id)
+    counts = {"tokens": 0, "padded_tokens": 0}
+
+    def counted(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(examples)
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["padded_tokens"] += batch["attention_mask"].numel()
+        return batch
+
+    return counted, counts
 
 
 def _figures(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ __all__ = [
     "train_reward_model",
 ]
 
+Tally = defaultdict[str, float]  # summed step figures: loss, correct, pairs, tokens...
 MetricsCallback = Callable[[int, dict[str, Any]], None]
 
 
@@ -164,12 +166,11 @@ def _prepare(model: RewardModel, config: RMConfig) -> None:
         model.seq = models.prepare_for_training(model._base(), memory)
 
 
-def _step(
-    model: RewardModel, batch: list[EncodedRanking], pad_id: int, config: RMConfig
-) -> tuple[float, int, int]:
-    """Forward/backward one optimizer step's prompts; returns (loss, correct, pairs)."""
+def _step(model: RewardModel, batch: list[EncodedRanking], pad_id: int, config: RMConfig) -> Tally:
+    """Forward/backward one optimizer step's prompts; returns its tallies (loss, correct,
+    pairs, tokens = attended tokens, padded_tokens = tokens including padding)."""
     weight = sum(1 for r in batch if r.pair_count)
-    loss_sum, correct, pairs = 0.0, 0, 0
+    tally: Tally = defaultdict(float, steps=1, prompts=len(batch))
     for part in micro_batches(batch, config.max_sequences_per_forward):
         rb = collate_rankings(part, pad_id, model.device)
         scores = score_rankings(model, rb)  # (B, K)
@@ -177,10 +178,12 @@ def _step(
         loss = kwise_ranking_loss(scores, rb.prefer, margin)
         share = sum(1 for r in part if r.pair_count) / weight
         (loss * share).backward()
-        loss_sum += loss.item() * share
-        correct += int(correct_pairs(scores.detach(), rb.prefer).sum())
-        pairs += rb.pairs
-    return loss_sum, correct, pairs
+        tally["loss"] += loss.item() * share
+        tally["correct"] += int(correct_pairs(scores.detach(), rb.prefer).sum())
+        tally["pairs"] += rb.pairs
+        tally["tokens"] += int(rb.attention_mask.sum())
+        tally["padded_tokens"] += rb.attention_mask.numel()
+    return tally
 
 
 def train_reward_model(
@@ -216,24 +219,18 @@ def train_reward_model(
         lambda s: cosine_with_warmup(s, len(plan), config.warmup_steps, config.min_lr_ratio),
     )
     model.train()
-    totals = {"loss": 0.0, "correct": 0, "pairs": 0, "steps": 0, "prompts": 0}
+    totals: Tally = defaultdict(float)
     for step, batch in enumerate(plan, start=1):
         if should_stop is not None and should_stop():
             break
         lr = schedule.get_last_lr()[0]
-        loss, correct, pairs = _optimizer_step(
-            model, batch, tokenizer.pad_token_id, config, optimizer
-        )
+        tally = _optimizer_step(model, batch, tokenizer.pad_token_id, config, optimizer)
         schedule.step()
-        for key, value in zip(
-            ("loss", "correct", "pairs", "steps", "prompts"),
-            (loss, correct, pairs, 1, len(batch)),
-            strict=True,
-        ):
+        for key, value in tally.items():
             totals[key] += value
         metrics = {
-            "rm/loss": loss,
-            "rm/accuracy": correct / max(pairs, 1),
+            "rm/loss": tally["loss"],
+            "rm/accuracy": tally["correct"] / max(tally["pairs"], 1),
             "rm/lr": lr,
             "charts/pairs_per_s": totals["pairs"] / (time.perf_counter() - start),
             "total_steps": len(plan),
@@ -264,25 +261,28 @@ def _optimizer_step(
     pad_id: int,
     config: RMConfig,
     optimizer: torch.optim.Optimizer,
-) -> tuple[float, int, int]:
+) -> Tally:
     optimizer.zero_grad(set_to_none=True)
-    loss, correct, pairs = _step(model, batch, pad_id, config)
+    tally = _step(model, batch, pad_id, config)
     if config.max_grad_norm:
         trainable = [p for p in model.parameters() if p.requires_grad]
         nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     optimizer.step()
-    return loss, correct, pairs
+    return tally
 
 
-def _summary(totals: dict[str, Any], seconds: float, *, cancelled: bool) -> dict[str, Any]:
-    steps = totals["steps"]
+def _summary(totals: Tally, seconds: float, *, cancelled: bool) -> dict[str, Any]:
+    steps = int(totals["steps"])
     return {
         "rm/loss": totals["loss"] / steps if steps else float("nan"),
         "rm/accuracy": totals["correct"] / totals["pairs"] if totals["pairs"] else float("nan"),
         "charts/pairs_per_s": totals["pairs"] / seconds,
+        "charts/tokens_per_s": totals["tokens"] / seconds,
         "steps": steps,
-        "pairs": totals["pairs"],
-        "prompts": totals["prompts"],
+        "pairs": int(totals["pairs"]),
+        "prompts": int(totals["prompts"]),
+        "tokens": int(totals["tokens"]),
+        "padded_tokens": int(totals["padded_tokens"]),
         "seconds": seconds,
         "status": "cancelled" if cancelled else "completed",
     }
