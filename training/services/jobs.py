@@ -87,9 +87,9 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     device, dtype = _device_and_dtype()
     model, tokenizer = load_causal_lm(policy.artifact, device=device, dtype=dtype)
     batch = int(run.config.get("prompts_per_batch", 4))
-    total = len(prompts)
+    total = len(prompts) * project.k  # progress counts responses
     reporter.progress(0, total)
-    for start in range(0, total, batch):
+    for start in range(0, len(prompts), batch):
         _check_cancel(reporter)
         chunk = prompts[start : start + batch]
         gen = GenerationSettings(
@@ -98,12 +98,17 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             top_p=project.top_p,
             seed=_stable_seed(project.pk, round_.number, chunk[0].pk),
         )
+        done_before = start * project.k
+
+        def on_progress(done: int, _chunk_total: int, base: int = done_before) -> None:
+            reporter.progress(base + done, total)
+
         samples = sample_responses(
             model, tokenizer, [p.as_input for p in chunk], k=project.k, settings=gen,
-            batch_size=int(run.config.get("batch_size", 8)),
+            batch_size=int(run.config.get("batch_size", 8)), on_progress=on_progress,
         )  # fmt: skip
         _store_tasks(round_, chunk, samples, gen)
-        reporter.progress(min(start + batch, total), total)
+        reporter.progress(done_before + len(chunk) * project.k, total)
     return {"tasks": round_.tasks.count(), "policy": policy.label}
 
 
