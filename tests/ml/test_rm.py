@@ -175,12 +175,18 @@ def test_untrained_rm_is_near_chance(rm: RewardModel, tokenizer) -> None:
     assert 0.2 < accuracy < 0.8
 
 
-@pytest.mark.parametrize("top_layers", [None, 1])
+@pytest.mark.parametrize(("top_layers", "checkpointing"), [(None, False), (1, False), (None, True)])
 def test_every_trainable_parameter_changes_in_one_step(
-    rm: RewardModel, tokenizer, top_layers
+    rm: RewardModel, tokenizer, top_layers, checkpointing
 ) -> None:
     before = {name: p.detach().clone() for name, p in rm.named_parameters()}
-    config = RMConfig(lr=1e-3, batch_size=4, max_length=32, train_top_layers=top_layers)
+    config = RMConfig(
+        lr=1e-3,
+        batch_size=4,
+        max_length=32,
+        train_top_layers=top_layers,
+        gradient_checkpointing=checkpointing,
+    )
     result = train_reward_model(rm, tokenizer, banana_rankings(4, seed=4), config=config)
     assert result["steps"] == 1
     trainable = {name for name, p in rm.named_parameters() if p.requires_grad}
