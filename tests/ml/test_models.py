@@ -161,3 +161,13 @@ def test_lora_trains_adapters_only_and_saves_merged(fresh_tiny_lm, tmp_path):
     out = save_pretrained_atomic(wrapped, tokenizer, tmp_path / "lora")
     reloaded, _ = load_causal_lm(str(out))
     assert torch.allclose(_logits(reloaded, tokenizer), expected, atol=1e-4)
+
+
+def test_tiny_tokenizer_cache_is_built_from_the_gguf(tiny_lm, tmp_path, monkeypatch):
+    _, tokenizer = tiny_lm
+    monkeypatch.setenv("RLHF_STUDIO_MODEL_CACHE", str(tmp_path / "models" / "smollm2"))
+    built = load_tokenizer("tiny")  # no default cache here: reads the GGUF's tokenizer once
+    assert (tmp_path / "models" / "smollm2-tokenizer" / "tokenizer.json").is_file()
+    assert not (tmp_path / "models" / "smollm2").exists()  # weights were not de-quantised
+    assert built.get_vocab() == tokenizer.get_vocab()
+    assert chat_text(built, "hi") == chat_text(tokenizer, "hi")

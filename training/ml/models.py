@@ -162,6 +162,8 @@ def _ensure_gguf_cache(gguf: Path) -> Path:
     if _is_complete_cache(folder):
         return folder
     model, tokenizer = _load_gguf(gguf)
+    if _is_complete_cache(folder):  # another process finished first: keep its folder
+        return folder
     marker = json.dumps({"gguf": str(gguf), "sha256": _file_sha256(gguf)}, indent=2)
     save_pretrained_atomic(model, tokenizer, folder, extra_files={COMPLETE_MARKER: marker})
     return folder
@@ -224,6 +226,8 @@ def _default_tokenizer_dir() -> Path:
         return folder
     gguf = default_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if (folder / COMPLETE_MARKER).is_file():  # another process finished first
+        return folder
     tmp = _temp_sibling(folder)
     try:
         tokenizer.save_pretrained(str(tmp))
