@@ -1,0 +1,309 @@
+"""Loop efficacy (issue 5, item 9): does a round driven by synthetic labelers raise their
+preference's score on HELD-OUT prompts, with the KL to SFT near the controller's target?
+
+    .venv/bin/python -m bench.loop_efficacy [--model default] [--preference length:longer]
+        [--noise 20] [--rounds 1] [--ppo-steps 24] [--threads 2]
+
+One project on `--model` goes through the real services: `round_start` samples K responses
+per train prompt from the current policy, `labelers_simulate` ranks them with Bradley-Terry
+noise through `task_lease_next` / `ranking_submit`, and the round then builds pairs, trains
+the RM and runs PPO by itself (`round_on_ranking_submitted` -> Celery tasks). Celery runs
+EAGERLY here, in this process: the bench measures what the loop learns, not the transport
+(tests/training/test_e2e_worker.py runs the same bodies on a real worker and Redis), and
+one process keeps the timings free of queueing and start-up noise.
+
+Prompts are built from topics; the eval prompts use topics that no train prompt uses. On
+them the policy before and after samples `--eval-samples` responses per prompt (T=1, the
+distribution PPO optimises), scored by the EXACT preference (no labeler noise). Standard
+errors are over prompts (the samples of one prompt are averaged first, as they are not
+independent); z = rise / sqrt(SE_before^2 + SE_after^2), and the paired z over the same
+prompts. KL to the SFT reference on the same samples: mean over responses of
+sum_t log pi(y_t) - log pi_ref(y_t) (an unbiased estimate of the sequence KL), next to
+PPO's own last-step k3 estimate and the controller's target. Writes
+bench/out/loop_efficacy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+
+TOPICS = [
+    "volcanoes", "photosynthesis", "the moon", "honeybees", "bicycles", "jazz", "the ocean",
+    "rainbows", "chess", "bread", "glaciers", "owls", "electricity", "the heart", "maps",
+    "tea", "deserts", "clocks", "penguins", "bridges", "coffee", "thunder", "libraries",
+    "dolphins", "gardens", "trains", "mushrooms", "the wind", "paper", "violins", "salt",
+    "forests", "lighthouses", "comets", "cheese", "elephants", "rivers", "kites", "snow",
+    "magnets", "tomatoes", "castles", "spiders", "the sun", "umbrellas", "frogs", "pianos",
+    "islands", "candles", "whales", "mountains", "bees' wax", "sailing", "cotton", "caves",
+    "butterflies", "rice", "telescopes", "bats", "soap",
+]  # fmt: skip
+TEMPLATES = ["In one sentence, what are {t}?", "Tell me one interesting fact about {t}."]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--model", default="default", help="base policy: default, tiny or a folder")
+    add("--preference", default="length:longer", help="the synthetic labelers' preference")
+    add("--noise", type=float, default=20.0, help="Bradley-Terry temperature (score units)")
+    add("--labelers", type=int, default=3)
+    add("--rounds", type=int, default=1)
+    add("--k", type=int, default=4)
+    add("--train-topics", type=int, default=40, help="the rest of the topics are held out")
+    add("--prompts-per-round", type=int, default=24)
+    add("--max-new-tokens", type=int, default=40)
+    add("--eval-samples", type=int, default=1, help="samples per held-out prompt")
+    add("--train-top-layers", type=int, default=2, help="CPU budget: train only the top N")
+    add("--rm-lr", type=float, default=5e-5)
+    add("--rm-epochs", type=int, default=2)
+    add("--ppo-steps", type=int, default=20)
+    add("--ppo-batch", type=int, default=8)
+    add("--ppo-lr", type=float, default=2e-5)
+    add("--ppo-epochs", type=int, default=2)
+    add("--kl-target", type=float, default=3.0, help="nats per response")
+    add("--init-kl-coef", type=float, default=0.05)
+    add("--kl-horizon", type=int, default=200, help="episodes (short: the run is short)")
+    add("--device", default="cpu")
+    add("--threads", type=int, default=2)
+    add("--seed", type=int, default=0)
+    add("--keep", action="store_true", help="keep the work folder (database, models)")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def setup_django(workdir: Path, args: argparse.Namespace) -> None:
+    """A throwaway SQLite database and artifact folder; Celery tasks run in-process."""
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="config.settings.local",
+        DJANGO_DEBUG="false",
+        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
+        CELERY_BROKER_URL="memory://",
+        CELERY_TASK_ALWAYS_EAGER="true",
+        RLHF_STUDIO_VAR_DIR=str(workdir / "var"),
+        RLHF_ARTIFACT_DIR=str(workdir / "models"),
+        RLHF_DEVICE=args.device,
+        RLHF_DTYPE="float32",
+        RLHF_PROGRESS_INTERVAL="5",
+        RLHF_HEARTBEAT_TIMEOUT="36000",
+        DJANGO_LOG_LEVEL="WARNING",
+    )
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def training_config(args: argparse.Namespace) -> dict[str, Any]:
+    top = args.train_top_layers
+    return {
+        "prompts_per_round": args.prompts_per_round,
+        "generate": {"prompts_per_batch": 8, "batch_size": 16},
+        "rm": {"lr": args.rm_lr, "epochs": args.rm_epochs, "batch_size": 4, "max_length": 256,
+               "train_top_layers": top, "eval_fraction": 0.15, "seed": args.seed},
+        "ppo": {"steps": args.ppo_steps, "batch_size": args.ppo_batch,
+                "mini_batch_size": max(1, args.ppo_batch // 2), "ppo_epochs": args.ppo_epochs,
+                "lr": args.ppo_lr, "kl_target": args.kl_target, "init_kl_coef": args.init_kl_coef,
+                "kl_horizon": args.kl_horizon, "train_top_layers": top, "temperature": 1.0,
+                "forward_batch_size": args.ppo_batch, "seed": args.seed},
+    }  # fmt: skip
+
+
+def make_project(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    from labeling.services.imports import PromptIn
+    from labeling.services.projects import project_create, project_update
+    from labeling.services.prompts import prompts_import
+
+    project = project_create(slug="loop-efficacy", k=args.k, base_model=args.model)
+    project = project_update(
+        project=project,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        training_config=training_config(args),
+    )
+    train_topics, eval_topics = TOPICS[: args.train_topics], TOPICS[args.train_topics :]
+    items = [PromptIn(t.format(t=topic)) for topic in train_topics for t in TEMPLATES]
+    eval_prompts = [t.format(t=topic) for topic in eval_topics for t in TEMPLATES]
+    items += [PromptIn(p, split="eval") for p in eval_prompts]
+    prompts_import(project=project, items=items, source="bench")
+    return project, eval_prompts
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def evaluate(
+    policy_spec: str, ref_spec: str, prompts: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Sample the policy on held-out prompts; exact preference scores and KL to the reference."""
+    import torch
+
+    from training.ml.models import encode_prompt, load_causal_lm
+    from training.ml.sampling import GenerationSettings, sample_responses
+    from training.ml.synthetic import make_preference
+
+    policy, tokenizer = load_causal_lm(policy_spec, device=args.device, dtype="float32")
+    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0,
+                             seed=args.seed + 1000)  # fmt: skip
+    samples = sample_responses(policy, tokenizer, prompts, k=args.eval_samples, settings=gen,
+                               batch_size=16)  # fmt: skip
+    del policy
+    ref, _ = load_causal_lm(ref_spec, device=args.device, dtype="float32")
+    score = make_preference(args.preference)
+    per_prompt, kls, lengths, finished = [], [], [], []
+    with torch.no_grad():
+        for prompt, row in zip(prompts, samples, strict=True):
+            per_prompt.append(sum(score(prompt, [s.text for s in row])) / len(row))
+            prompt_ids = encode_prompt(tokenizer, prompt, gen.max_prompt_tokens)
+            for s in row:
+                ids = torch.tensor([prompt_ids + s.token_ids], device=ref.device)
+                logits = ref(ids).logits[0, len(prompt_ids) - 1 : -1].float()  # (R, V)
+                ref_lp = torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt_ids) :, None])
+                kls.append(sum(s.logprobs) - ref_lp.sum().item())  # log pi(y) - log ref(y)
+                lengths.append(s.token_count)
+                finished.append(s.finished)
+    mean, se = mean_se(per_prompt)
+    kl_mean, kl_se = mean_se(kls)
+    example = samples[0][0].text
+    return {
+        "score_mean": mean, "score_se": se, "per_prompt": per_prompt,
+        "kl_to_ref": kl_mean, "kl_to_ref_se": kl_se,
+        "response_tokens": sum(lengths) / len(lengths),
+        "eos_rate": sum(finished) / len(finished), "example": example,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_round(project: Any, args: argparse.Namespace, number: int) -> dict[str, Any]:
+    """One round through the services; eager Celery runs each stage inside these calls."""
+    from training.models import Round
+    from training.services.rounds import round_start
+    from training.services.simulation import labelers_simulate
+
+    started = time.perf_counter()
+    round_ = round_start(project=project)  # samples (eagerly) and opens labeling
+    round_.refresh_from_db()
+    if round_.stage != Round.Stage.LABELING:
+        raise SystemExit(f"round {number} did not reach labeling: {round_.stage} {round_.error}")
+    labeling = labelers_simulate(project=project, preference=args.preference,
+                                 labelers=args.labelers, noise=args.noise,
+                                 seed=args.seed + number)  # fmt: skip
+    round_.refresh_from_db()  # the last ranking moved it through pairs, RM and PPO
+    if round_.stage != Round.Stage.DONE:
+        raise SystemExit(f"round {number} ended {round_.stage}: {round_.error}")
+    runs = {r.kind: r for r in round_.runs.order_by("id")}
+    ppo_points = [p.values for p in runs["ppo"].points.order_by("step")]
+    return {
+        "round": number,
+        "seconds": time.perf_counter() - started,
+        "stage_seconds": {
+            k: (r.finished_at - r.started_at).total_seconds() for k, r in runs.items()
+        },
+        "rankings": labeling["rankings"],
+        "labeler_pair_agreement": labeling["pair_agreement"],
+        "comparisons": round_.metrics.get("comparisons_round"),
+        "rm": {k: v for k, v in runs["rm"].metrics.items() if isinstance(v, int | float)},
+        "ppo_first": ppo_points[0] if ppo_points else {},
+        "ppo_last": ppo_points[-1] if ppo_points else {},
+        "policy": round_.policy.artifact,
+    }
+
+
+def summary(e: dict[str, Any]) -> str:
+    return (f"{e['score_mean']:.2f} ± {e['score_se']:.2f}, EOS rate {e['eos_rate']:.2f}, "
+            f"{e['response_tokens']:.1f} tokens, KL {e['kl_to_ref']:.2f}")  # fmt: skip
+
+
+def z_scores(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    rise = after["score_mean"] - before["score_mean"]
+    unpaired = rise / math.hypot(before["score_se"], after["score_se"])
+    diffs = [a - b for a, b in zip(after["per_prompt"], before["per_prompt"], strict=True)]
+    mean, se = mean_se(diffs)
+    return {"rise": rise, "z": unpaired, "z_paired": mean / se if se else math.inf}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="loop-efficacy-"))
+    setup_django(workdir, args)
+    from bench.rm_vs_trl import machine
+    from training.ml.commands.common import quiet_transformers
+    from training.services.registry import current_policy, reference_policy
+
+    quiet_transformers()
+    started = time.perf_counter()
+    project, eval_prompts = make_project(args)
+    ref = reference_policy(project=project).artifact
+    before = evaluate(current_policy(project=project).artifact, ref, eval_prompts, args)
+    print(f"before: {args.preference} {summary(before)}", flush=True)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rounds.append(run_round(project, args, number))
+        print(f"round {number}: {json.dumps(rounds[-1]['stage_seconds'])}", flush=True)
+    after = evaluate(rounds[-1]["policy"], ref, eval_prompts, args)
+    result = {
+        "machine": machine(),
+        "args": vars(args),
+        "eval_prompts": len(eval_prompts),
+        "before": before,
+        "after": after,
+        **z_scores(before, after),
+        "kl_target": args.kl_target,
+        "ppo_kl_last_step": rounds[-1]["ppo_last"].get("objective/kl"),
+        "rounds": rounds,
+        "seconds": time.perf_counter() - started,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "loop_efficacy.json").write_text(json.dumps(result, indent=2, default=str))
+    print(report(result))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    b, a = r["before"], r["after"]
+    return "\n".join([
+        f"{r['args']['preference']} on {r['eval_prompts']} held-out prompts "
+        f"x {r['args']['eval_samples']} samples:",
+        f"  before {b['score_mean']:.2f} ± {b['score_se']:.2f}   "
+        f"after {a['score_mean']:.2f} ± {a['score_se']:.2f}",
+        f"  rise {r['rise']:.2f}  z {r['z']:.2f}  (paired z {r['z_paired']:.2f})",
+        f"  KL to SFT on held-out samples {a['kl_to_ref']:.2f} ± {a['kl_to_ref_se']:.2f} nats "
+        f"(PPO's last step {r['ppo_kl_last_step']}; target {r['kl_target']})",
+        f"  total {r['seconds']:.0f} s",
+    ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
