@@ -272,6 +272,14 @@ def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -
     for (name, a), c in zip(critic_a.named_parameters(), critic_c.parameters(), strict=True):
         torch.testing.assert_close(a, c, msg=name)
     assert second["kl_coef"] == straight["kl_coef"] != config.init_kl_coef
+    # a retry after the end resumes at the end: no step runs, the last metrics come back
+    policy_d, ref_d, critic_d, _ = build()
+    third = train_ppo(
+        policy_d, ref_d, critic_d, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step), checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    assert third["resumed_from"] == 3 and steps == [1, 2, 3]
+    assert third["objective/kl"] == second["objective/kl"]
 
 
 def test_rm_rules_and_ptx_in_one_step() -> None:

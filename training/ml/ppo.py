@@ -297,12 +297,8 @@ def train_ppo(
     newest complete one.
     """
     prompts = list(prompts)
-    if not prompts:
-        raise ValueError("PPO needs at least one prompt")
-    if reward_model is None and reward_fn is None and not rules:
-        raise ValueError("PPO needs a reward model, a reward_fn or rules to score responses")
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer needs pad and EOS tokens")
+    _check_inputs(prompts, reward_model is not None or reward_fn is not None or bool(rules),
+                  tokenizer)  # fmt: skip
     models = PPOModels(policy, ref_policy, critic, reward_model)
     ptx = None
     if ptx_texts and config.ptx_coef:
@@ -310,11 +306,13 @@ def train_ppo(
     optimizer = torch.optim.Adam(prepare_models(models, config), lr=config.lr, eps=1e-5)
     kl_ctl = make_kl_controller(config.init_kl_coef, config.kl_target, config.kl_horizon)
     start, resumed_from = 0, None
+    metrics: dict[str, float] = {}
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
     if found is not None:
         state = load_checkpoint(found, policy=policy, critic=critic, optimizer=optimizer)
         start = resumed_from = int(state["step"])
         kl_ctl.value = float(state["kl_coef"])
+        metrics = dict(state.get("metrics") or {})  # the last step's, if none runs now
 
     def checkpoint(step: int) -> None:
         assert checkpoint_dir is not None
@@ -323,11 +321,11 @@ def train_ppo(
             "kl_coef": kl_ctl.value,
             "seed": config.seed,
             "config": asdict(config),
+            "metrics": metrics,
         }
         save_checkpoint(checkpoint_dir, state, policy=policy, critic=critic, tokenizer=tokenizer,
                         optimizer=optimizer, keep=config.keep_checkpoints)  # fmt: skip
 
-    metrics: dict[str, float] = {}
     status = "completed"
     step = start
     for step in range(start, config.steps):
@@ -347,6 +345,15 @@ def train_ppo(
         checkpoint(step)
     return {"status": status, "step": step, "kl_coef": kl_ctl.value,
             "resumed_from": resumed_from, **metrics}  # fmt: skip
+
+
+def _check_inputs(prompts: list[PromptInput], has_scorer: bool, tokenizer: Any) -> None:
+    if not prompts:
+        raise ValueError("PPO needs at least one prompt")
+    if not has_scorer:
+        raise ValueError("PPO needs a reward model, a reward_fn or rules to score responses")
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer needs pad and EOS tokens")
 
 
 def ppo_step(
