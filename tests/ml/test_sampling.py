@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -7,6 +10,7 @@ from training.ml.models import encode_prompt
 from training.ml.sampling import (
     GenerationSettings,
     bench_sampling,
+    inverse_cdf_sample,
     left_pad,
     position_ids_from_attention_mask,
     sample_responses,
@@ -55,7 +59,7 @@ def test_same_seed_same_texts_other_seed_other_texts(tiny_lm):
     model, tokenizer = tiny_lm
     settings = GenerationSettings(max_new_tokens=10, temperature=1.0, seed=11)
     first = sample_responses(model, tokenizer, PROMPTS, k=2, settings=settings, batch_size=4)
-    again = sample_responses(model, tokenizer, PROMPTS, k=2, settings=settings, batch_size=2)
+    again = sample_responses(model, tokenizer, PROMPTS, k=2, settings=settings, batch_size=4)
     other = sample_responses(
         model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=10, seed=12)
     )
@@ -66,39 +70,54 @@ def test_same_seed_same_texts_other_seed_other_texts(tiny_lm):
     assert first[0][0].text != first[0][1].text  # the K responses differ
 
 
+@contextmanager
+def logit_bias(model, bias: torch.Tensor):
+    """Add ``bias`` (V,) to every next-token logit of ``model`` inside the block."""
+
+    def hook(module, args, output):
+        return output + bias.to(output)
+
+    handle = model.lm_head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def peaked_bias(vocab: int, eos_id: int | None = None, eos_prob: float = 0.0) -> torch.Tensor:
+    """A fixed random bias that makes the tiny model's flat distribution peaked.
+
+    Comparing runs of different batch shapes needs this: float rounding differs between
+    shapes, and on a flat 49k distribution that alone can move a draw to a neighbour.
+    ``eos_id`` then gets probability ~``eos_prob`` at every step.
+    """
+    bias = torch.randn(vocab, generator=torch.Generator().manual_seed(0)) * 3.0
+    if eos_id is not None:
+        others = torch.cat([bias[:eos_id], bias[eos_id + 1 :]]).logsumexp(0)
+        bias[eos_id] = others + math.log(eos_prob / (1 - eos_prob))
+    return bias
+
+
 def test_one_response_is_reproducible_from_its_recorded_seed(tiny_lm):
     model, tokenizer = tiny_lm
     settings = GenerationSettings(max_new_tokens=10, seed=100)
-    sample = sample_responses(model, tokenizer, PROMPTS, k=3, settings=settings)[2][1]
-    alone = GenerationSettings(max_new_tokens=10, seed=sample.seed)
-    again = sample_responses(model, tokenizer, [PROMPTS[2]], k=1, settings=alone)[0][0]
+    with logit_bias(model, peaked_bias(len(tokenizer))):
+        sample = sample_responses(model, tokenizer, PROMPTS, k=3, settings=settings)[2][1]
+        alone = GenerationSettings(max_new_tokens=10, seed=sample.seed)
+        again = sample_responses(model, tokenizer, [PROMPTS[2]], k=1, settings=alone)[0][0]
+    assert len(set(sample.token_ids)) > 1
     assert (again.token_ids, again.text, again.seed) == (sample.token_ids, sample.text, sample.seed)
     assert again.logprobs == pytest.approx(sample.logprobs, abs=1e-4)  # batch shape: float noise
 
 
-class _ForceToken:
-    """Forward hook on the LM head making ``token`` the most likely next token."""
-
-    def __init__(self, model, token: int, boost: float = 1000.0) -> None:
-        self.handle = model.lm_head.register_forward_hook(self.hook)
-        self.token = token
-        self.boost = boost
-
-    def hook(self, module, args, output):
-        output = output.clone()
-        output[..., self.token] += self.boost
-        return output
-
-
 def test_eos_finishes_and_is_the_last_token(tiny_lm):
     model, tokenizer = tiny_lm
-    force = _ForceToken(model, tokenizer.eos_token_id)
-    try:
+    force_eos = torch.zeros(len(tokenizer))
+    force_eos[tokenizer.eos_token_id] = 1000.0
+    with logit_bias(model, force_eos):
         groups = sample_responses(
             model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=5, seed=0)
         )
-    finally:
-        force.handle.remove()
     for sample in (s for g in groups for s in g):
         assert sample.finished and sample.token_ids == [tokenizer.eos_token_id]
         assert sample.text == "" and len(sample.logprobs) == 1
@@ -106,9 +125,9 @@ def test_eos_finishes_and_is_the_last_token(tiny_lm):
 
 def test_rows_that_end_early_leave_the_batch_without_disturbing_the_others(tiny_lm):
     model, tokenizer = tiny_lm
-    force = _ForceToken(model, tokenizer.eos_token_id, boost=9.0)  # EOS ~15% per step
+    bias = peaked_bias(len(tokenizer), tokenizer.eos_token_id, eos_prob=0.15)
     settings = GenerationSettings(max_new_tokens=12, seed=3)
-    try:
+    with logit_bias(model, bias):
         batched = sample_responses(model, tokenizer, PROMPTS, k=4, settings=settings, batch_size=12)
         alone = [  # prompt i alone, with the seeds it had in the batch: 3 + i * k + j
             sample_responses(
@@ -117,8 +136,6 @@ def test_rows_that_end_early_leave_the_batch_without_disturbing_the_others(tiny_
             )[0]
             for i, p in enumerate(PROMPTS)
         ]  # fmt: skip
-    finally:
-        force.handle.remove()
     lengths = {s.token_count for group in batched for s in group}
     assert len(lengths) > 2, "rows should end at different steps"
     assert any(s.finished for g in batched for s in g)
@@ -131,13 +148,12 @@ def test_rows_that_end_early_leave_the_batch_without_disturbing_the_others(tiny_
 
 def test_without_eos_the_limit_leaves_it_unfinished(tiny_lm):
     model, tokenizer = tiny_lm
-    force = _ForceToken(model, tokenizer.convert_tokens_to_ids("hello"))
-    try:
+    force_hello = torch.zeros(len(tokenizer))
+    force_hello[tokenizer.convert_tokens_to_ids("hello")] = 1000.0
+    with logit_bias(model, force_hello):
         sample = sample_responses(
             model, tokenizer, ["Hi"], k=1, settings=GenerationSettings(max_new_tokens=4, seed=0)
         )[0][0]
-    finally:
-        force.handle.remove()
     assert not sample.finished and sample.token_count == 4
     assert sample.text == "hellohellohellohello"
 
@@ -158,6 +174,25 @@ def test_top_p_filter_keeps_the_nucleus():
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.isfinite(top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
     assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0])  # flat rows fall back to the full sort
+def test_partial_sort_nucleus_equals_the_full_sort(scale):
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(0)) * scale
+    for top_p in (0.5, 0.9, 0.99):
+        assert torch.equal(
+            top_p_filter(logits, top_p, candidates=64), top_p_filter(logits, top_p, 5000)
+        )
+
+
+def test_inverse_cdf_sampling_follows_the_probabilities():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05]]).repeat(4000, 1)
+    draws = inverse_cdf_sample(probs, [torch.Generator().manual_seed(i) for i in range(4000)])
+    frequencies = torch.bincount(draws, minlength=5) / 4000
+    assert frequencies[1] == 0  # a zero-probability token is never drawn
+    assert frequencies.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.15, 0.05], abs=0.03)
+    same_seeds = [torch.Generator().manual_seed(i) for i in range(3)]
+    assert torch.equal(inverse_cdf_sample(probs[:3], same_seeds), draws[:3])
 
 
 def test_bench_sampling_reports_tokens_per_second(tiny_lm):

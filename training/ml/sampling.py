@@ -34,7 +34,10 @@ class GenerationSettings:
     top_p: float = 1.0
     """Nucleus sampling: sample among the smallest token set with this total probability."""
     seed: int | None = None
-    """Base seed: response ``j`` of prompt ``i`` uses ``seed + i * k + j`` (None: random)."""
+    """Base seed: response ``j`` of prompt ``i`` uses ``seed + i * k + j`` (None: random).
+
+    Same prompts, settings and batch size give the same texts. A different batch
+    composition changes float rounding in the forward pass and can, rarely, flip a token."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this keep their last tokens (the assistant opening survives)."""
 
@@ -101,16 +104,26 @@ def eos_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[i
 # --------------------------------------------------------------------------- one step
 
 
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set logits outside the nucleus to -inf (Holtzman et al. 2020); ``(B, V)`` in/out."""
+def top_p_filter(logits: torch.Tensor, top_p: float, candidates: int = 1024) -> torch.Tensor:
+    """Set logits outside the nucleus to -inf (Holtzman et al. 2020); ``(B, V)`` in/out.
+
+    The nucleus is searched among the ``candidates`` most likely tokens (a partial sort,
+    much cheaper than sorting 49k logits); a row whose candidates hold less than
+    ``top_p`` of the mass falls back to the full sort, so the result is always exact.
+    """
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(-1)
+    k = min(candidates, logits.shape[-1])
+    values, index = logits.topk(k, dim=-1)  # (B, k), descending
+    if k < logits.shape[-1]:
+        mass = (values - logits.logsumexp(-1, keepdim=True)).exp().sum(-1)  # (B,)
+        if bool((mass < top_p).any()):
+            values, index = torch.sort(logits, descending=True, dim=-1)
+    probs = (values - logits.logsumexp(-1, keepdim=True)).exp()  # (B, k) true probabilities
     # drop a token when the tokens strictly before it already cover top_p; keeps the first
-    drop_sorted = probs.cumsum(-1) - probs > top_p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    drop = probs.cumsum(-1) - probs > top_p
+    kept = torch.full_like(logits, float("-inf"))
+    return kept.scatter(-1, index, values.masked_fill(drop, float("-inf")))
 
 
 def pick_tokens(
@@ -120,8 +133,20 @@ def pick_tokens(
     if settings.temperature <= 0:
         return logits.argmax(-1)
     probs = top_p_filter(logits / settings.temperature, settings.top_p).softmax(-1)
-    picked = [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)]
-    return torch.cat(picked)
+    return inverse_cdf_sample(probs, generators)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per row of ``(B, V)`` probabilities, from ONE uniform of each row's generator.
+
+    The first token whose cumulative probability exceeds ``u * total``: exact inverse-CDF
+    sampling, ~10x cheaper on a 49k vocabulary than ``torch.multinomial`` row by row.
+    """
+    uniforms = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
+    cdf = probs.double().cumsum(-1)  # (B, V); float64 keeps 49k tiny intervals exact
+    target = (uniforms.to(cdf) * cdf[:, -1])[:, None]  # (B, 1)
+    picked = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # zero-prob tokens skipped
+    return picked.clamp(max=probs.shape[-1] - 1)
 
 
 # --------------------------------------------------------------------------- decoding loop
