@@ -189,10 +189,10 @@ DEMO_TRAINING_CONFIG = {
     "sft": {"epochs": 1, "batch_size": 4, "train_top_layers": 2},
     "rm": {"batch_size": 4, "max_length": 256, "train_top_layers": 2, "lr": 5e-5},
     "ppo": {
-        "steps": 6,
+        "steps": 4,
         "batch_size": 4,
         "mini_batch_size": 4,
-        "max_new_tokens": 48,
+        "max_new_tokens": 32,
         "train_top_layers": 2,
         "kl_target": 1.0,
     },
