@@ -1,46 +1,11 @@
-// JSON over fetch with the session cookie and the CSRF header. Errors carry the server's
-// {"detail"} so the page can show it as is (as text).
+// The dashboard's and playground's client: GET/POST on top of the shared studio/http.js.
 
-export class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.name = "ApiError";
-    this.status = status; // 0: the server could not be reached
-  }
-}
+import { ApiError, makeRequest } from "../studio/http.js";
 
-function messageFor(status, data) {
-  if (data && typeof data.detail === "string" && data.detail) return data.detail;
-  if (status === 401 || status === 403) return "Not allowed. Are you still logged in?";
-  if (status >= 500) return `The server failed (HTTP ${status}). Try again.`;
-  return `The request failed (HTTP ${status}).`;
-}
+export { ApiError };
 
 export function makeClient(csrfToken) {
-  async function request(method, url, body) {
-    const headers = { Accept: "application/json" };
-    if (method !== "GET") headers["X-CSRFToken"] = csrfToken;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    let response;
-    try {
-      response = await fetch(url, {
-        method,
-        headers,
-        credentials: "same-origin",
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch {
-      throw new ApiError(0, "Network error: the server could not be reached.");
-    }
-    let data = null;
-    try {
-      data = await response.json();
-    } catch {
-      data = null;
-    }
-    if (!response.ok) throw new ApiError(response.status, messageFor(response.status, data));
-    return data;
-  }
+  const request = makeRequest(csrfToken);
   return {
     get: (url) => request("GET", url),
     post: (url, body = {}) => request("POST", url, body),
