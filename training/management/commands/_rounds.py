@@ -1,27 +1,19 @@
 """Shared helpers of the round commands: find a project/round, follow progress on the CLI."""
 
-import functools
 import time
-from collections.abc import Callable
-from typing import Any
 
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
-from core.exceptions import ApplicationError
+from labeling.management.commands._common import get_project, user_errors
 from labeling.models import Project
 from training.models import Round, TrainingRun
 from training.services.rounds import ACTIVE
 
+__all__ = ["follow", "get_project", "latest_round", "user_errors"]
+
 # Stages at which `--wait` stops: people have to label, or the round ended.
 RESTING = {Round.Stage.LABELING, Round.Stage.DONE, Round.Stage.FAILED, Round.Stage.CANCELLED}
-
-
-def get_project(slug: str) -> Project:
-    try:
-        return Project.objects.get(slug=slug)
-    except Project.DoesNotExist as exc:
-        raise CommandError(f"No project {slug!r}.") from exc
 
 
 def latest_round(project: Project) -> Round:
@@ -64,16 +56,3 @@ def follow(round_: Round, *, write, poll: float = 1.0, queued_hint_after: float 
                 write("Still queued: is a worker running? (make worker)")
                 waited_queued = -1e9
         time.sleep(poll)
-
-
-def user_errors(handle: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a service's ApplicationError into a one-line CommandError (no traceback)."""
-
-    @functools.wraps(handle)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return handle(*args, **kwargs)
-        except ApplicationError as exc:
-            raise CommandError(exc.message) from exc
-
-    return wrapper
