@@ -1,12 +1,15 @@
 """PPO: the pure pieces on hand-computed numbers, then whole steps on the `tiny` model."""
 
+import copy
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from training.ml.data import Demonstration
 from training.ml.models import load_causal_lm
 from training.ml.ppo import PPOConfig, prepare_models, train_ppo
 from training.ml.ppo_checkpoint import latest_checkpoint
@@ -20,12 +23,13 @@ from training.ml.ppo_losses import (
 from training.ml.ppo_rollout import PPOModels, collect_rollout, pack_episodes
 from training.ml.reward_model import RewardModel
 from training.ml.rules import LengthRule
+from training.ml.sft import SFTConfig, train_sft
 
 PROMPTS = [f"Say something about topic {i}." for i in range(16)]
 
 
 def spaces(texts: list[str], prompts: list) -> list[float]:
-    """Synthetic reward: the number of words (spaces) in the response."""
+    """A synthetic reward for the mechanics tests: the spaces in the response."""
     return [float(text.count(" ")) for text in texts]
 
 
@@ -219,24 +223,44 @@ def test_trunk_caches_are_shared_only_between_equal_bottoms() -> None:
     assert models.policy_trunk is not None and models.ref_trunk is None
 
 
+def the_count(texts: list[str], prompts: list) -> list[float]:
+    """Synthetic reward: how many times the word "the" appears in the response."""
+    return [float(text.split().count("the")) for text in texts]
+
+
 def test_ppo_raises_a_synthetic_reward_while_kl_stays_bounded() -> None:
-    policy, ref_policy, critic, tokenizer = build()
+    # PPO starts from SFT: a few SFT steps teach tiny to answer with "the"/"a" words (a
+    # random 49k-token policy would almost never sample a rewarded token)
+    sft, tokenizer = load_causal_lm("tiny")
+    rng = random.Random(0)
+    demos = [
+        Demonstration(p, " ".join(rng.choice(["the", "a"]) for _ in range(6)))
+        for p in PROMPTS for _ in range(2)
+    ]  # fmt: skip
+    sft_config = SFTConfig(epochs=2, lr=1e-2, batch_size=4, eval_fraction=0.0, warmup_ratio=0.0)
+    train_sft(sft, tokenizer, demos, sft_config)
+    policy, ref_policy = copy.deepcopy(sft), copy.deepcopy(sft)
+    torch.manual_seed(0)
+    critic = RewardModel.from_causal_lm(sft)
     config = PPOConfig(
-        steps=8, batch_size=16, mini_batch_size=8, ppo_epochs=2, lr=1e-2, max_new_tokens=8,
-        init_kl_coef=0.05, kl_target=1.0, kl_horizon=160,
+        steps=8, batch_size=16, mini_batch_size=8, ppo_epochs=2, lr=5e-3, max_new_tokens=8,
+        init_kl_coef=0.05, kl_target=2.0, kl_horizon=160,
     )  # fmt: skip
     history: list[dict] = []
     result = train_ppo(
         policy, ref_policy, critic, None, tokenizer, PROMPTS, config,
-        reward_fn=spaces, on_metrics=lambda _, m: history.append(m),
+        reward_fn=the_count, on_metrics=lambda _, m: history.append(m),
     )  # fmt: skip
     scores = [m["env/score_mean"] for m in history]
     kls = [m["objective/kl"] for m in history]
-    assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 1.0, scores
-    # bounded: far from a collapsed policy (8 tokens * log 49152 = 86 nats), entropy intact
-    assert all(0.0 <= kl < 20.0 for kl in kls), kls
-    assert history[-1]["objective/entropy"] > 5.0
-    assert result["kl_coef"] > 0.05  # KL above its target pushed beta up
+    assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 3.0, scores  # of at most 8
+    # bounded: far below a policy gone astray (8 tokens * log 49152 = 86 nats)
+    assert all(0.0 <= kl < 30.0 for kl in kls), kls
+    # the adaptive controller raised beta after each step above the target, lowered it below
+    betas = [m["objective/kl_coef"] for m in history] + [result["kl_coef"]]
+    for kl, before, after in zip(kls, betas, betas[1:], strict=False):
+        assert (after - before) * (kl - config.kl_target) >= 0, (kls, betas)
+    assert betas[-1] != betas[0]
 
 
 def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ class PPOConfig:
     forward_batch_size: int = 8
     """episodes per no-grad forward pass in the rollout"""
     seed: int = 0
-    """seed of prompt order and sampling; step s uses seed + s"""
+    """seed of prompt order, sampling and minibatch order (each step derives its own)"""
     train_top_layers: int | None = None
     """train only the top N blocks (and head) of policy and critic"""
     gradient_checkpointing: bool = False

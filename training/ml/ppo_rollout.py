@@ -253,7 +253,9 @@ def collect_rollout(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
-        seed=config.seed + step,
+        # response i of step s gets seed base + i: disjoint ranges, so no two episodes of
+        # a run share a random stream (seed + step would reuse row i + 1's stream next step)
+        seed=config.seed * 1_000_003 + step * len(prompts),
         max_prompt_tokens=config.max_prompt_length,
     )
     samples = [
