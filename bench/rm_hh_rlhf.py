@@ -50,10 +50,13 @@ def split_by_first_turn(
     return train, held_out
 
 
-def longer_wins_accuracy(examples: list[RankedExample]) -> float:
-    """Baseline: the longer response (in characters) is the chosen one."""
+def length_baseline(examples: list[RankedExample], *, shorter: bool) -> float:
+    """Baseline accuracy of "the shorter (or longer) response, in characters, wins"."""
+    sign = -1 if shorter else 1
     wins = [
-        len(e.responses[w]) > len(e.responses[loser]) for e in examples for w, loser, _ in e.pairs
+        sign * (len(e.responses[w]) - len(e.responses[loser])) > 0
+        for e in examples
+        for w, loser, _ in e.pairs
     ]
     return sum(wins) / len(wins)
 
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_split": f"{args.held_out_fraction:.0%} of first turns, seed {args.seed}",
             "config": vars(config),
         },
-        "longer_wins_baseline": longer_wins_accuracy(held_out),
+        "shorter_wins_baseline": length_baseline(held_out, shorter=True),
+        "longer_wins_baseline": length_baseline(held_out, shorter=False),
         "ours": ours,
         "trl": trl,
         "accuracy_gap_points": 100 * (ours["held_out_accuracy"] - trl["held_out_accuracy"]),
