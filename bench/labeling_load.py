@@ -138,8 +138,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Labeler(threading.Thread):
-    def __init__(self, base: str, slug: str, key: str, until: float, seed: int) -> None:
+    """One labeler: next, rank, submit, then `think_ms` (jittered) before the next task."""
+
+    def __init__(
+        self, base: str, slug: str, key: str, until: float, seed: int, think_ms: float = 0.0
+    ) -> None:
         super().__init__(daemon=True)
+        self.think_s = think_ms / 1000
         import requests
 
         self.session = requests.Session()
@@ -153,6 +158,8 @@ class Labeler(threading.Thread):
         self.accepted: list[int] = []
 
     def run(self) -> None:
+        # People do not all press "next" in the same millisecond: start within one pause.
+        time.sleep(self.think_s * self.rng.random())
         while time.time() < self.until:
             t0 = time.perf_counter()
             resp = self.session.get(f"{self.base}/api/v1/projects/{self.slug}/tasks/next/")
@@ -182,9 +189,11 @@ class Labeler(threading.Thread):
                 self.accepted.append(task["id"])
             else:
                 self.errors.append(f"submit {sub.status_code}: {sub.text[:100]}")
+            if self.think_s:
+                time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
 
 
-def load_test(args: argparse.Namespace) -> dict:
+def load_test(args: argparse.Namespace, think_ms: float) -> dict:
     from django.db.models import Count, Q
 
     from labeling.models import Ranking, RankingTask
@@ -197,7 +206,9 @@ def load_test(args: argparse.Namespace) -> dict:
         warm = Labeler(base, slug, keys[0], time.time() + 2, seed=0)  # warm connections
         warm.run()
         until = time.time() + args.duration
-        threads = [Labeler(base, slug, key, until, seed=i) for i, key in enumerate(keys)]
+        threads = [
+            Labeler(base, slug, key, until, seed=i, think_ms=think_ms) for i, key in enumerate(keys)
+        ]
         started = time.perf_counter()
         for t in threads:
             t.start()
@@ -221,6 +232,7 @@ def load_test(args: argparse.Namespace) -> dict:
     errors = [e for t in threads for e in t.errors]
     return {
         "labelers": args.labelers,
+        "think_ms": think_ms,
         "gunicorn_workers": args.workers,
         "duration_s": round(elapsed, 1),
         "submissions": len(cycles),
@@ -340,6 +352,13 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--labelers", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 3000.0],
+        help="pause between a labeler's tasks; 0 saturates the server (a person takes 30 s+)",
+    )
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--export-rows", type=int, default=100_000)
@@ -350,7 +369,7 @@ def main() -> None:
     _setup_django(args.database_url)
     report: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
     if not args.skip_load:
-        report["load"] = load_test(args)
+        report["load"] = [load_test(args, think) for think in args.think_ms]
         print(json.dumps(report["load"], indent=2), flush=True)
     if not args.skip_export:
         report["export"] = export_bench(args)
