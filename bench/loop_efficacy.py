@@ -2,7 +2,7 @@
 preference's score on HELD-OUT prompts, with the KL to SFT near the controller's target?
 
     .venv/bin/python -m bench.loop_efficacy [--model default] [--preference length:longer]
-        [--noise 20] [--rounds 1] [--ppo-steps 24] [--threads 2]
+        [--noise 5] [--rounds 1] [--ppo-steps 24] [--max-new-tokens 32] [--threads 2]
 
 One project on `--model` goes through the real services: `round_start` samples K responses
 per train prompt from the current policy, `labelers_simulate` ranks them with Bradley-Terry
@@ -56,20 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--model", default="default", help="base policy: default, tiny or a folder")
     add("--preference", default="length:longer", help="the synthetic labelers' preference")
-    add("--noise", type=float, default=20.0, help="Bradley-Terry temperature (score units)")
+    add("--noise", type=float, default=5.0, help="Bradley-Terry temperature (score units)")
     add("--labelers", type=int, default=3)
     add("--rounds", type=int, default=1)
     add("--k", type=int, default=4)
     add("--train-topics", type=int, default=40, help="the rest of the topics are held out")
-    add("--prompts-per-round", type=int, default=24)
-    add("--max-new-tokens", type=int, default=40)
-    add("--eval-samples", type=int, default=1, help="samples per held-out prompt")
+    add("--prompts-per-round", type=int, default=64)
+    add("--max-new-tokens", type=int, default=32)
+    add("--eval-samples", type=int, default=2, help="samples per held-out prompt")
     add("--train-top-layers", type=int, default=2, help="CPU budget: train only the top N")
-    add("--rm-lr", type=float, default=5e-5)
-    add("--rm-epochs", type=int, default=2)
-    add("--ppo-steps", type=int, default=20)
+    add("--rm-top-layers", type=int, default=4, help="the RM trains its top N blocks")
+    add("--rm-lr", type=float, default=1e-4)
+    add("--rm-epochs", type=int, default=3)
+    add("--ppo-steps", type=int, default=24)
     add("--ppo-batch", type=int, default=8)
-    add("--ppo-lr", type=float, default=2e-5)
+    add("--ppo-lr", type=float, default=1e-4)
     add("--ppo-epochs", type=int, default=2)
     add("--kl-target", type=float, default=3.0, help="nats per response")
     add("--init-kl-coef", type=float, default=0.05)
@@ -115,7 +116,7 @@ def training_config(args: argparse.Namespace) -> dict[str, Any]:
         "prompts_per_round": args.prompts_per_round,
         "generate": {"prompts_per_batch": 8, "batch_size": 16},
         "rm": {"lr": args.rm_lr, "epochs": args.rm_epochs, "batch_size": 4, "max_length": 256,
-               "train_top_layers": top, "eval_fraction": 0.15, "seed": args.seed},
+               "train_top_layers": args.rm_top_layers, "eval_fraction": 0.15, "seed": args.seed},
         "ppo": {"steps": args.ppo_steps, "batch_size": args.ppo_batch,
                 "mini_batch_size": max(1, args.ppo_batch // 2), "ppo_epochs": args.ppo_epochs,
                 "lr": args.ppo_lr, "kl_target": args.kl_target, "init_kl_coef": args.init_kl_coef,
