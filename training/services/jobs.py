@@ -183,7 +183,11 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.RM, parent=init, metrics=metrics
     )
-    return _publish(run, version, _saver(model, tokenizer), metrics)
+    from training.ml.rm import save_reward_model
+
+    # The RM's own saver: its folder pads with a non-EOS token, so TRL and transformers'
+    # pad-token pooling read the same last token as we do.
+    return _publish(run, version, lambda out: save_reward_model(model, tokenizer, out), metrics)
 
 
 def _calibrate_on_round_samples(model: Any, tokenizer: Any, round_: Round) -> None:
