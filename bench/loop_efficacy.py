@@ -1,7 +1,7 @@
 """Loop efficacy (issue 5, item 9): does a round driven by synthetic labelers raise their
 preference's score on HELD-OUT prompts, with the KL to SFT near the controller's target?
 
-    .venv/bin/python -m bench.loop_efficacy [--model default] [--preference length:longer]
+    .venv/bin/python -m bench.loop_efficacy [--model default] [--preference length:shorter]
         [--noise 5] [--rounds 1] [--ppo-steps 24] [--max-new-tokens 32] [--threads 2]
 
 One project on `--model` goes through the real services: `round_start` samples K responses
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", default="default", help="base policy: default, tiny or a folder")
-    add("--preference", default="length:longer", help="the synthetic labelers' preference")
+    add("--preference", default="length:shorter", help="the synthetic labelers' preference")
     add("--noise", type=float, default=5.0, help="Bradley-Terry temperature (score units)")
     add("--labelers", type=int, default=3)
     add("--rounds", type=int, default=1)
