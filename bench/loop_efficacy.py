@@ -2,7 +2,7 @@
 preference's score on HELD-OUT prompts, with the KL to SFT near the controller's target?
 
     .venv/bin/python -m bench.loop_efficacy [--model default] [--preference length:shorter]
-        [--noise 5] [--rounds 1] [--ppo-steps 24] [--max-new-tokens 32] [--threads 2]
+        [--noise 5] [--rounds 2] [--ppo-steps 24] [--max-new-tokens 32] [--threads 2]
 
 One project on `--model` goes through the real services: `round_start` samples K responses
 per train prompt from the current policy, `labelers_simulate` ranks them with Bradley-Terry
@@ -57,13 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--model", default="default", help="base policy: default, tiny or a folder")
     add("--preference", default="length:shorter", help="the synthetic labelers' preference")
     add("--noise", type=float, default=5.0, help="Bradley-Terry temperature (score units)")
-    add("--labelers", type=int, default=3)
-    add("--rounds", type=int, default=1)
+    add("--labelers", type=int, default=5, help="one is held out for the RM check")
+    add("--rounds", type=int, default=2)
     add("--k", type=int, default=4)
     add("--train-topics", type=int, default=40, help="the rest of the topics are held out")
     add("--prompts-per-round", type=int, default=64)
     add("--max-new-tokens", type=int, default=32)
-    add("--eval-samples", type=int, default=2, help="samples per held-out prompt")
+    add("--eval-samples", type=int, default=4, help="samples per held-out prompt")
     add("--train-top-layers", type=int, default=2, help="CPU budget: train only the top N")
     add("--rm-top-layers", type=int, default=4, help="the RM trains its top N blocks")
     add("--rm-lr", type=float, default=1e-4)
@@ -269,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     for number in range(1, args.rounds + 1):
         rounds.append(run_round(project, args, number))
         print(f"round {number}: {json.dumps(rounds[-1]['stage_seconds'])}", flush=True)
-    after = evaluate(rounds[-1]["policy"], ref, eval_prompts, args)
+        rounds[-1]["eval"] = evaluate(rounds[-1]["policy"], ref, eval_prompts, args)
+        rounds[-1].update(z_scores(before, rounds[-1]["eval"]))
+        print(f"after round {number}: {summary(rounds[-1]['eval'])}, z {rounds[-1]['z']:.2f} "
+              f"(paired {rounds[-1]['z_paired']:.2f})", flush=True)  # fmt: skip
+    after = rounds[-1]["eval"]
     result = {
         "machine": machine(),
         "args": vars(args),

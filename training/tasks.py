@@ -14,8 +14,8 @@ from training.models import Round, TrainingRun
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="training.tasks.gpu_execute_run", acks_late=True)
-def gpu_execute_run(run_id: int) -> None:
+@shared_task(name="training.tasks.gpu_execute_run", acks_late=True, bind=True)
+def gpu_execute_run(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
     from training.services import jobs, rounds
     from training.services.runs import run_execute
 
@@ -23,7 +23,8 @@ def gpu_execute_run(run_id: int) -> None:
     if run is None:
         logger.warning("run %s does not exist (deleted?)", run_id)
         return
-    run = run_execute(run_id=run_id, body=jobs.body_for(run.kind))
+    # The worker's node name (gpu@host) lets a restarted worker fail what it left behind.
+    run = run_execute(run_id=run_id, body=jobs.body_for(run.kind), worker=self.request.hostname)
     rounds.round_on_run_finished(run=run)
 
 
@@ -37,23 +38,37 @@ def round_build_pairs(round_id: int) -> None:
 
 
 @shared_task(name="training.tasks.reap_stale_runs")
-def reap_stale_runs() -> list[int]:
+def reap_stale_runs(dead_worker: str | None = None) -> list[int]:
+    """Fail abandoned runs (and their rounds). Celery beat runs it every
+    RLHF_REAP_INTERVAL seconds; a starting worker runs it for its own node name."""
     from training.services.rounds import round_on_run_finished
     from training.services.runs import runs_reap_stale
 
-    failed = runs_reap_stale()
+    failed = runs_reap_stale(dead_worker=dead_worker)
     for run in TrainingRun.objects.filter(pk__in=failed):
         round_on_run_finished(run=run)
+    if failed:
+        logger.warning("failed abandoned runs %s", failed)
     return failed
 
 
 @worker_ready.connect
-def _reap_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
-    """A worker that (re)starts fails the runs a killed worker left behind."""
+def _recover_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """A worker that (re)starts fails the runs its previous process (same node name) or any
+    dead worker left behind; a `gpu` worker also re-sends the messages of queued runs, in
+    case the broker lost them (run_execute ignores the copies of a message it already ran)."""
+    hostname = getattr(sender, "hostname", None)
     try:
-        reap_stale_runs()
+        reap_stale_runs(dead_worker=hostname)
+        queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+        if "gpu" in queues:
+            from training.services.runs import runs_requeue
+
+            requeued = runs_requeue()
+            if requeued:
+                logger.info("re-sent the messages of queued runs %s", requeued)
     except Exception:  # never keep a worker from starting
-        logger.exception("reaping stale runs failed")
+        logger.exception("recovering runs at worker start failed")
 
 
 @shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)

@@ -184,3 +184,15 @@ LOGGING = {
 # heartbeat is older than RLHF_HEARTBEAT_TIMEOUT is considered abandoned (worker killed).
 RLHF_PROGRESS_INTERVAL = env.float("RLHF_PROGRESS_INTERVAL", default=1.0)
 RLHF_HEARTBEAT_TIMEOUT = env.int("RLHF_HEARTBEAT_TIMEOUT", default=300)
+# Celery beat fails abandoned runs (and their rounds) every RLHF_REAP_INTERVAL seconds. Run
+# one beat per deployment: `celery -A config beat` (compose's `beat` service), or `-B` on
+# the only worker (`make demo`, `make worker`).
+RLHF_REAP_INTERVAL = env.int("RLHF_REAP_INTERVAL", default=60)
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-runs": {
+        "task": "training.tasks.reap_stale_runs",
+        "schedule": float(RLHF_REAP_INTERVAL),
+        "options": {"expires": float(RLHF_REAP_INTERVAL)},  # a late copy is useless
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

@@ -189,3 +189,63 @@ def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, setti
     assert stale.status == "failed" and "stopped responding" in stale.error
     assert fresh.status == "running"
     assert (round_.stage, round_.failed_stage) == ("failed", "training_rm")
+
+
+@pytest.mark.django_db
+def test_a_restarted_worker_fails_its_own_runs_at_once(bodies, project_with_prompts) -> None:  # type: ignore[no-untyped-def]
+    """A worker back up within the heartbeat timeout: its node's runs are dead anyway."""
+    from types import SimpleNamespace
+
+    from training.tasks import _recover_on_start
+
+    mine = TrainingRun.objects.create(
+        project=project_with_prompts, kind="rm", status="running", worker="gpu@box-1",
+        heartbeat_at=timezone.now(),
+    )  # fmt: skip
+    other = TrainingRun.objects.create(
+        project=project_with_prompts, kind="ppo", status="running", worker="gpu@box-2",
+        heartbeat_at=timezone.now(),
+    )  # fmt: skip
+    consumer = SimpleNamespace(
+        hostname="gpu@box-1",
+        app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from={}))),
+    )
+    _recover_on_start(sender=consumer)
+    mine.refresh_from_db()
+    other.refresh_from_db()
+    assert mine.status == "failed" and "gpu@box-1 was restarted" in mine.error
+    assert other.status == "running"  # another machine's worker, beating: left alone
+
+
+@pytest.mark.django_db
+def test_a_starting_gpu_worker_resends_queued_runs(project_with_prompts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from training import tasks
+
+    queued = TrainingRun.objects.create(project=project_with_prompts, kind="rm")
+    TrainingRun.objects.create(project=project_with_prompts, kind="rm", status="succeeded")
+    TrainingRun.objects.create(project=project_with_prompts, kind="ppo", cancel_requested=True)
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.gpu_execute_run, "delay", sent.append)
+
+    def consumer(*queues: str) -> SimpleNamespace:
+        consume_from = {q: object() for q in queues}
+        amqp = SimpleNamespace(queues=SimpleNamespace(consume_from=consume_from))
+        return SimpleNamespace(hostname="w@h", app=SimpleNamespace(amqp=amqp))
+
+    tasks._recover_on_start(sender=consumer("default"))
+    assert sent == []  # a bookkeeping worker does not take gpu work
+    tasks._recover_on_start(sender=consumer("default", "gpu"))
+    assert sent == [queued.pk]
+
+
+def test_beat_schedules_the_reaper() -> None:
+    from django.conf import settings
+
+    from config.celery import app
+
+    app.loader.import_default_modules()  # what a worker or beat does at start (autodiscovery)
+    entry = settings.CELERY_BEAT_SCHEDULE["reap-stale-runs"]
+    assert entry["task"] in app.tasks  # a typo would schedule nothing
+    assert app.conf.beat_schedule["reap-stale-runs"]["schedule"] == settings.RLHF_REAP_INTERVAL

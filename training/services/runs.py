@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
@@ -199,32 +200,59 @@ def run_request_cancel(*, run: TrainingRun) -> None:
     )
 
 
-def runs_reap_stale(*, now=None) -> list[int]:  # type: ignore[no-untyped-def]
+def runs_reap_stale(*, now=None, dead_worker: str | None = None) -> list[int]:  # type: ignore[no-untyped-def]
     """Mark runs whose worker stopped sending heartbeats as failed (a killed worker).
 
-    Returns the ids of the runs it failed. Called when a worker starts, by the periodic
-    bookkeeping task and before a round is advanced or retried.
+    `dead_worker` names a worker node that has just (re)started: every run it was running
+    is dead whatever its last heartbeat, so a worker restarted within the heartbeat timeout
+    still fails what its previous process left behind. Returns the ids of the runs it
+    failed. Called when a worker starts, by the periodic `reap_stale_runs` task (beat) and
+    before a round is advanced or retried.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT)
-    stale = list(
-        TrainingRun.objects.filter(
-            status=TrainingRun.Status.RUNNING, heartbeat_at__lt=cutoff
-        ).values_list("pk", flat=True)
-    )
+    running = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
+    condition = Q(heartbeat_at__lt=cutoff)
+    if dead_worker:
+        condition |= Q(worker=dead_worker)
+    stale = list(running.filter(condition).values_list("pk", flat=True))
     failed = []
     for run_id in stale:
         with transaction.atomic():
             run = TrainingRun.objects.select_for_update().get(pk=run_id)
-            if run.status != TrainingRun.Status.RUNNING or run.heartbeat_at >= cutoff:
+            if run.status != TrainingRun.Status.RUNNING:
+                continue
+            restarted = bool(dead_worker) and run.worker == dead_worker
+            if not restarted and run.heartbeat_at >= cutoff:
                 continue
             run.status = TrainingRun.Status.FAILED
+            since = f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+            reason = (
+                "was restarted while running it"
+                if restarted
+                else f"stopped responding (no heartbeat since {since})"
+            )
             run.error = (
-                f"The worker {run.worker or '?'} stopped responding "
-                f"(no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); "
-                "the run was abandoned and nothing it produced was made current."
+                f"The worker {run.worker or '?'} {reason}; the run was abandoned and nothing "
+                "it produced was made current."
             )
             run.finished_at = now
             run.save(update_fields=["status", "error", "finished_at", "updated_at"])
             failed.append(run_id)
     return failed
+
+
+def runs_requeue(*, older_than: timedelta | None = None) -> list[int]:
+    """Send the message of every queued run again (a broker that lost its queue, e.g. a
+    Redis restart). Harmless for runs whose message still waits: `run_execute` is
+    idempotent, so the second delivery finds the run started or finished and does nothing.
+    """
+    queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, cancel_requested=False)
+    if older_than is not None:
+        queued = queued.filter(created_at__lt=timezone.now() - older_than)
+    ids = list(queued.order_by("id").values_list("pk", flat=True))
+    from training import tasks
+
+    for run_id in ids:
+        tasks.gpu_execute_run.delay(run_id)
+    return ids

@@ -149,6 +149,7 @@ class Command(BaseCommand):
                 "1",
                 "--pool",
                 "solo",
+                "--beat",  # the periodic reaper of abandoned runs; one worker, one beat
                 "--loglevel",
                 "info",
             ],
