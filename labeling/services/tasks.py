@@ -87,7 +87,9 @@ def task_skip(*, task: RankingTask, labeler: Any) -> None:
 def _current_lease(
     project: Project, labeler: Any, now: datetime, *, exclude_task_id: int | None = None
 ) -> Assignment | None:
-    leases = Assignment.objects.select_related("task__prompt", "task__project").filter(
+    leases = Assignment.objects.select_related(
+        "task__prompt", "task__project", "task__round"
+    ).filter(
         task__project=project,
         task__status=RankingTask.Status.OPEN,
         labeler=labeler,
@@ -117,7 +119,7 @@ def _lock_candidate(
     candidates = _candidates(project, labeler, now).exclude(pk__in=exclude).order_by("id")
     if connection.features.has_select_for_update_skip_locked:
         candidates = candidates.select_for_update(skip_locked=True, of=of_self())
-    return candidates.select_related("prompt", "project").first()
+    return candidates.select_related("prompt", "project", "round").first()
 
 
 def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[RankingTask]:
@@ -141,12 +143,20 @@ def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[Ranki
 
 
 def _lease(task: RankingTask, labeler: Any, expires_at: datetime) -> Assignment:
-    """Create the labeler's assignment of `task`, or renew their expired one. Hold the lock."""
-    assignment, created = Assignment.objects.get_or_create(
-        task=task, labeler=labeler, defaults={"status": ACTIVE, "expires_at": expires_at}
+    """Create the labeler's assignment of `task`, or renew their expired one. Hold the lock.
+
+    An UPDATE first, an INSERT only when it touched nothing: the task's row lock and the
+    labeler's membership lock leave no one else to race for this (task, labeler) row, so
+    this needs neither get_or_create's SELECT nor its savepoints (hot path of the screen).
+    """
+    renewed = Assignment.objects.filter(task=task, labeler=labeler).exclude(
+        status__in=[SUBMITTED, SKIPPED]
     )
-    if not created:
-        assignment.status, assignment.expires_at = ACTIVE, expires_at
-        assignment.save(update_fields=["status", "expires_at", "updated_at"])
+    if renewed.update(status=ACTIVE, expires_at=expires_at, updated_at=timezone.now()):
+        assignment = Assignment.objects.get(task=task, labeler=labeler)
+    else:
+        assignment = Assignment.objects.create(
+            task=task, labeler=labeler, status=ACTIVE, expires_at=expires_at
+        )
     assignment.task = task
     return assignment
