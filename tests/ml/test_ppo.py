@@ -12,7 +12,7 @@ import torch
 from training.ml.data import Demonstration
 from training.ml.models import load_causal_lm
 from training.ml.ppo import PPOConfig, prepare_models, train_ppo
-from training.ml.ppo_checkpoint import latest_checkpoint
+from training.ml.ppo_checkpoint import CheckpointError, latest_checkpoint
 from training.ml.ppo_losses import (
     policy_loss,
     prompt_batch,
@@ -333,6 +333,15 @@ def test_bad_inputs_and_unreadable_checkpoints_fail_clearly(tmp_path: Path) -> N
     broken.mkdir()
     (broken / "state.json").write_text('{"step": 1, "kl_coef": 0.2}')
     with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*step-000001"):
+        train_ppo(
+            policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+            checkpoint_dir=tmp_path,
+        )  # fmt: skip
+    # A truncated safetensors file (a worker killed while copying a folder by hand) is a
+    # CheckpointError too, not safetensors' own exception type.
+    (broken / "policy").mkdir()
+    (broken / "policy" / "model.safetensors").write_bytes(b"half a header")
+    with pytest.raises(CheckpointError, match=r"cannot resume from checkpoint .*step-000001"):
         train_ppo(
             policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
             checkpoint_dir=tmp_path,

@@ -103,3 +103,86 @@ def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project
     assert sft.kind == "sft" and sft.parent == base and sft.is_current
     assert registry.reference_policy(project=tiny_project) == sft
     assert MetricPoint.objects.filter(run=run).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # type: ignore[no-untyped-def]
+    tiny_project, on_commit, monkeypatch, corrupt
+):
+    """The worker dies after step 2 of 4 (checkpoint every 2): the retry runs steps 3-4 only.
+    A corrupt checkpoint is set aside (kept) and the retry starts from the beginning."""
+    from training.ml import ppo
+    from training.models import TrainingRun
+    from training.services.jobs import ppo_checkpoints
+
+    project = tiny_project
+    project.training_config = {
+        **TINY_CONFIG, "ppo": {**TINY_CONFIG["ppo"], "steps": 4, "checkpoint_every": 2}
+    }  # fmt: skip
+    project.save(update_fields=["training_config"])
+    labeler = MembershipFactory(project=project, role="labeler").user
+    real_step, calls = ppo.ppo_step, []
+
+    def dies_at_step_3(*args, **kwargs):  # type: ignore[no-untyped-def]
+        step = args[5]
+        calls.append(step)
+        if step == 2 and calls.count(2) == 1:
+            raise RuntimeError("worker lost")  # as a killed worker would leave it: failed
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "ppo_step", dies_at_step_3)
+    with on_commit():
+        round_ = rounds.round_start(project=project, num_prompts=2)
+    with on_commit():
+        _label_everything(project, labeler)
+    round_.refresh_from_db()
+    assert (round_.stage, round_.failed_stage) == ("failed", "training_ppo")
+    assert calls == [0, 1, 2]
+    saved = ppo_checkpoints(round_)
+    assert [p.name for p in saved.glob("step-*")] == ["step-000002"]
+    if corrupt:
+        (saved / "step-000002" / "critic.safetensors").write_bytes(b"half a file")
+
+    with on_commit():
+        rounds.round_advance(round_=round_)  # retry the failed stage
+    round_.refresh_from_db()
+    assert round_.stage == "done", round_.error
+    retry = TrainingRun.objects.filter(round=round_, kind="ppo").latest("id")
+    if corrupt:
+        assert calls == [0, 1, 2, 0, 1, 2, 3]
+        assert retry.metrics["step"] == 4 and "resumed_from" not in retry.metrics
+        assert "cannot resume from checkpoint" in retry.logs and "set aside" in retry.logs
+        assert [p.name.startswith(".corrupt-step-000002") for p in saved.iterdir()] == [True]
+    else:
+        assert calls == [0, 1, 2, 2, 3]  # steps 3 and 4 (0-based 2, 3) only
+        assert retry.metrics["resumed_from"] == 2
+        assert list(retry.points.values_list("step", flat=True)) == [3, 4]
+        assert "resumed from the checkpoint of step 2" in retry.logs
+        assert list(saved.iterdir()) == []  # cleaned up once the version was published
+
+
+@pytest.mark.django_db
+def test_a_corrupt_ppo_checkpoint_is_set_aside(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.ml.ppo_checkpoint import CheckpointError
+    from training.services.jobs import _set_aside_newest_checkpoint
+
+    class Log:
+        lines: list[str] = []
+
+        def log(self, line: str) -> None:
+            self.lines.append(line)
+
+    for step in (2, 4):
+        (tmp_path / f"step-00000{step}").mkdir()
+        (tmp_path / f"step-00000{step}" / "state.json").write_text("{}")
+    error = CheckpointError("cannot resume from checkpoint step-000004: truncated")
+    _set_aside_newest_checkpoint(tmp_path, Log(), error)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-000002"]
+    aside = [p.name for p in tmp_path.glob(".corrupt-*")]
+    assert len(aside) == 1 and aside[0].startswith(".corrupt-step-000004")
+    assert "truncated" in Log.lines[0]
+    _set_aside_newest_checkpoint(tmp_path, Log(), error)
+    with pytest.raises(CheckpointError):  # none left: the error is the run's
+        _set_aside_newest_checkpoint(tmp_path, Log(), error)

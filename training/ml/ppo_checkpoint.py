@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
@@ -81,7 +82,7 @@ def load_checkpoint(
         _load_weights(policy, sorted((folder / "policy").glob("*.safetensors")))
         _load_weights(critic, [folder / "critic.safetensors"])
         _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot resume from checkpoint {folder}: {exc}") from exc
     return state
 

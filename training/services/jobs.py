@@ -7,6 +7,8 @@ torch is imported lazily here so the web process never loads it.
 """
 
 import hashlib
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,10 +233,25 @@ def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- PPO
 
 
+def ppo_checkpoints(round_: Round) -> Path:
+    """Where the round's PPO writes resumable checkpoints: one folder per round and RM, so a
+    retried PPO stage continues where the failed attempt stopped, and never on top of a
+    different reward model (a retried RM stage makes a new one)."""
+    name = f"round-{round_.pk}-rm-{round_.reward_model_id}"
+    return Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints" / name
+
+
 def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
-    """PPO from the round's policy against the new RM, KL to the frozen SFT reference."""
+    """PPO from the round's policy against the new RM, KL to the frozen SFT reference.
+
+    Checkpoints every `checkpoint_every` steps (default: a quarter of the run) and resumes
+    from the newest one when the stage is retried after a failure (a killed worker). An
+    unreadable checkpoint is moved aside (`.corrupt-...`, kept for inspection) and the run
+    goes on from the one before it, or from the start.
+    """
     from training.ml.models import load_causal_lm
     from training.ml.ppo import PPOConfig, train_ppo
+    from training.ml.ppo_checkpoint import CheckpointError
     from training.ml.rm import load_reward_model
     from training.ml.rules import parse_rules
 
@@ -243,38 +260,67 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     if round_.reward_model is None:
         raise ApplicationError("The round has no reward model yet.")
     device, dtype = _device_and_dtype()
-    policy, tokenizer = load_causal_lm(round_.sampling_policy.artifact, device=device, dtype=dtype)
+
+    def load_trained() -> tuple[Any, Any, Any]:
+        """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
+        policy, tokenizer = load_causal_lm(
+            round_.sampling_policy.artifact, device=device, dtype=dtype
+        )
+        critic, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
+        return policy, tokenizer, critic
+
+    policy, tokenizer, critic = load_trained()
     ref_version = reference_policy(project=project)
     ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
     reward_model, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
-    critic, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
-    config = PPOConfig(**_known_fields(PPOConfig, {
-        "max_new_tokens": project.max_new_tokens,
-        "temperature": project.temperature,
-        "top_p": project.top_p,
-        **run.config,
-    }))  # fmt: skip
+    values = {"max_new_tokens": project.max_new_tokens, "temperature": project.temperature,
+              "top_p": project.top_p, **run.config}  # fmt: skip
+    config = PPOConfig(**_known_fields(PPOConfig, values))
+    if "checkpoint_every" not in run.config:
+        config.checkpoint_every = max(1, config.steps // 4)
     rules = parse_rules(run.config.get("rules", []))
     prompts = datasets.training_prompts(project=project)
     ptx = datasets.demonstration_pairs(project=project) if config.ptx_coef else None
-    reporter.progress(0, getattr(config, "steps", 0) or 0)
+    checkpoints = ppo_checkpoints(round_)
+    reporter.progress(0, config.steps)
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
         reporter.metrics(step, values)
-        reporter.progress(step, getattr(config, "steps", step) or step)
+        reporter.progress(step, config.steps)
 
-    result = train_ppo(
-        policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
-        rules=rules, ptx_texts=ptx, on_metrics=on_metrics, should_stop=reporter.should_stop,
-        checkpoint_dir=str(Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints" / f"run-{run.pk}"),
-    )  # fmt: skip
+    while True:
+        try:
+            result = train_ppo(
+                policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
+                rules=rules, ptx_texts=ptx, on_metrics=on_metrics,
+                should_stop=reporter.should_stop, checkpoint_dir=str(checkpoints),
+            )  # fmt: skip
+            break
+        except CheckpointError as exc:
+            _set_aside_newest_checkpoint(checkpoints, reporter, exc)
+            policy, tokenizer, critic = load_trained()  # the failed load may have half-written them
+    if result.get("resumed_from"):
+        reporter.log(f"resumed from the checkpoint of step {result['resumed_from']}")
     if result.get("status") == "cancelled":
         raise RunCancelled()
     metrics = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.PPO, parent=round_.sampling_policy, metrics=metrics
     )
-    return _publish(run, version, _saver(policy, tokenizer), metrics)
+    published = _publish(run, version, _saver(policy, tokenizer), metrics)
+    for done in checkpoints.glob("step-*"):  # the published version is the final state
+        shutil.rmtree(done, ignore_errors=True)
+    return published
+
+
+def _set_aside_newest_checkpoint(root: Path, reporter: RunReporter, error: Exception) -> None:
+    from training.ml.ppo_checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(root)
+    if newest is None:  # nothing left to set aside: the error is not the checkpoint's
+        raise error
+    newest.rename(newest.with_name(f".corrupt-{newest.name}-{int(time.time())}"))
+    reporter.log(f"{error}; set aside, going on from the checkpoint before it (or the start)")
 
 
 # --------------------------------------------------------------------------- SFT
