@@ -48,6 +48,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	# Types of the product code (tests are not type-checked yet: factories are untyped).
+	$(VENV)/bin/mypy config core labeling training frontend bench
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: $(STAMP)

@@ -26,6 +26,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -179,7 +180,9 @@ class Labeler(threading.Thread):
                     order[-1].append(rid)
                 else:
                     order.append([rid])
-            body = {"order": order, "flags": {}, "time_spent_ms": self.rng.randint(2000, 60000)}
+            body: dict[str, Any] = {
+                "order": order, "flags": {}, "time_spent_ms": self.rng.randint(2000, 60000)
+            }  # fmt: skip
             t2 = time.perf_counter()
             sub = self.session.post(f"{self.base}/api/v1/tasks/{task['id']}/rankings/", json=body)
             t3 = time.perf_counter()

@@ -121,7 +121,8 @@ def training_config(args: argparse.Namespace) -> dict[str, Any]:
                 "mini_batch_size": max(1, args.ppo_batch // 2), "ppo_epochs": args.ppo_epochs,
                 "lr": args.ppo_lr, "kl_target": args.kl_target, "init_kl_coef": args.init_kl_coef,
                 "kl_horizon": args.kl_horizon, "train_top_layers": top, "temperature": 1.0,
-                "forward_batch_size": args.ppo_batch, "seed": args.seed},
+                "forward_batch_size": args.ppo_batch, "seed": args.seed,
+                "checkpoint_every": 0},
     }  # fmt: skip
 
 
@@ -223,7 +224,9 @@ def run_round(project: Any, args: argparse.Namespace, number: int) -> dict[str, 
         "round": number,
         "seconds": time.perf_counter() - started,
         "stage_seconds": {
-            k: (r.finished_at - r.started_at).total_seconds() for k, r in runs.items()
+            k: (r.finished_at - r.started_at).total_seconds()
+            for k, r in runs.items()
+            if r.finished_at and r.started_at
         },
         "rankings": labeling["rankings"],
         "labeler_pair_agreement": labeling["pair_agreement"],
@@ -231,7 +234,7 @@ def run_round(project: Any, args: argparse.Namespace, number: int) -> dict[str, 
         "rm": {k: v for k, v in runs["rm"].metrics.items() if isinstance(v, int | float)},
         "ppo_first": ppo_points[0] if ppo_points else {},
         "ppo_last": ppo_points[-1] if ppo_points else {},
-        "policy": round_.policy.artifact,
+        "policy": round_.policy.artifact if round_.policy else None,
     }
 
 

@@ -48,8 +48,9 @@ class DemonstrationAdmin(admin.ModelAdmin):
 class ResponseInline(admin.TabularInline):
     model = models.Response
     extra = 0
-    fields = ["position", "text", "token_count", "finished", "policy_version", "seed"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "position", "text", "token_count", "finished", "policy_version", "seed"
+    )  # fmt: skip
 
 
 @admin.register(models.RankingTask)

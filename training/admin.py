@@ -13,8 +13,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 class TrainingRunInline(admin.TabularInline):
     model = models.TrainingRun
     extra = 0
-    fields = ["kind", "status", "progress_done", "progress_total", "error"]
-    readonly_fields = fields
+    fields = readonly_fields = ("kind", "status", "progress_done", "progress_total", "error")
     show_change_link = True
 
 

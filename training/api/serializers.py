@@ -4,8 +4,9 @@ from training.models import ModelVersion, Round, TrainingRun
 
 
 class ModelVersionOut(serializers.ModelSerializer):
-    label = serializers.CharField(read_only=True)
-    parent = serializers.SerializerMethodField()
+    # Fields named like attributes of DRF's Field (django-stubs types those).
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]
+    parent = serializers.SerializerMethodField()  # type: ignore[assignment]
 
     class Meta:
         model = ModelVersion

@@ -44,7 +44,11 @@ def ranked_examples(*, project: Project) -> list:
                 prompt=ranking.task.prompt.as_input,
                 responses=[r.text for r in responses],
                 tie_groups=groups,
-                labeler=pseudonyms.get(ranking.labeler_id, ranking.source),
+                labeler=(
+                    pseudonyms.get(ranking.labeler_id, ranking.source)
+                    if ranking.labeler_id is not None
+                    else ranking.source
+                ),
                 prompt_id=str(ranking.task.prompt_id),
             )
         )

@@ -7,6 +7,7 @@ torch is imported lazily here so the web process never loads it.
 """
 
 import hashlib
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +42,18 @@ def body_for(kind: str) -> Body:
     if kind not in bodies:
         raise ApplicationError(f"Unknown run kind {kind!r}.")
     return bodies[kind]
+
+
+def _round_of(run: TrainingRun, *related: str) -> Round:
+    if run.round_id is None:
+        raise ApplicationError(f"The {run.kind} run {run.pk} belongs to no round.")
+    return Round.objects.select_related(*related).get(pk=run.round_id)
+
+
+def _required(version: ModelVersion | None, what: str) -> ModelVersion:
+    if version is None:
+        raise ApplicationError(f"The round has no {what.removeprefix('a ')} yet.")
+    return version
 
 
 def _device_and_dtype() -> tuple[str, str]:
@@ -81,8 +94,8 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     from training.ml.models import load_causal_lm
     from training.ml.sampling import GenerationSettings, sample_responses
 
-    round_ = Round.objects.select_related("project", "sampling_policy").get(pk=run.round_id)
-    project, policy = round_.project, round_.sampling_policy
+    round_ = _round_of(run, "project", "sampling_policy")
+    project, policy = round_.project, _required(round_.sampling_policy, "a sampling policy")
     prompts = _prompts_for_round(round_)
     if not prompts and not round_.tasks.exists():
         raise ApplicationError("The project has no train prompts: import prompts first.")
@@ -115,6 +128,7 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
 
 def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) -> None:
+    policy = _required(round_.sampling_policy, "a sampling policy")
     generation = {
         "max_new_tokens": gen.max_new_tokens,
         "temperature": gen.temperature,
@@ -130,8 +144,8 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
                 Response.objects.bulk_create(
                     Response(
                         task=task, position=i, text=s.text, token_count=len(s.token_ids),
-                        finished=s.finished, policy_version=round_.sampling_policy,
-                        policy_name=round_.sampling_policy.label, generation=generation,
+                        finished=s.finished, policy_version=policy,
+                        policy_name=policy.label, generation=generation,
                         seed=s.seed,
                     )
                     for i, s in enumerate(responses)
@@ -162,7 +176,8 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     model = RewardModel.from_causal_lm(lm)
     del lm
     config = RMConfig(**_known_fields(RMConfig, run.config))
-    steps_total = max(1, -(-len(data.train) // config.batch_size)) * config.epochs
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
+    steps_total = max(1, round(per_epoch * config.epochs))  # as training.ml.rm plans them
     reporter.progress(0, steps_total)
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
@@ -179,7 +194,7 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     if data.heldout_labeler:
         held = evaluate_reward_model(model, tokenizer, data.heldout_labeler)
         metrics["heldout_labeler_accuracy"] = held["accuracy"]
-        metrics["heldout_labeler"] = data.heldout_labeler_name
+        metrics["heldout_labeler"] = data.heldout_labeler_name or ""
     if round_ is not None:
         _calibrate_on_round_samples(model, tokenizer, round_)
     version = model_version_create(
@@ -255,24 +270,22 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     from training.ml.rm import load_reward_model
     from training.ml.rules import parse_rules
 
-    round_ = Round.objects.select_related("sampling_policy", "reward_model").get(pk=run.round_id)
+    round_ = _round_of(run, "sampling_policy", "reward_model")
     project = run.project
-    if round_.reward_model is None:
-        raise ApplicationError("The round has no reward model yet.")
+    start = _required(round_.sampling_policy, "a sampling policy")
+    rm_version = _required(round_.reward_model, "a reward model")
     device, dtype = _device_and_dtype()
 
     def load_trained() -> tuple[Any, Any, Any]:
         """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
-        policy, tokenizer = load_causal_lm(
-            round_.sampling_policy.artifact, device=device, dtype=dtype
-        )
-        critic, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
+        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=dtype)
+        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
         return policy, tokenizer, critic
 
     policy, tokenizer, critic = load_trained()
     ref_version = reference_policy(project=project)
     ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
-    reward_model, _ = load_reward_model(round_.reward_model.artifact, device=device, dtype=dtype)
+    reward_model, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
     values = {"max_new_tokens": project.max_new_tokens, "temperature": project.temperature,
               "top_p": project.top_p, **run.config}  # fmt: skip
     config = PPOConfig(**_known_fields(PPOConfig, values))
@@ -305,7 +318,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
         raise RunCancelled()
     metrics = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
     version = model_version_create(
-        project=project, kind=ModelVersion.Kind.PPO, parent=round_.sampling_policy, metrics=metrics
+        project=project, kind=ModelVersion.Kind.PPO, parent=start, metrics=metrics
     )
     published = _publish(run, version, _saver(policy, tokenizer), metrics)
     for done in checkpoints.glob("step-*"):  # the published version is the final state
