@@ -48,7 +48,8 @@ class Bodies:
             _artifact(self.tmp_path / f"{kind}-{version.version}")
             version.artifact = str(self.tmp_path / f"{kind}-{version.version}")
             version.save()
-            return jobs._publish(run, version, lambda out: None, {"accuracy": 0.75})
+            metrics = {"accuracy": 0.75, **({"kl_coef": 0.08} if kind == "ppo" else {})}
+            return jobs._publish(run, version, lambda out: None, metrics)
 
         return body
 
@@ -249,3 +250,25 @@ def test_beat_schedules_the_reaper() -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["reap-stale-runs"]
     assert entry["task"] in app.tasks  # a typo would schedule nothing
     assert app.conf.beat_schedule["reap-stale-runs"]["schedule"] == settings.RLHF_REAP_INTERVAL
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("carry", [True, False])
+def test_the_next_rounds_ppo_continues_the_kl_controller(  # type: ignore[no-untyped-def]
+    bodies, project_with_prompts, on_commit, carry
+):
+    project = project_with_prompts
+    project.training_config = {"ppo": {"init_kl_coef": 0.05, "continue_kl_controller": carry}}
+    project.save(update_fields=["training_config"])
+    for _ in range(2):
+        with on_commit():
+            round_ = rounds.round_start(project=project, num_prompts=1)
+        _rank_all(round_)
+        with on_commit():
+            rounds.round_advance(round_=round_)
+        round_.refresh_from_db()
+        assert round_.stage == "done", round_.error
+    first, second = TrainingRun.objects.filter(project=project, kind="ppo").order_by("id")
+    assert first.config["init_kl_coef"] == 0.05  # nothing to continue yet
+    # Where the first run's controller ended (its kl_coef metric), unless told otherwise.
+    assert second.config["init_kl_coef"] == (0.08 if carry else 0.05)

@@ -68,7 +68,34 @@ def round_start(*, project: Project, num_prompts: int | None = None, user=None) 
 def _start_stage_run(round_: Round, stage: str) -> TrainingRun:
     kind = _RUN_OF_STAGE[Stage(stage)]
     config = dict(round_.project.training_config.get(kind, {}))
+    if kind == TrainingRun.Kind.PPO and config.get("continue_kl_controller", True):
+        beta = _last_kl_coef(round_)
+        if beta is not None:
+            config["init_kl_coef"] = beta
     return run_create(project=round_.project, round=round_, kind=kind, config=config)
+
+
+def _last_kl_coef(round_: Round) -> float | None:
+    """The adaptive KL controller's beta where the project's last PPO run left it.
+
+    Each round's PPO continues the policy of the round before, so it continues its KL
+    controller too: starting every round from the initial beta would let the KL to the
+    reference overshoot the target again while beta climbs back (Ziegler et al. 2019 keep
+    one controller for the whole run). `init_kl_coef` in the project's training_config is
+    where the first PPO run starts; `"continue_kl_controller": false` restarts every round
+    from it.
+    """
+    last = (
+        TrainingRun.objects.filter(
+            project=round_.project, kind=TrainingRun.Kind.PPO, status=TrainingRun.Status.SUCCEEDED
+        )
+        .exclude(round=round_)
+        .order_by("-finished_at")
+        .values_list("metrics", flat=True)
+        .first()
+    )
+    value = (last or {}).get("kl_coef")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 @transaction.atomic
