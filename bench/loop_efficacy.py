@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, default=2)
     add("--seed", type=int, default=0)
     add("--keep", action="store_true", help="keep the work folder (database, models)")
+    add("--out", type=Path, default=OUT / "loop_efficacy.json", help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -289,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "seconds": time.perf_counter() - started,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "loop_efficacy.json").write_text(json.dumps(result, indent=2, default=str))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
     print(report(result))
     if not args.keep:
         import shutil

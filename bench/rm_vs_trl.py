@@ -64,15 +64,20 @@ def machine() -> dict[str, Any]:
     except OSError:
         cpu = platform.processor()
     import transformers
-    import trl
 
+    try:
+        import trl
+
+        trl_version: str | None = trl.__version__
+    except ImportError:  # only the TRL comparisons need it (requirements-bench.txt)
+        trl_version = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "trl": trl.__version__,
+        "trl": trl_version,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_start": os.getloadavg()[0],
     }
