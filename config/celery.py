@@ -1,7 +1,9 @@
-"""The Celery app: two queues, JSON only, late acks, one task at a time per GPU worker.
+"""The Celery app: three queues, JSON only, late acks, one task at a time per GPU worker.
 
 - `default`: bookkeeping, building pairs, exports.
 - `gpu`: sampling and all training. GPU workers run `-Q gpu --concurrency 1`.
+- `interactive`: playground replies, which a person waits for; a worker other than the
+  one training takes them, so they never wait behind a PPO run.
 
 Run state lives in the database (training.models.TrainingRun); the broker is transport.
 """
@@ -31,8 +33,11 @@ def _configure(settings_module: object) -> None:
         task_time_limit=settings.RLHF_TASK_HARD_TIME_LIMIT,
         task_soft_time_limit=settings.RLHF_TASK_SOFT_TIME_LIMIT,
         task_default_queue="default",
-        task_queues=(Queue("default"), Queue("gpu")),
-        task_routes={"training.tasks.gpu_*": {"queue": "gpu"}},
+        task_queues=(Queue("default"), Queue("gpu"), Queue("interactive")),
+        task_routes={
+            "training.tasks.gpu_*": {"queue": "gpu"},
+            "training.tasks.interactive_*": {"queue": "interactive"},
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )

@@ -71,8 +71,10 @@ def _recover_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped
         logger.exception("recovering runs at worker start failed")
 
 
-@shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
-def gpu_playground_reply(reply_id: int) -> None:
+@shared_task(name="training.tasks.interactive_playground_reply", acks_late=True)
+def interactive_playground_reply(reply_id: int) -> None:
+    """A playground reply, on the `interactive` queue: a person is waiting for it, so it
+    must not queue behind hours of training on `gpu`."""
     from training.models import PlaygroundReply
     from training.services.playground import playground_reply_generate
 

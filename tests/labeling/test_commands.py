@@ -316,7 +316,14 @@ def test_demo_serves_web_and_worker_until_interrupted(tmp_path) -> None:
     try:
         status = _wait_for_http(f"http://127.0.0.1:{port}/accounts/login/", demo, timeout=90)
         assert status == 200
-        _wait_for_text(log, " ready.", timeout=60)  # the worker: "celery@host ready."
+        # Both workers: "gpu@host ready." (training, with beat) and "default@host ready.".
+        _wait_for_text(log, "gpu@", timeout=60)
+        _wait_for_text(log, "default@", timeout=60)
+        _wait_for_text(log, "beat: Starting", timeout=60)
+        deadline = time.monotonic() + 60
+        while log.read_text().count(" ready.") < 2:
+            assert time.monotonic() < deadline, "the two workers did not both come up"
+            time.sleep(0.5)
         demo.send_signal(signal.SIGINT)  # Ctrl-C
         demo.wait(timeout=60)
     finally:
@@ -329,7 +336,7 @@ def test_demo_serves_web_and_worker_until_interrupted(tmp_path) -> None:
     output = log.read_text()
     assert demo.returncode == 0, output
     assert f"http://127.0.0.1:{port}/accounts/login/" in output
-    assert "celery@" in output  # the worker came up
+    assert "gpu@" in output and "default@" in output  # both workers came up
     assert "Stopped." in output
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=2)

@@ -217,7 +217,19 @@ def test_strangers_and_other_members_cannot_reach_a_reply(  # type: ignore[no-un
     assert APIClient().get(f"/api/v1/playground/{reply.pk}/").status_code in (401, 403)
 
 
-def test_one_member_cannot_fill_the_gpu_queue(short_project, labeler, labeler_client) -> None:  # type: ignore[no-untyped-def]
+def test_replies_go_to_the_interactive_queue_not_behind_training() -> None:
+    from config.celery import app
+
+    def queue_of(task: str) -> str:
+        return app.amqp.router.route({}, task)["queue"].name
+
+    assert queue_of("training.tasks.interactive_playground_reply") == "interactive"
+    assert queue_of("training.tasks.gpu_execute_run") == "gpu"
+    assert queue_of("training.tasks.round_build_pairs") == "default"
+    assert queue_of("training.tasks.reap_stale_runs") == "default"
+
+
+def test_one_member_cannot_fill_the_queue(short_project, labeler, labeler_client) -> None:  # type: ignore[no-untyped-def]
     url = f"/api/v1/projects/{short_project.slug}/playground/"
     # no on-commit capture: the replies stay queued, as behind a long training run
     for _ in range(playground.MAX_QUEUED_PER_USER):

@@ -128,8 +128,20 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(lines))
 
     def serve(self, *, port: int) -> None:
-        """Run the web server and a worker beside it; stop both on Ctrl-C or if one dies."""
+        """Run the web server and two workers beside it; stop all on Ctrl-C or if one dies.
+
+        The training worker takes `gpu` (sampling, RM, PPO; one task at a time) and runs
+        beat, the periodic reaper of abandoned runs. The other takes `default` and
+        `interactive`, so building pairs and playground replies never wait behind a PPO run.
+        """
         base = Path(settings.BASE_DIR)
+
+        def worker(queues: str, name: str, *extra: str) -> list[str]:
+            return [
+                *celery_command(), "-A", "config", "worker", "-Q", queues, "-n", f"{name}@%h",
+                "--concurrency", "1", "--pool", "solo", *extra, "--loglevel", "info",
+            ]  # fmt: skip
+
         commands = {
             "web server": [
                 sys.executable,
@@ -138,33 +150,20 @@ class Command(BaseCommand):
                 f"127.0.0.1:{port}",
                 "--noreload",
             ],
-            "worker": [
-                *celery_command(),
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "default,gpu",
-                "--concurrency",
-                "1",
-                "--pool",
-                "solo",
-                "--beat",  # the periodic reaper of abandoned runs; one worker, one beat
-                "--loglevel",
-                "info",
-            ],
+            "training worker": worker("gpu", "gpu", "--beat"),
+            "worker": worker("default,interactive", "default"),
         }
         stop_on_signals()
         # Own process groups: Ctrl-C reaches only this command, which then stops both in turn.
         processes = {
             name: subprocess.Popen(cmd, cwd=base, process_group=0) for name, cmd in commands.items()
         }
-        self.stdout.write("Web server and worker started; press Ctrl-C to stop them.")
+        self.stdout.write("Web server and workers started; press Ctrl-C to stop them.")
         self.stdout.flush()
         try:
             watch(processes)
         except KeyboardInterrupt:
-            self.stdout.write("\nStopping the web server and the worker...")
+            self.stdout.write("\nStopping the web server and the workers...")
         finally:
             for process in processes.values():
                 stop(process)
