@@ -63,6 +63,12 @@ def test_max_tasks_and_overlap_limits(sim_project) -> None:  # type: ignore[no-u
 
     first = labelers_simulate(project=project, preference="length", labelers=1, max_tasks=2)
     assert first["rankings"] == 2 and rankings_wanted(project=project) == 4
+    from labeling.models import Ranking
+
+    # Recorded as synthetic, so exports and agreement statistics can tell them from people.
+    assert set(Ranking.objects.filter(task__project=project).values_list("source", flat=True)) == {
+        "simulated"
+    }
 
     # One labeler may rank each task once: with overlap 2 the tasks stay open.
     second = labelers_simulate(project=project, preference="length", labelers=1)

@@ -6,7 +6,6 @@ they will with paid labelers. Each simulated labeler is a member `sim-labeler-N`
 labeler role and an unusable password (nobody can log in as one).
 """
 
-import inspect
 import random
 import time
 from collections import Counter
@@ -25,8 +24,6 @@ from labeling.services.tasks import task_lease_next
 from training.ml.synthetic import Scorer, bradley_terry_ranking, exact_ranking, make_preference
 
 SIM_USERNAME = "sim-labeler-{}"
-# Rankings record where they came from when the labeling service lets us say so.
-_SUBMIT_TAKES_SOURCE = "source" in inspect.signature(ranking_submit).parameters
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -116,11 +113,11 @@ def _rank_one(
     groups = bradley_terry_ranking(scores, noise, rng)  # indices into `responses`
     order = [[responses[i].pk for i in group] for group in groups]
     spent_ms = max(1, round((time.perf_counter() - started) * 1000))
-    extra: dict[str, Any] = {"source": "simulated"} if _SUBMIT_TAKES_SOURCE else {}
     try:
         ranking_submit(
-            task=task, labeler=user, order=order, flags={}, time_spent_ms=spent_ms, **extra
-        )
+            task=task, labeler=user, order=order, flags={}, time_spent_ms=spent_ms,
+            source="simulated",
+        )  # fmt: skip
     except ConflictError:
         # The task was closed meanwhile (an admin advanced or cancelled the round).
         tally.conflicts += 1
@@ -155,7 +152,6 @@ class _Tally:
             "by_labeler": dict(self.by_labeler),
             "conflicts": self.conflicts,
             "pair_agreement": self.pairs_agreeing / self.pairs if self.pairs else None,
-            "source_recorded": _SUBMIT_TAKES_SOURCE,
         }
 
 
