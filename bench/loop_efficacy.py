@@ -73,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ppo-lr", type=float, default=1e-4)
     add("--ppo-epochs", type=int, default=2)
     add("--kl-target", type=float, default=3.0, help="nats per response")
-    add("--init-kl-coef", type=float, default=0.05)
-    add("--kl-horizon", type=int, default=200, help="episodes (short: the run is short)")
+    add("--init-kl-coef", type=float, default=0.1)
+    add("--kl-horizon", type=int, default=48, help="episodes (short: the run is short)")
     add("--device", default="cpu")
     add("--threads", type=int, default=2)
     add("--seed", type=int, default=0)
@@ -92,7 +92,7 @@ def setup_django(workdir: Path, args: argparse.Namespace) -> None:
         DJANGO_SETTINGS_MODULE="config.settings.local",
         DJANGO_DEBUG="false",
         DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
-        CELERY_BROKER_URL="memory://",
+        CELERY_BROKER_URL="memory://localhost/",
         CELERY_TASK_ALWAYS_EAGER="true",
         RLHF_STUDIO_VAR_DIR=str(workdir / "var"),
         RLHF_ARTIFACT_DIR=str(workdir / "models"),

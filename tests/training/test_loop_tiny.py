@@ -83,6 +83,15 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on
     assert registry.current_policy(project=project) == policy
     assert ModelVersion.objects.filter(project=project, is_current=True).count() == 2
 
+    # Round 2 trains a new RM on both rounds' rankings; its PPO starts again from the SFT
+    # reference (init_from "reference", the default), not from round 1's policy.
+    with on_commit():
+        _label_everything(project, labeler)
+    round2.refresh_from_db()
+    assert round2.stage == "done", round2.error
+    assert round2.policy.parent == registry.reference_policy(project=project) != policy
+    assert round2.policy.is_current and not ModelVersion.objects.get(pk=policy.pk).is_current
+
 
 @pytest.mark.slow
 @pytest.mark.django_db
@@ -140,7 +149,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
     round_.refresh_from_db()
     assert (round_.stage, round_.failed_stage) == ("failed", "training_ppo")
     assert calls == [0, 1, 2]
-    saved = ppo_checkpoints(round_)
+    saved = ppo_checkpoints(round_, registry.reference_policy(project=project))
     assert [p.name for p in saved.glob("step-*")] == ["step-000002"]
     if corrupt:
         (saved / "step-000002" / "critic.safetensors").write_bytes(b"half a file")
@@ -186,3 +195,19 @@ def test_a_corrupt_ppo_checkpoint_is_set_aside(tmp_path) -> None:  # type: ignor
     _set_aside_newest_checkpoint(tmp_path, Log(), error)
     with pytest.raises(CheckpointError):  # none left: the error is the run's
         _set_aside_newest_checkpoint(tmp_path, Log(), error)
+
+
+@pytest.mark.django_db
+def test_ppo_starts_from_the_reference_or_the_rounds_policy(tiny_project) -> None:  # type: ignore[no-untyped-def]
+    from core.exceptions import ApplicationError
+    from training.models import Round
+    from training.services.jobs import ppo_init_version
+
+    reference = registry.reference_policy(project=tiny_project)
+    previous = registry.model_version_create(project=tiny_project, kind="ppo")
+    round_ = Round.objects.create(project=tiny_project, number=1, sampling_policy=previous)
+    assert ppo_init_version(round_, {}) == reference
+    assert ppo_init_version(round_, {"init_from": "reference"}) == reference
+    assert ppo_init_version(round_, {"init_from": "policy"}) == previous
+    with pytest.raises(ApplicationError, match="init_from must be one of reference, policy"):
+        ppo_init_version(round_, {"init_from": "sft"})

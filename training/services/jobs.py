@@ -248,16 +248,41 @@ def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- PPO
 
 
-def ppo_checkpoints(round_: Round) -> Path:
-    """Where the round's PPO writes resumable checkpoints: one folder per round and RM, so a
-    retried PPO stage continues where the failed attempt stopped, and never on top of a
-    different reward model (a retried RM stage makes a new one)."""
-    name = f"round-{round_.pk}-rm-{round_.reward_model_id}"
+def ppo_checkpoints(round_: Round, start: ModelVersion) -> Path:
+    """Where the round's PPO writes resumable checkpoints: one folder per round, RM and
+    initial policy, so a retried PPO stage continues where the failed attempt stopped, and
+    never on top of a different reward model (a retried RM stage makes a new one)."""
+    name = f"round-{round_.pk}-rm-{round_.reward_model_id}-from-{start.pk}"
     return Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints" / name
 
 
+PPO_INIT_CHOICES = ("reference", "policy")
+
+
+def ppo_init_version(round_: Round, config: dict[str, Any]) -> ModelVersion:
+    """The weights a round's PPO starts from: `init_from` in training_config["ppo"].
+
+    "reference" (the default) starts every round's PPO from the SFT reference, as iterated
+    online RLHF does (Bai et al. 2022 retrain each week's policy from the same snapshot):
+    the rounds improve the reward model and the data, and each PPO run moves at most its
+    KL budget away from SFT. "policy" continues from the policy that sampled the round,
+    so the KL to SFT accumulates over rounds (the controller's target is then exceeded
+    unless beta is raised).
+    """
+    init_from = config.get("init_from", "reference")
+    if init_from not in PPO_INIT_CHOICES:
+        raise ApplicationError(
+            f"training_config.ppo.init_from must be one of {', '.join(PPO_INIT_CHOICES)}, "
+            f"not {init_from!r}."
+        )
+    if init_from == "policy":
+        return _required(round_.sampling_policy, "a sampling policy")
+    return reference_policy(project=round_.project)
+
+
 def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
-    """PPO from the round's policy against the new RM, KL to the frozen SFT reference.
+    """PPO against the round's new RM, KL to the frozen SFT reference, starting from the
+    reference or the round's policy (`ppo_init_version`).
 
     Checkpoints every `checkpoint_every` steps (default: a quarter of the run) and resumes
     from the newest one when the stage is retried after a failure (a killed worker). An
@@ -270,9 +295,9 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     from training.ml.rm import load_reward_model
     from training.ml.rules import parse_rules
 
-    round_ = _round_of(run, "sampling_policy", "reward_model")
+    round_ = _round_of(run, "project", "sampling_policy", "reward_model")
     project = run.project
-    start = _required(round_.sampling_policy, "a sampling policy")
+    start = ppo_init_version(round_, run.config)
     rm_version = _required(round_.reward_model, "a reward model")
     device, dtype = _device_and_dtype()
 
@@ -294,7 +319,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     rules = parse_rules(run.config.get("rules", []))
     prompts = datasets.training_prompts(project=project)
     ptx = datasets.demonstration_pairs(project=project) if config.ptx_coef else None
-    checkpoints = ppo_checkpoints(round_)
+    checkpoints = ppo_checkpoints(round_, start)
     reporter.progress(0, config.steps)
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
