@@ -253,12 +253,20 @@ def test_beat_schedules_the_reaper() -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("carry", [True, False])
-def test_the_next_rounds_ppo_continues_the_kl_controller(  # type: ignore[no-untyped-def]
-    bodies, project_with_prompts, on_commit, carry
+@pytest.mark.parametrize(
+    ("ppo", "carry"),
+    [
+        ({"init_from": "policy"}, True),  # continues the policy: continues its controller
+        ({}, False),  # starts from the reference at KL 0: starts at init_kl_coef
+        ({"init_from": "policy", "continue_kl_controller": False}, False),
+        ({"continue_kl_controller": True}, True),
+    ],
+)
+def test_the_next_rounds_ppo_continues_the_kl_controller_when_it_continues_the_policy(  # type: ignore[no-untyped-def]
+    bodies, project_with_prompts, on_commit, ppo, carry
 ):
     project = project_with_prompts
-    project.training_config = {"ppo": {"init_kl_coef": 0.05, "continue_kl_controller": carry}}
+    project.training_config = {"ppo": {"init_kl_coef": 0.05, **ppo}}
     project.save(update_fields=["training_config"])
     for _ in range(2):
         with on_commit():

@@ -68,7 +68,8 @@ def round_start(*, project: Project, num_prompts: int | None = None, user=None) 
 def _start_stage_run(round_: Round, stage: str) -> TrainingRun:
     kind = _RUN_OF_STAGE[Stage(stage)]
     config = dict(round_.project.training_config.get(kind, {}))
-    if kind == TrainingRun.Kind.PPO and config.get("continue_kl_controller", True):
+    continues_policy = config.get("init_from", "reference") == "policy"
+    if kind == TrainingRun.Kind.PPO and config.get("continue_kl_controller", continues_policy):
         beta = _last_kl_coef(round_)
         if beta is not None:
             config["init_kl_coef"] = beta
@@ -78,12 +79,12 @@ def _start_stage_run(round_: Round, stage: str) -> TrainingRun:
 def _last_kl_coef(round_: Round) -> float | None:
     """The adaptive KL controller's beta where the project's last PPO run left it.
 
-    Each round's PPO continues the policy of the round before, so it continues its KL
-    controller too: starting every round from the initial beta would let the KL to the
-    reference overshoot the target again while beta climbs back (Ziegler et al. 2019 keep
-    one controller for the whole run). `init_kl_coef` in the project's training_config is
-    where the first PPO run starts; `"continue_kl_controller": false` restarts every round
-    from it.
+    Used when a round's PPO continues the policy of the round before (`init_from:
+    "policy"`): that policy already sits near the KL target, and starting again from the
+    initial beta would let the KL to the reference overshoot while beta climbs back
+    (Ziegler et al. 2019 keep one controller for the whole run). With the default
+    `init_from: "reference"` every PPO run starts at KL 0 and at `init_kl_coef`, like the
+    first one; `continue_kl_controller` overrides either choice.
     """
     last = (
         TrainingRun.objects.filter(
