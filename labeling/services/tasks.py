@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -60,8 +60,11 @@ def task_lease_next(
         return current
     tried: list[int] = [exclude_task_id] if exclude_task_id is not None else []
     while (task := _lock_candidate(project, labeler, now, exclude=tried)) is not None:
-        # The candidate query counted slots from its snapshot; recount under the lock.
-        if used_slots(task=task, now=now, exclude_labeler=labeler) < task.overlap:
+        # The candidate query read a snapshot; recount under the lock. It may also have
+        # missed this labeler's own skip or submission of the task, committed just before
+        # the lock was taken (another tab): such a task is not theirs to lease again.
+        others, finished_by_labeler = _slots_under_lock(task, labeler, now)
+        if not finished_by_labeler and others < task.overlap:
             return _lease(task, labeler, now + timedelta(seconds=project.lease_seconds))
         tried.append(task.pk)
     return None
@@ -99,6 +102,15 @@ def _current_lease(
     if exclude_task_id is not None:
         leases = leases.exclude(task_id=exclude_task_id)
     return leases.order_by("id").first()
+
+
+def _slots_under_lock(task: RankingTask, labeler: Any, now: datetime) -> tuple[int, bool]:
+    """(slots used by other labelers, whether `labeler` ranked or skipped it): one query."""
+    counts = Assignment.objects.filter(task=task).aggregate(
+        others=Count("pk", filter=holds_slot(now) & ~Q(labeler=labeler)),
+        mine=Count("pk", filter=Q(labeler=labeler, status__in=[SUBMITTED, SKIPPED])),
+    )
+    return counts["others"], counts["mine"] > 0
 
 
 def _lock_membership(project: Project, labeler: Any) -> None:
@@ -145,9 +157,11 @@ def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[Ranki
 def _lease(task: RankingTask, labeler: Any, expires_at: datetime) -> Assignment:
     """Create the labeler's assignment of `task`, or renew their expired one. Hold the lock.
 
-    An UPDATE first, an INSERT only when it touched nothing: the task's row lock and the
-    labeler's membership lock leave no one else to race for this (task, labeler) row, so
-    this needs neither get_or_create's SELECT nor its savepoints (hot path of the screen).
+    An UPDATE first, an INSERT only when it touched nothing. No one can race for this
+    (task, labeler) row: leases by the same labeler are serialised by their membership
+    lock, and their skips and submissions of the task by its row lock, which we hold and
+    under which `_slots_under_lock` saw no finished row of theirs. So this needs neither
+    get_or_create's SELECT nor its savepoints (the hot path of the ranking screen).
     """
     renewed = Assignment.objects.filter(task=task, labeler=labeler).exclude(
         status__in=[SUBMITTED, SKIPPED]

@@ -167,3 +167,54 @@ def test_prefetch_on_the_last_task_gives_none(project, labeler) -> None:  # type
     only = task_lease_next(project=project, labeler=labeler)
     assert only is not None
     assert task_lease_next(project=project, labeler=labeler, exclude_task_id=only.task_id) is None
+
+
+@pytest.mark.parametrize("finish", ["skip", "submit"])
+def test_a_stale_candidate_the_labeler_finished_is_passed_over(  # type: ignore[no-untyped-def]
+    project, labeler, monkeypatch, finish
+):
+    """The candidate query reads a snapshot that can miss the labeler's own skip or
+    submission committed a moment before (another tab). Under the task's lock that is seen,
+    and the next task is leased instead of failing on the one-assignment constraint."""
+    from labeling.services import tasks
+
+    first, second = RankingTaskFactory(project=project), RankingTaskFactory(project=project)
+    if finish == "skip":
+        task_skip(task=first, labeler=labeler)
+    else:
+        lease = task_lease_next(project=project, labeler=labeler)
+        assert lease is not None and lease.task == first
+        submit(first, labeler)
+    stale = lambda project, labeler, now: RankingTask.objects.filter(project=project)  # noqa: E731
+    monkeypatch.setattr(tasks, "_candidates", stale)  # as if the snapshot predated it
+    lease = task_lease_next(project=project, labeler=labeler)
+    assert lease is not None and lease.task == second
+    assert Assignment.objects.get(task=first, labeler=labeler).status == (
+        "skipped" if finish == "skip" else "submitted"
+    )
+
+
+def test_the_labelers_counters(project, labeler, labelers) -> None:  # type: ignore[no-untyped-def]
+    """done today / in total, skipped, remaining: each of the four can be told apart."""
+    from labeling.models import Ranking
+    from labeling.selectors import labeler_counts
+
+    tasks = [RankingTaskFactory(project=project, overlap=2) for _ in range(6)]
+    for _ in range(2):  # rank two tasks
+        lease = task_lease_next(project=project, labeler=labeler)
+        assert lease is not None
+        submit(lease.task, labeler)
+    yesterday = timezone.now() - timedelta(days=1, hours=1)
+    Ranking.objects.filter(task=tasks[0], labeler=labeler).update(created_at=yesterday)
+    task_skip(task=tasks[2], labeler=labeler)
+    # Someone else completes task 1 (overlap 2): it is no longer open, and one more open
+    # task is leased by another labeler (still open: remaining counts it).
+    for other in labelers[:1]:
+        lease = task_lease_next(project=project, labeler=other)
+        assert lease is not None and lease.task == tasks[0]
+        submit(tasks[0], other)
+    tasks[3].status = RankingTask.Status.COMPLETE  # closed by an admin
+    tasks[3].save(update_fields=["status"])
+    counts = labeler_counts(project=project, user=labeler)
+    # open: tasks 1, 2, 4, 5 minus the labeler's finished ones among them (1 ranked, 2 skipped)
+    assert counts == {"done_today": 1, "done_total": 2, "skipped": 1, "remaining": 2}
