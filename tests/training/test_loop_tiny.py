@@ -116,12 +116,13 @@ def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project
 
 @pytest.mark.slow
 @pytest.mark.django_db
-@pytest.mark.parametrize("corrupt", [False, True])
+@pytest.mark.parametrize("case", ["resume", "corrupt", "config changed"])
 def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # type: ignore[no-untyped-def]
-    tiny_project, on_commit, monkeypatch, corrupt
+    tiny_project, on_commit, monkeypatch, case
 ):
     """The worker dies after step 2 of 4 (checkpoint every 2): the retry runs steps 3-4 only.
-    A corrupt checkpoint is set aside (kept) and the retry starts from the beginning."""
+    A corrupt checkpoint, or one trained with another config (an admin changed the PPO
+    settings after the failure), is set aside (kept) and the retry starts from the start."""
     from training.ml import ppo
     from training.models import TrainingRun
     from training.services.jobs import ppo_checkpoints
@@ -151,19 +152,27 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
     assert calls == [0, 1, 2]
     saved = ppo_checkpoints(round_, registry.reference_policy(project=project))
     assert [p.name for p in saved.glob("step-*")] == ["step-000002"]
-    if corrupt:
+    if case == "corrupt":
         (saved / "step-000002" / "critic.safetensors").write_bytes(b"half a file")
+    if case == "config changed":
+        project.training_config["ppo"]["lr"] = 3e-4
+        project.save(update_fields=["training_config"])
 
     with on_commit():
         rounds.round_advance(round_=round_)  # retry the failed stage
     round_.refresh_from_db()
     assert round_.stage == "done", round_.error
     retry = TrainingRun.objects.filter(round=round_, kind="ppo").latest("id")
-    if corrupt:
+    if case in ("corrupt", "config changed"):
         assert calls == [0, 1, 2, 0, 1, 2, 3]
         assert retry.metrics["step"] == 4 and "resumed_from" not in retry.metrics
-        assert "cannot resume from checkpoint" in retry.logs and "set aside" in retry.logs
-        assert [p.name.startswith(".corrupt-step-000002") for p in saved.iterdir()] == [True]
+        kept = [p.name for p in saved.iterdir()]
+        if case == "corrupt":
+            assert "cannot resume from checkpoint" in retry.logs and "set aside" in retry.logs
+            assert len(kept) == 1 and kept[0].startswith(".corrupt-step-000002")
+        else:
+            assert "step-000002 was trained with other lr; starting over" in retry.logs
+            assert len(kept) == 1 and kept[0].startswith(".superseded-step-000002")
     else:
         assert calls == [0, 1, 2, 2, 3]  # steps 3 and 4 (0-based 2, 3) only
         assert retry.metrics["resumed_from"] == 2

@@ -280,3 +280,30 @@ def test_the_next_rounds_ppo_continues_the_kl_controller_when_it_continues_the_p
     assert first.config["init_kl_coef"] == 0.05  # nothing to continue yet
     # Where the first run's controller ended (its kl_coef metric), unless told otherwise.
     assert second.config["init_kl_coef"] == (0.08 if carry else 0.05)
+
+
+@pytest.mark.django_db
+def test_a_run_reaped_while_still_working_cannot_make_its_model_current(  # type: ignore[no-untyped-def]
+    project_with_prompts, tmp_path
+):
+    """Its heartbeats stalled (say a long model load), the reaper failed it, then the body
+    finished after all: the reaper's verdict stands and the new model is not promoted."""
+    project = project_with_prompts
+    run = TrainingRun.objects.create(project=project, kind="rm")
+    produced = []
+
+    def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
+        later = timezone.now() + timedelta(hours=1)  # the heartbeat looks an hour old
+        assert runs.runs_reap_stale(now=later) == [run.pk]
+        version = registry.model_version_create(project=project, kind="rm")
+        version.artifact = str(_artifact(tmp_path / "rm-late"))
+        version.save()
+        produced.append(version)
+        return jobs._publish(run, version, lambda out: None, {"accuracy": 0.9})
+
+    finished = runs.run_execute(run_id=run.pk, body=body)
+    assert finished.status == "failed" and "stopped responding" in finished.error
+    produced[0].refresh_from_db()
+    assert produced[0].status == "failed" and not produced[0].is_current
+    assert "was not made current" in produced[0].metrics["error"]
+    assert registry.current_reward_model(project=project) is None

@@ -547,3 +547,12 @@ def encode_prompt(
     so the generation prompt (the assistant's opening) is never cut."""
     ids = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     return list(ids[-max_length:]) if max_length > 0 else list(ids)
+
+
+def release_memory() -> None:
+    """Free what dropped models held: Python's cycles, then CUDA's cached blocks."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

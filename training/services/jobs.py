@@ -7,6 +7,7 @@ torch is imported lazily here so the web process never loads it.
 """
 
 import hashlib
+import json
 import math
 import shutil
 import time
@@ -222,10 +223,24 @@ def _calibrate_on_round_samples(model: Any, tokenizer: Any, round_: Round) -> No
 def _publish(
     run: TrainingRun, version: ModelVersion, save: Callable[[Path], Any], metrics: dict
 ) -> dict[str, Any]:
-    """Write the artifact atomically, verify it, then make it current."""
+    """Write the artifact atomically, verify it, then make it current.
+
+    Promotion holds the run's row lock and requires the run to be still `running`: a run
+    the reaper failed meanwhile (its heartbeats stalled) must not make its model current
+    behind a round that already says it failed.
+    """
     try:
         save(Path(version.artifact))
-        version = model_version_promote(version=version, metrics=metrics)
+        with transaction.atomic():
+            alive = TrainingRun.objects.select_for_update().filter(
+                pk=run.pk, status=TrainingRun.Status.RUNNING
+            )
+            if not alive.exists():
+                raise ApplicationError(
+                    f"Run {run.pk} was marked failed while it worked (no heartbeat in time); "
+                    "its model was not made current."
+                )
+            version = model_version_promote(version=version, metrics=metrics)
     except Exception as exc:
         model_version_fail(version=version, error=str(exc))
         raise
@@ -289,7 +304,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     unreadable checkpoint is moved aside (`.corrupt-...`, kept for inspection) and the run
     goes on from the one before it, or from the start.
     """
-    from training.ml.models import load_causal_lm
+    from training.ml.models import load_causal_lm, release_memory
     from training.ml.ppo import PPOConfig, train_ppo
     from training.ml.ppo_checkpoint import CheckpointError
     from training.ml.rm import load_reward_model
@@ -320,6 +335,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     prompts = datasets.training_prompts(project=project)
     ptx = datasets.demonstration_pairs(project=project) if config.ptx_coef else None
     checkpoints = ppo_checkpoints(round_, start)
+    _set_aside_foreign_checkpoints(checkpoints, config, reporter)
     reporter.progress(0, config.steps)
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
@@ -336,7 +352,11 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             break
         except CheckpointError as exc:
             _set_aside_newest_checkpoint(checkpoints, reporter, exc)
-            policy, tokenizer, critic = load_trained()  # the failed load may have half-written them
+        # The failed load may have half-written policy and critic: load them again, after
+        # letting go of the old ones (and of the traceback that held them) to fit in memory.
+        del policy, critic
+        release_memory()
+        policy, tokenizer, critic = load_trained()
     if result.get("resumed_from"):
         reporter.log(f"resumed from the checkpoint of step {result['resumed_from']}")
     if result.get("status") == "cancelled":
@@ -349,6 +369,32 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     for done in checkpoints.glob("step-*"):  # the published version is the final state
         shutil.rmtree(done, ignore_errors=True)
     return published
+
+
+# What a resumed run may change (how long, how often it saves, how it batches a forward
+# pass); any other difference means the checkpoint trained something else.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "forward_batch_size"}
+
+
+def _set_aside_foreign_checkpoints(root: Path, config: Any, reporter: RunReporter) -> None:
+    """Checkpoints written under another PPO config (an admin changed training_config
+    after the failure) are renamed `.superseded-...`: the retry starts over instead of
+    resuming weights and optimizer state that belong to a different run."""
+    from dataclasses import asdict
+
+    from training.ml.ppo_checkpoint import CHECKPOINT_PATTERN
+
+    wanted = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES}
+    for folder in sorted(root.glob(CHECKPOINT_PATTERN)):
+        try:
+            saved = json.loads((folder / "state.json").read_text()).get("config") or {}
+        except (OSError, ValueError):
+            continue  # unreadable: train_ppo reports it and it is set aside as corrupt
+        changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+        if changed:
+            folder.rename(folder.with_name(f".superseded-{folder.name}-{int(time.time())}"))
+            reporter.log(f"checkpoint {folder.name} was trained with other {', '.join(changed)}; "
+                         "starting over")  # fmt: skip
 
 
 def _set_aside_newest_checkpoint(root: Path, reporter: RunReporter, error: Exception) -> None:

@@ -170,9 +170,13 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopped.wait(self.interval):
-                TrainingRun.objects.filter(
-                    pk=self.run_id, status=TrainingRun.Status.RUNNING
-                ).update(heartbeat_at=timezone.now())
+                try:
+                    TrainingRun.objects.filter(
+                        pk=self.run_id, status=TrainingRun.Status.RUNNING
+                    ).update(heartbeat_at=timezone.now())
+                except Exception:  # a database blip must not silence the run for good
+                    logger.exception("heartbeat of run %s failed; retrying", self.run_id)
+                    connection.close()  # reconnect on the next beat
         finally:
             connection.close()
 
@@ -183,7 +187,16 @@ class _Heartbeat(threading.Thread):
 def _finish(
     run: TrainingRun, *, status: str, error: str = "", metrics: dict | None = None
 ) -> TrainingRun:
-    run.refresh_from_db()
+    """Record the outcome, unless the reaper already failed the run (its error stays)."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status != TrainingRun.Status.RUNNING:
+            logger.warning("run %s ended %s but was already %s", run.pk, status, run.status)
+            return run
+        return _record(run, status=status, error=error, metrics=metrics)
+
+
+def _record(run: TrainingRun, *, status: str, error: str, metrics: dict | None) -> TrainingRun:
     run.status = status
     run.error = error[:5000]
     run.finished_at = timezone.now()
@@ -223,15 +236,14 @@ def runs_reap_stale(*, now=None, dead_worker: str | None = None) -> list[int]:  
             if run.status != TrainingRun.Status.RUNNING:
                 continue
             restarted = bool(dead_worker) and run.worker == dead_worker
-            if not restarted and run.heartbeat_at >= cutoff:
+            beat = run.heartbeat_at
+            if not restarted and (beat is None or beat >= cutoff):
                 continue
             run.status = TrainingRun.Status.FAILED
-            since = f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
-            reason = (
-                "was restarted while running it"
-                if restarted
-                else f"stopped responding (no heartbeat since {since})"
-            )
+            if restarted or beat is None:
+                reason = "was restarted while running it"
+            else:
+                reason = f"stopped responding (no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC)"
             run.error = (
                 f"The worker {run.worker or '?'} {reason}; the run was abandoned and nothing "
                 "it produced was made current."
