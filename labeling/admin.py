@@ -63,9 +63,21 @@ class RankingTaskAdmin(admin.ModelAdmin):
 
 @admin.register(models.Assignment)
 class AssignmentAdmin(admin.ModelAdmin):
+    """Leases can be shortened (edit `expires_at` to end one now); who holds what and its
+    status are the lease invariant's and the counters' record, so they are read-only, and
+    a submitted assignment (it goes with a ranking) cannot be deleted."""
+
     list_display = ["id", "task", "labeler", "status", "expires_at"]
     list_filter = ["status"]
-    raw_id_fields = ["task", "labeler"]
+    readonly_fields = ["task", "labeler", "status"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False  # leases are taken through tasks/next, never made by hand
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        if obj is not None and obj.status == models.Assignment.Status.SUBMITTED:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 @admin.register(models.Ranking)

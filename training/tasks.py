@@ -1,7 +1,8 @@
 """Celery doors: load the row, call one service, nothing else.
 
-Tasks named `gpu_*` are routed to the `gpu` queue (config/celery.py); the rest run on
-`default`. Every task is idempotent on the id it carries.
+Tasks named `gpu_*` are routed to the `gpu` queue and `interactive_*` to `interactive`
+(config/celery.py); the rest run on `default`. Every task is idempotent on the id it
+carries.
 """
 
 import logging
@@ -83,3 +84,10 @@ def interactive_playground_reply(reply_id: int) -> None:
         logger.warning("playground reply %s does not exist (deleted?)", reply_id)
         return
     playground_reply_generate(reply=reply)
+
+
+@shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
+def gpu_playground_reply(reply_id: int) -> None:
+    """The playground task's name before 0.2 (on the `gpu` queue): messages queued under it
+    before an upgrade still get their reply. Remove in 0.3."""
+    interactive_playground_reply(reply_id)

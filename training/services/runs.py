@@ -254,14 +254,12 @@ def runs_reap_stale(*, now=None, dead_worker: str | None = None) -> list[int]:  
     return failed
 
 
-def runs_requeue(*, older_than: timedelta | None = None) -> list[int]:
+def runs_requeue() -> list[int]:
     """Send the message of every queued run again (a broker that lost its queue, e.g. a
     Redis restart). Harmless for runs whose message still waits: `run_execute` is
     idempotent, so the second delivery finds the run started or finished and does nothing.
     """
     queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, cancel_requested=False)
-    if older_than is not None:
-        queued = queued.filter(created_at__lt=timezone.now() - older_than)
     ids = list(queued.order_by("id").values_list("pk", flat=True))
     from training import tasks
 
