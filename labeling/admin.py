@@ -1,4 +1,6 @@
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 
 from labeling import models
 
@@ -61,12 +63,28 @@ class RankingTaskAdmin(admin.ModelAdmin):
     inlines = [ResponseInline]
 
 
+class AssignmentForm(forms.ModelForm):
+    class Meta:
+        model = models.Assignment
+        fields = ["expires_at"]
+
+    def clean_expires_at(self):  # type: ignore[no-untyped-def]
+        value = self.cleaned_data["expires_at"]
+        if self.instance.pk and value > self.instance.expires_at:
+            # A revived lease could take a slot given to someone else meanwhile.
+            raise forms.ValidationError("A lease can be shortened or ended, not extended.")
+        return value
+
+
 @admin.register(models.Assignment)
 class AssignmentAdmin(admin.ModelAdmin):
-    """Leases can be shortened (edit `expires_at` to end one now); who holds what and its
-    status are the lease invariant's and the counters' record, so they are read-only, and
-    a submitted assignment (it goes with a ranking) cannot be deleted."""
+    """Leases can be shortened (set `expires_at` to now to end one); who holds what and
+    its status are the lease invariant's and the counters' record, so they are read-only,
+    and a submitted assignment (it goes with a ranking) cannot be deleted on its own. It
+    still goes when its task, project or labeler is deleted (the cascade asks
+    has_delete_permission, so the rule lives in the assignment's own delete views)."""
 
+    form = AssignmentForm
     list_display = ["id", "task", "labeler", "status", "expires_at"]
     list_filter = ["status"]
     readonly_fields = ["task", "labeler", "status"]
@@ -74,10 +92,16 @@ class AssignmentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False  # leases are taken through tasks/next, never made by hand
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def delete_view(self, request, object_id, extra_context=None):  # type: ignore[no-untyped-def]
+        obj = self.get_object(request, object_id)
         if obj is not None and obj.status == models.Assignment.Status.SUBMITTED:
-            return False
-        return super().has_delete_permission(request, obj)
+            raise PermissionDenied("A submitted assignment goes with its ranking.")
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_queryset(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
+        if queryset.filter(status=models.Assignment.Status.SUBMITTED).exists():
+            raise PermissionDenied("Submitted assignments go with their rankings.")
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(models.Ranking)

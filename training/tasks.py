@@ -89,5 +89,5 @@ def interactive_playground_reply(reply_id: int) -> None:
 @shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
 def gpu_playground_reply(reply_id: int) -> None:
     """The playground task's name before 0.2 (on the `gpu` queue): messages queued under it
-    before an upgrade still get their reply. Remove in 0.3."""
-    interactive_playground_reply(reply_id)
+    before an upgrade still get their reply, from an `interactive` worker. Remove in 0.3."""
+    interactive_playground_reply.delay(reply_id)

@@ -207,12 +207,15 @@ def test_the_labelers_counters(project, labeler, labelers) -> None:  # type: ign
     yesterday = timezone.now() - timedelta(days=1, hours=1)
     Ranking.objects.filter(task=tasks[0], labeler=labeler).update(created_at=yesterday)
     task_skip(task=tasks[2], labeler=labeler)
-    # Someone else completes task 1 (overlap 2): it is no longer open, and one more open
-    # task is leased by another labeler (still open: remaining counts it).
-    for other in labelers[:1]:
-        lease = task_lease_next(project=project, labeler=other)
-        assert lease is not None and lease.task == tasks[0]
-        submit(tasks[0], other)
+    # Someone else completes task 0 (overlap 2): it is no longer open. Another labeler
+    # holds a lease on task 4: still open, and still remaining for our labeler.
+    lease = task_lease_next(project=project, labeler=labelers[0])
+    assert lease is not None and lease.task == tasks[0]
+    submit(tasks[0], labelers[0])
+    Assignment.objects.create(
+        task=tasks[4], labeler=labelers[1], status="active",
+        expires_at=timezone.now() + timedelta(minutes=5),
+    )  # fmt: skip
     tasks[3].status = RankingTask.Status.COMPLETE  # closed by an admin
     tasks[3].save(update_fields=["status"])
     counts = labeler_counts(project=project, user=labeler)

@@ -307,3 +307,35 @@ def test_a_run_reaped_while_still_working_cannot_make_its_model_current(  # type
     assert produced[0].status == "failed" and not produced[0].is_current
     assert "was not made current" in produced[0].metrics["error"]
     assert registry.current_reward_model(project=project) is None
+
+
+@pytest.mark.django_db
+def test_a_reaped_run_is_told_to_stop(project_with_prompts) -> None:  # type: ignore[no-untyped-def]
+    """A stalled run the reaper failed stops at its next check instead of training on."""
+    run = TrainingRun.objects.create(project=project_with_prompts, kind="ppo")
+    seen = []
+
+    def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
+        reporter._last_cancel_check = -1e9
+        seen.append(reporter.should_stop())  # running: go on
+        runs.runs_reap_stale(now=timezone.now() + timedelta(hours=1))
+        reporter._last_cancel_check = -1e9
+        seen.append(reporter.should_stop())  # reaped: stop
+        raise runs.RunCancelled()
+
+    finished = runs.run_execute(run_id=run.pk, body=body)
+    assert seen == [False, True]
+    assert finished.status == "failed" and "stopped responding" in finished.error
+
+
+def test_ppo_checkpoints_are_keyed_by_the_reward_rules(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    settings.RLHF_ARTIFACT_DIR = tmp_path
+    round_ = SimpleNamespace(pk=3, reward_model_id=7)
+    start = SimpleNamespace(pk=2)
+    plain = jobs.ppo_checkpoints(round_, start)  # type: ignore[arg-type]
+    assert plain == tmp_path / "checkpoints" / "round-3-rm-7-from-2"
+    a = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 1}])  # type: ignore[arg-type]
+    b = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 2}])  # type: ignore[arg-type]
+    assert len({plain, a, b}) == 3

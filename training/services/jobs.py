@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from core.exceptions import ApplicationError
 from labeling.models import Prompt, RankingTask, Response
@@ -241,10 +242,12 @@ def _publish(
                     "its model was not made current."
                 )
             version = model_version_promote(version=version, metrics=metrics)
+            # In the same locked write: the run owns its output, and its fresh heartbeat
+            # keeps the reaper off until run_execute records the success.
+            alive.update(output=version, heartbeat_at=timezone.now())
     except Exception as exc:
         model_version_fail(version=version, error=str(exc))
         raise
-    TrainingRun.objects.filter(pk=run.pk).update(output=version)
     run.output = version
     return {**metrics, "model_version": version.label}
 
@@ -263,11 +266,15 @@ def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- PPO
 
 
-def ppo_checkpoints(round_: Round, start: ModelVersion) -> Path:
-    """Where the round's PPO writes resumable checkpoints: one folder per round, RM and
-    initial policy, so a retried PPO stage continues where the failed attempt stopped, and
-    never on top of a different reward model (a retried RM stage makes a new one)."""
+def ppo_checkpoints(round_: Round, start: ModelVersion, rules: Any = ()) -> Path:
+    """Where the round's PPO writes resumable checkpoints: one folder per round, RM,
+    initial policy and reward rules, so a retried PPO stage continues where the failed
+    attempt stopped, and never on top of another reward (a retried RM stage makes a new
+    RM; rules are part of the reward but not of PPOConfig)."""
     name = f"round-{round_.pk}-rm-{round_.reward_model_id}-from-{start.pk}"
+    if rules:
+        digest = hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:10]
+        name += f"-rules-{digest}"
     return Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints" / name
 
 
@@ -334,7 +341,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     rules = parse_rules(run.config.get("rules", []))
     prompts = datasets.training_prompts(project=project)
     ptx = datasets.demonstration_pairs(project=project) if config.ptx_coef else None
-    checkpoints = ppo_checkpoints(round_, start)
+    checkpoints = ppo_checkpoints(round_, start, run.config.get("rules"))
     _set_aside_foreign_checkpoints(checkpoints, config, reporter)
     reporter.progress(0, config.steps)
 
@@ -373,7 +380,12 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
 # What a resumed run may change (how long, how often it saves, how it batches a forward
 # pass); any other difference means the checkpoint trained something else.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "forward_batch_size"}
+# (gradient checkpointing and the frozen-trunk cache save memory, the resumed controller
+# takes its beta from the checkpoint).
+_RESUMABLE_CHANGES = {
+    "steps", "checkpoint_every", "keep_checkpoints", "forward_batch_size",
+    "gradient_checkpointing", "cache_frozen_trunk", "init_kl_coef",
+}  # fmt: skip
 
 
 def _set_aside_foreign_checkpoints(root: Path, config: Any, reporter: RunReporter) -> None:

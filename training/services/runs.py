@@ -84,7 +84,13 @@ class RunReporter:
             return False
         self._last_cancel_check = now
         self._flush(force=True)
-        return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+        # Cancelled by an admin, or no longer running (the reaper failed it while it was
+        # stalled): either way nothing it goes on to produce would be used.
+        return (
+            TrainingRun.objects.filter(pk=self.run_id)
+            .filter(Q(cancel_requested=True) | ~Q(status=TrainingRun.Status.RUNNING))
+            .exists()
+        )
 
     def log(self, line: str) -> None:
         run = TrainingRun.objects.only("logs").get(pk=self.run_id)
