@@ -82,14 +82,14 @@ class Worker:
 
     _alive: set["Worker"] = set()  # killed at exit too, whatever happened to the test
 
-    def __init__(self, env: dict[str, str], log: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, name: str, beat: bool = False) -> None:
         self.log, self.name = log, name
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "config", "worker",
                 "-Q", "default,gpu", "--pool", "solo", "--concurrency", "1",
-                "-l", "info", "-n", name,
+                "-l", "info", "-n", name, *(["--beat"] if beat else []),
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
             ],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
@@ -170,16 +170,17 @@ def start_worker(transactional_db, tmp_path, settings) -> Iterator[Callable[...,
         "RLHF_DTYPE": "float32",
         "RLHF_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
         "RLHF_PROGRESS_INTERVAL": "0.2",
+        "RLHF_REAP_INTERVAL": "1",  # beat's reaper, for workers started with beat=True
         "RLHF_ARTIFACT_DIR": str(artifacts),
         "RLHF_STUDIO_VAR_DIR": str(tmp_path / "var"),
         "PYTHONUNBUFFERED": "1",
     }
     workers: list[Worker] = []
 
-    def start(name: str | None = None) -> Worker:
+    def start(name: str | None = None, beat: bool = False) -> Worker:
         """A new worker; `name` restarts the node of an earlier one (its node name)."""
         name = name or f"e2e-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        worker = Worker(env, tmp_path / f"worker-{len(workers) + 1}.log", name)
+        worker = Worker(env, tmp_path / f"worker-{len(workers) + 1}.log", name, beat=beat)
         workers.append(worker)
         worker.wait_ready()
         return worker
@@ -370,3 +371,34 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
     # The retry duplicated neither tasks nor pairs.
     assert RankingTask.objects.filter(round=second).count() == 4
     assert Comparison.objects.filter(project=project).count() == comparisons
+
+
+def test_beat_fails_the_runs_of_a_worker_that_never_came_back(start_worker) -> None:  # type: ignore[no-untyped-def]
+    """A GPU machine died mid-run and stays down: no worker of its name ever starts again.
+    Celery beat's periodic reaper (here every second) fails its run and the round, once the
+    run's heartbeat is older than RLHF_HEARTBEAT_TIMEOUT."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.services.registry import current_policy
+
+    worker = start_worker(beat=True)
+    project = _loop_project()
+    round_ = Round.objects.create(
+        project=project, number=1, stage=Round.Stage.TRAINING_RM,
+        sampling_policy=current_policy(project=project),
+    )  # fmt: skip
+    # Created after the worker started: only the periodic reaper can find it, not the
+    # reaping a worker does when it starts.
+    stale = timezone.now() - timedelta(seconds=HEARTBEAT_TIMEOUT + 60)
+    run = TrainingRun.objects.create(
+        project=project, round=round_, kind="rm", status=TrainingRun.Status.RUNNING,
+        worker="gpu@machine-that-died", started_at=stale, heartbeat_at=stale,
+    )  # fmt: skip
+    wait_for(_stage_is(round_.pk, Round.Stage.FAILED), what="beat's reaper",
+             round_id=round_.pk, worker=worker, timeout=90)  # fmt: skip
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert "gpu@machine-that-died stopped responding" in run.error
+    assert "beat: Starting" in worker.log_text()
