@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from labeling.models import Assignment, RankingTask
 
@@ -21,12 +21,20 @@ def holds_slot(now: datetime) -> Q:
     )
 
 
-def used_slots(*, task: RankingTask, now: datetime, exclude_labeler: Any = None) -> int:
-    """Slots of `task` in use (by others than `exclude_labeler`). Exact under the task lock."""
-    assignments = Assignment.objects.filter(holds_slot(now), task=task)
-    if exclude_labeler is not None:
-        assignments = assignments.exclude(labeler=exclude_labeler)
-    return assignments.count()
+def slot_counts(*, task: RankingTask, now: datetime, labeler: Any) -> tuple[int, bool]:
+    """(slots of `task` in use by others than `labeler`, whether `labeler` has ranked or
+    skipped it), in one query. Exact under the task lock."""
+    counts = Assignment.objects.filter(task=task).aggregate(
+        others=Count("pk", filter=holds_slot(now) & ~Q(labeler=labeler)),
+        finished=Count(
+            "pk",
+            filter=Q(
+                labeler=labeler,
+                status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
+            ),
+        ),
+    )
+    return counts["others"], counts["finished"] > 0
 
 
 def lock_task(task: RankingTask) -> RankingTask:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Assignment, Comparison, Ranking, RankingTask
-from labeling.services.leases import lock_task, used_slots
+from labeling.services.leases import lock_task, slot_counts
 from labeling.services.pairs import pairs_from_tie_groups
 
 MAX_TIME_SPENT_MS = 2**31 - 1
@@ -169,7 +169,7 @@ def _check_lease(task: RankingTask, labeler: Any) -> Assignment:
     expired = assignment.expires_at <= now
     if expired and (
         task.status == RankingTask.Status.COMPLETE
-        or used_slots(task=task, now=now, exclude_labeler=labeler) >= task.overlap
+        or slot_counts(task=task, now=now, labeler=labeler)[0] >= task.overlap
     ):
         raise ConflictError(
             "Your lease on this task expired and the task has since been given to other "

@@ -11,21 +11,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.exceptions import ConflictError
 from labeling.models import Assignment, Membership, Project, RankingTask
-from labeling.services.leases import holds_slot, lock_task, of_self, used_slots
+from labeling.services.leases import holds_slot, lock_task, of_self, slot_counts
 from labeling.services.task_imports import preferences_import, tasks_import_responses
 
 __all__ = [
     "preferences_import",
+    "slot_counts",
     "task_lease_next",
     "task_skip",
     "tasks_import_responses",
-    "used_slots",
 ]
 
 ACTIVE, SUBMITTED, SKIPPED = (
@@ -63,7 +63,7 @@ def task_lease_next(
         # The candidate query read a snapshot; recount under the lock. It may also have
         # missed this labeler's own skip or submission of the task, committed just before
         # the lock was taken (another tab): such a task is not theirs to lease again.
-        others, finished_by_labeler = _slots_under_lock(task, labeler, now)
+        others, finished_by_labeler = slot_counts(task=task, now=now, labeler=labeler)
         if not finished_by_labeler and others < task.overlap:
             return _lease(task, labeler, now + timedelta(seconds=project.lease_seconds))
         tried.append(task.pk)
@@ -102,15 +102,6 @@ def _current_lease(
     if exclude_task_id is not None:
         leases = leases.exclude(task_id=exclude_task_id)
     return leases.order_by("id").first()
-
-
-def _slots_under_lock(task: RankingTask, labeler: Any, now: datetime) -> tuple[int, bool]:
-    """(slots used by other labelers, whether `labeler` ranked or skipped it): one query."""
-    counts = Assignment.objects.filter(task=task).aggregate(
-        others=Count("pk", filter=holds_slot(now) & ~Q(labeler=labeler)),
-        mine=Count("pk", filter=Q(labeler=labeler, status__in=[SUBMITTED, SKIPPED])),
-    )
-    return counts["others"], counts["mine"] > 0
 
 
 def _lock_membership(project: Project, labeler: Any) -> None:
@@ -160,7 +151,7 @@ def _lease(task: RankingTask, labeler: Any, expires_at: datetime) -> Assignment:
     An UPDATE first, an INSERT only when it touched nothing. No one can race for this
     (task, labeler) row: leases by the same labeler are serialised by their membership
     lock, and their skips and submissions of the task by its row lock, which we hold and
-    under which `_slots_under_lock` saw no finished row of theirs. So this needs neither
+    under which `slot_counts` saw no finished row of theirs. So this needs neither
     get_or_create's SELECT nor its savepoints (the hot path of the ranking screen).
     """
     renewed = Assignment.objects.filter(task=task, labeler=labeler).exclude(
