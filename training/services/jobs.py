@@ -404,9 +404,8 @@ def _set_aside_foreign_checkpoints(root: Path, config: Any, reporter: RunReporte
             continue  # unreadable: train_ppo reports it and it is set aside as corrupt
         changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
         if changed:
-            folder.rename(folder.with_name(f".superseded-{folder.name}-{int(time.time())}"))
-            reporter.log(f"checkpoint {folder.name} was trained with other {', '.join(changed)}; "
-                         "starting over")  # fmt: skip
+            _set_aside(folder, "superseded", reporter, f"checkpoint {folder.name} was trained "
+                       f"with other {', '.join(changed)}; starting over")  # fmt: skip
 
 
 def _set_aside_newest_checkpoint(root: Path, reporter: RunReporter, error: Exception) -> None:
@@ -415,8 +414,14 @@ def _set_aside_newest_checkpoint(root: Path, reporter: RunReporter, error: Excep
     newest = latest_checkpoint(root)
     if newest is None:  # nothing left to set aside: the error is not the checkpoint's
         raise error
-    newest.rename(newest.with_name(f".corrupt-{newest.name}-{int(time.time())}"))
-    reporter.log(f"{error}; set aside, going on from the checkpoint before it (or the start)")
+    message = f"{error}; set aside, going on from the checkpoint before it (or the start)"
+    _set_aside(newest, "corrupt", reporter, message)
+
+
+def _set_aside(folder: Path, why: str, reporter: RunReporter, message: str) -> None:
+    """Rename a checkpoint `.{why}-step-N-TIME`: no longer resumed from, kept to inspect."""
+    folder.rename(folder.with_name(f".{why}-{folder.name}-{int(time.time())}"))
+    reporter.log(message)
 
 
 # --------------------------------------------------------------------------- SFT
