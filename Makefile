@@ -37,7 +37,7 @@ web: $(STAMP)
 	$(PY) manage.py runserver
 
 worker: $(STAMP)
-	$(VENV)/bin/celery -A config worker -Q default,gpu,interactive --concurrency 1 --beat -l info
+	$(VENV)/bin/celery -A config worker -Q default,gpu --concurrency 1 --beat -l info
 
 test: install
 	$(PY) -m pytest

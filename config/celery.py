@@ -1,9 +1,9 @@
-"""The Celery app: three queues, JSON only, late acks, one task at a time per GPU worker.
+"""The Celery app: two queues, JSON only, late acks, one task at a time per GPU worker.
 
-- `default`: bookkeeping, building pairs, exports.
+- `default`: bookkeeping, building pairs, exports, and playground replies (a person waits
+  for those, so they stay off `gpu`, where they would queue behind hours of training; a
+  worker that serves both queues still answers them, between runs).
 - `gpu`: sampling and all training. GPU workers run `-Q gpu --concurrency 1`.
-- `interactive`: playground replies, which a person waits for; a worker other than the
-  one training takes them, so they never wait behind a PPO run.
 
 Run state lives in the database (training.models.TrainingRun); the broker is transport.
 """
@@ -33,11 +33,8 @@ def _configure(settings_module: object) -> None:
         task_time_limit=settings.RLHF_TASK_HARD_TIME_LIMIT,
         task_soft_time_limit=settings.RLHF_TASK_SOFT_TIME_LIMIT,
         task_default_queue="default",
-        task_queues=(Queue("default"), Queue("gpu"), Queue("interactive")),
-        task_routes={
-            "training.tasks.gpu_*": {"queue": "gpu"},
-            "training.tasks.interactive_*": {"queue": "interactive"},
-        },
+        task_queues=(Queue("default"), Queue("gpu")),
+        task_routes={"training.tasks.gpu_*": {"queue": "gpu"}},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )

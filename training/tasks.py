@@ -1,8 +1,7 @@
 """Celery doors: load the row, call one service, nothing else.
 
-Tasks named `gpu_*` are routed to the `gpu` queue and `interactive_*` to `interactive`
-(config/celery.py); the rest run on `default`. Every task is idempotent on the id it
-carries.
+Tasks named `gpu_*` are routed to the `gpu` queue (config/celery.py); the rest run on
+`default`. Every task is idempotent on the id it carries.
 """
 
 import logging
@@ -72,10 +71,10 @@ def _recover_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped
         logger.exception("recovering runs at worker start failed")
 
 
-@shared_task(name="training.tasks.interactive_playground_reply", acks_late=True)
-def interactive_playground_reply(reply_id: int) -> None:
-    """A playground reply, on the `interactive` queue: a person is waiting for it, so it
-    must not queue behind hours of training on `gpu`."""
+@shared_task(name="training.tasks.playground_reply", acks_late=True)
+def playground_reply(reply_id: int) -> None:
+    """A playground reply, on the `default` queue: a person is waiting for it, so it must
+    not queue behind hours of training on `gpu`."""
     from training.models import PlaygroundReply
     from training.services.playground import playground_reply_generate
 
@@ -89,5 +88,5 @@ def interactive_playground_reply(reply_id: int) -> None:
 @shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
 def gpu_playground_reply(reply_id: int) -> None:
     """The playground task's name before 0.2 (on the `gpu` queue): messages queued under it
-    before an upgrade still get their reply, from an `interactive` worker. Remove in 0.3."""
-    interactive_playground_reply.delay(reply_id)
+    before an upgrade still get their reply, from a `default` worker. Remove in 0.3."""
+    playground_reply.delay(reply_id)

@@ -217,13 +217,14 @@ def test_strangers_and_other_members_cannot_reach_a_reply(  # type: ignore[no-un
     assert APIClient().get(f"/api/v1/playground/{reply.pk}/").status_code in (401, 403)
 
 
-def test_replies_go_to_the_interactive_queue_not_behind_training() -> None:
+def test_replies_go_to_the_default_queue_not_behind_training() -> None:
     from config.celery import app
 
     def queue_of(task: str) -> str:
         return app.amqp.router.route({}, task)["queue"].name
 
-    assert queue_of("training.tasks.interactive_playground_reply") == "interactive"
+    assert queue_of("training.tasks.playground_reply") == "default"
+    assert {q.name for q in app.conf.task_queues} == {"default", "gpu"}  # PRODUCT.md's two
     assert queue_of("training.tasks.gpu_execute_run") == "gpu"
     assert queue_of("training.tasks.round_build_pairs") == "default"
     assert queue_of("training.tasks.reap_stale_runs") == "default"

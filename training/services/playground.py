@@ -1,6 +1,6 @@
 """The playground: members chat with the project's current policy (PRODUCT.md section 3).
 
-A request stores a queued PlaygroundReply and sends its id to the `interactive` queue (not
+A request stores a queued PlaygroundReply and sends its id to the `default` queue (not
 `gpu`, where it would wait behind training) when the transaction commits; the worker loads
 the current policy (kept loaded between requests) and samples one response. Thumbs on a
 reply become a labeling Feedback; a "better answer" becomes a Demonstration of the prompt,
@@ -92,7 +92,7 @@ def playground_reply_request(*, project: Project, user: Any, prompt: Any) -> Pla
     reply = PlaygroundReply.objects.create(project=project, user=user, prompt=content)
     from training import tasks  # the Celery door; imported late to keep services testable
 
-    transaction.on_commit(lambda: tasks.interactive_playground_reply.delay(reply.pk))
+    transaction.on_commit(lambda: tasks.playground_reply.delay(reply.pk))
     return reply
 
 

@@ -131,8 +131,8 @@ class Command(BaseCommand):
         """Run the web server and two workers beside it; stop all on Ctrl-C or if one dies.
 
         The training worker takes `gpu` (sampling, RM, PPO; one task at a time) and runs
-        beat, the periodic reaper of abandoned runs. The other takes `default` and
-        `interactive`, so building pairs and playground replies never wait behind a PPO run.
+        beat, the periodic reaper of abandoned runs. The other takes `default`, so building
+        pairs and playground replies never wait behind a PPO run.
         """
         base = Path(settings.BASE_DIR)
 
@@ -151,7 +151,7 @@ class Command(BaseCommand):
                 "--noreload",
             ],
             "training worker": worker("gpu", "gpu", "--beat"),
-            "worker": worker("default,interactive", "default"),
+            "worker": worker("default", "default"),
         }
         stop_on_signals()
         # Own process groups: Ctrl-C reaches only this command, which then stops both in turn.
