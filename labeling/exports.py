@@ -77,13 +77,15 @@ def db_text(path: str) -> Cast:
 def iso_from_db_text(text: str) -> str:
     """ISO 8601 with a `Z` from the text of a UTC timestamp: PostgreSQL's
     '2026-11-23 21:40:00.5+00' (the session is in UTC) or SQLite's '2026-11-23 21:40:00.5'
-    (Django stores UTC there, without an offset)."""
+    (Django stores UTC there, without an offset). The fraction gets six digits, as `iso`
+    writes it: PostgreSQL drops trailing zeros (.611 for .611000)."""
     text = text.replace(" ", "T", 1)
     if text.endswith("+00"):
-        return text[:-3] + "Z"
-    if len(text) <= 26 and "+" not in text and "-" not in text[10:]:
-        return text + "Z"
-    return iso(datetime.fromisoformat(text))
+        text = text[:-3]
+    elif not (len(text) <= 26 and "+" not in text and "-" not in text[10:]):
+        return iso(datetime.fromisoformat(text))
+    whole, dot, fraction = text.partition(".")
+    return f"{whole}{dot}{fraction.ljust(6, '0') if dot else ''}Z"
 
 
 def policy_label(kind: str | None, version: int | None, name: str) -> str | None:

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from labeling.exports import (
     comparison_rows,
+    iso,
     iso_from_db_text,
     jsonl_stream,
     ranking_rows,
@@ -204,7 +205,13 @@ def test_empty_parquet_export_is_readable(tmp_path) -> None:  # type: ignore[no-
 
 
 def test_iso_from_db_text() -> None:
-    assert iso_from_db_text("2026-11-23 21:40:00.25+00") == "2026-11-23T21:40:00.25Z"
+    # PostgreSQL drops trailing zeros; the export writes what `iso` writes for the moment,
+    # whatever its digits (the row test once failed on a .611000 timestamp).
+    assert iso_from_db_text("2026-11-23 21:40:00.25+00") == "2026-11-23T21:40:00.250000Z"
+    assert iso_from_db_text("2026-11-23 21:40:00.611+00") == iso(
+        datetime(2026, 11, 23, 21, 40, 0, 611000, tzinfo=UTC)
+    )
+    assert iso_from_db_text("2026-11-23 21:40:00.5") == "2026-11-23T21:40:00.500000Z"
     assert iso_from_db_text("2026-11-23 21:40:00.123456") == "2026-11-23T21:40:00.123456Z"
     assert iso_from_db_text("2026-11-23 21:40:00") == "2026-11-23T21:40:00Z"
     assert iso_from_db_text("2026-11-23 23:40:00+02:00") == "2026-11-23T21:40:00Z"
