@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench browser web worker clean
+.PHONY: install demo test test-fast lint bench browser web worker clean gpu-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,12 +49,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	# Types of the product code (tests are not type-checked yet: factories are untyped).
-	$(VENV)/bin/mypy config core labeling training frontend bench
+	$(VENV)/bin/mypy config core formats labeling training frontend bench
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: $(STAMP)
 	$(PIP) install -r requirements-bench.txt
 	$(PY) -m bench.run_all
+
+# On a GPU box: bf16 steps of every stage (needs torch, transformers, accelerate, peft and
+# safetensors only, so it runs with the machine's python when there is no .venv).
+gpu-check:
+	$$(test -x $(PY) && echo $(PY) || echo $(PYTHON)) -m training.ml gpu-check
 
 clean:
 	rm -rf var staticfiles .pytest_cache .ruff_cache .mypy_cache

@@ -72,9 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ppo-batch", type=int, default=8)
     add("--ppo-lr", type=float, default=1e-4)
     add("--ppo-epochs", type=int, default=2)
-    add("--kl-target", type=float, default=3.0, help="nats per response")
-    add("--init-kl-coef", type=float, default=0.1)
-    add("--kl-horizon", type=int, default=48, help="episodes (short: the run is short)")
+    # The KL controller runs with the product's defaults (PPOConfig) unless these are given.
+    add("--kl-target", type=float, default=None, help="nats per response (default: product's)")
+    add("--init-kl-coef", type=float, default=None, help="initial beta (default: product's)")
+    add("--kl-horizon", type=int, default=None, help="episodes (default: a quarter of the run)")
     add("--device", default="cpu")
     add("--threads", type=int, default=2)
     add("--seed", type=int, default=0)
@@ -120,11 +121,23 @@ def training_config(args: argparse.Namespace) -> dict[str, Any]:
                "train_top_layers": args.rm_top_layers, "eval_fraction": 0.15, "seed": args.seed},
         "ppo": {"steps": args.ppo_steps, "batch_size": args.ppo_batch,
                 "mini_batch_size": max(1, args.ppo_batch // 2), "ppo_epochs": args.ppo_epochs,
-                "lr": args.ppo_lr, "kl_target": args.kl_target, "init_kl_coef": args.init_kl_coef,
-                "kl_horizon": args.kl_horizon, "train_top_layers": top, "temperature": 1.0,
+                "lr": args.ppo_lr, "train_top_layers": top, "temperature": 1.0,
                 "forward_batch_size": args.ppo_batch, "seed": args.seed,
-                "checkpoint_every": 0},
+                "checkpoint_every": 0, **kl_overrides(args)},
     }  # fmt: skip
+
+
+def ppo_defaults() -> Any:
+    from training.ml.ppo import PPOConfig
+
+    return PPOConfig()
+
+
+def kl_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The KL controller settings given on the command line (the rest: PPOConfig's)."""
+    given = {"kl_target": args.kl_target, "init_kl_coef": args.init_kl_coef,
+             "kl_horizon": args.kl_horizon}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def make_project(args: argparse.Namespace) -> tuple[Any, list[str]]:
@@ -285,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "before": before,
         "after": after,
         **z_scores(before, after),
-        "kl_target": args.kl_target,
+        "kl_target": training_config(args)["ppo"].get("kl_target", ppo_defaults().kl_target),
         "ppo_kl_last_step": rounds[-1]["ppo_last"].get("objective/kl"),
         "rounds": rounds,
         "seconds": time.perf_counter() - started,

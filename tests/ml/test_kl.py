@@ -67,3 +67,28 @@ def test_k1_and_k3_expectations_equal_exact_kl() -> None:
     exact = (p * (logp - ref)).sum()
     torch.testing.assert_close((p * kl_penalty(logp, ref)).sum(), exact)
     torch.testing.assert_close((p * kl_k3(logp, ref)).sum(), exact)
+
+
+def test_default_ppo_run_can_move_beta_at_least_2x() -> None:
+    """The product's PPOConfig(): with the KL far above (below) target for a whole default
+    run, beta at least doubles (at least halves): the controller steers at the defaults."""
+    from training.ml.ppo import PPOConfig, kl_horizon
+
+    config = PPOConfig()
+    assert config.kl_target is not None
+    for kl, check in ((10 * config.kl_target, lambda b: b >= 2.0), (0.0, lambda b: b <= 0.5)):
+        ctl = make_kl_controller(config.init_kl_coef, config.kl_target, kl_horizon(config))
+        for _ in range(config.steps):
+            ctl.update(kl, config.batch_size)
+        assert check(ctl.value / config.init_kl_coef), ctl.value
+        expected = reference_beta(config.init_kl_coef, config.kl_target, kl_horizon(config),
+                                  [kl] * config.steps, config.batch_size)  # fmt: skip
+        assert ctl.value == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_explicit_horizon_is_kept() -> None:
+    from training.ml.ppo import PPOConfig, kl_horizon
+
+    assert kl_horizon(PPOConfig(kl_horizon=10_000)) == 10_000
+    assert kl_horizon(PPOConfig(steps=20, batch_size=8)) == 40
+    assert kl_horizon(PPOConfig(steps=1, batch_size=1)) == 1

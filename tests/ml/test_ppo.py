@@ -1,6 +1,7 @@
 """PPO: the pure pieces on hand-computed numbers, then whole steps on the `tiny` model."""
 
 import copy
+import itertools
 import math
 import random
 from pathlib import Path
@@ -346,3 +347,26 @@ def test_bad_inputs_and_unreadable_checkpoints_fail_clearly(tmp_path: Path) -> N
             policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
             checkpoint_dir=tmp_path,
         )  # fmt: skip
+
+
+def test_default_config_with_kl_far_above_target_raises_beta_over_2x() -> None:
+    """PPOConfig() as the product runs it (responses cut to 8 tokens to keep the test short;
+    length does not enter the controller). The reference is a perturbed copy of the policy,
+    so the KL is far above the 6-nat target from the first step: beta must climb each step
+    and end at least 2x its start (the default horizon is a quarter of the run)."""
+    policy, ref_policy, critic, tokenizer = build()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in ref_policy.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    config = PPOConfig(max_new_tokens=8)
+    history: list[dict] = []
+    result = train_ppo(
+        policy, ref_policy, critic, None, tokenizer, PROMPTS, config,
+        reward_fn=spaces, on_metrics=lambda _, m: history.append(m),
+    )  # fmt: skip
+    assert config.kl_target is not None
+    assert min(m["objective/kl"] for m in history) > 2 * config.kl_target
+    betas = [m["objective/kl_coef"] for m in history] + [result["kl_coef"]]
+    assert all(after > before for before, after in itertools.pairwise(betas))
+    assert result["kl_coef"] >= 2 * config.init_kl_coef

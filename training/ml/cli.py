@@ -1,4 +1,4 @@
-"""``python -m training.ml {generate,sft,train-rm,eval-rm,ppo,bench}`` (PRODUCT.md 3).
+"""``python -m training.ml {generate,sft,train-rm,eval-rm,ppo,bench,gpu-check}`` (PRODUCT.md 3).
 
 Subcommands live in ``training/ml/commands/<module>.py`` (see that package's docstring).
 Bad input stops with one ``error: ...`` line on stderr and exit code 2, no traceback.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Modules under training.ml.commands, in help order; each may register several commands.
-COMMAND_MODULES = ("generate", "sft", "rm", "ppo", "bench")
+COMMAND_MODULES = ("generate", "sft", "rm", "ppo", "bench", "gpu_check")
 EXIT_BAD_INPUT = 2
 
 

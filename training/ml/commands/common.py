@@ -28,7 +28,12 @@ def add_model_args(parser: argparse.ArgumentParser, *, model_default: str = "def
         "save_pretrained folder (safetensors)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bf16 or fp16")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on CUDA, else float32), float32, bf16 or fp16; a trained model "
+        "keeps fp32 weights and computes in this dtype under autocast",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed")
 
 
@@ -86,13 +91,27 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``--model`` on ``--device`` in ``--dtype``."""
+def load_model_from_args(args: argparse.Namespace, *, trained: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``--model`` on ``--device``: in ``--dtype``, or in fp32
+    (master weights) for a model that will be ``trained``."""
     from training.ml.models import load_causal_lm, resolve_device
 
     quiet_transformers()
     device = resolve_device(args.device)
-    return load_causal_lm(args.model, device=device, dtype=args.dtype)
+    return load_causal_lm(args.model, device=device, dtype=weights_dtype(args, trained=trained))
+
+
+def weights_dtype(args: argparse.Namespace, *, trained: bool) -> str:
+    """The dtype to load a model in: fp32 for trained ones, ``--dtype`` for frozen ones."""
+    return "float32" if trained else args.dtype
+
+
+def precision_from_args(args: argparse.Namespace) -> Any:
+    """The training precision (autocast dtype) of ``--dtype`` on ``--device``."""
+    from training.ml.models import resolve_device
+    from training.ml.precision import resolve_precision
+
+    return resolve_precision(args.dtype, resolve_device(args.device))
 
 
 def set_threads_from_env() -> None:

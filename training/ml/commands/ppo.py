@@ -22,8 +22,10 @@ from training.ml.commands.common import (
     check_out_dir,
     emit_result,
     overrides,
+    precision_from_args,
     quiet_transformers,
     set_threads_from_env,
+    weights_dtype,
 )
 
 FLAG_TO_FIELD = {
@@ -133,7 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     set_threads_from_env()
     quiet_transformers()
     models = _load_models(args)
-    result = _train(models, prompts, config, rules, ptx, checkpoints, resume=args.resume)
+    result = _train(models, prompts, config, rules, ptx, checkpoints, resume=args.resume,
+                    precision=precision_from_args(args))  # fmt: skip
     if result["status"] != "completed":
         emit_result({**result, "out": None, "checkpoint_dir": str(checkpoints or "")})
         return EXIT_CANCELLED
@@ -183,7 +186,8 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     from training.ml.reward_model import load_reward_model
 
     device = resolve_device(args.device)
-    policy, tokenizer = load_causal_lm(args.model, device=device, dtype=args.dtype)
+    trained = weights_dtype(args, trained=True)  # policy and critic: fp32 master weights
+    policy, tokenizer = load_causal_lm(args.model, device=device, dtype=trained)
     ref_policy, _ = load_causal_lm(args.ref_model or args.model, device=device, dtype=args.dtype)
     reward_model = None
     if args.reward_model is not None:
@@ -193,7 +197,7 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
         if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise CommandError(f"--reward-model {args.reward_model} has another tokenizer")
     critic_spec = args.critic or args.reward_model or args.model
-    critic, _ = load_reward_model(critic_spec, device=device, dtype=args.dtype)
+    critic, _ = load_reward_model(critic_spec, device=device, dtype=trained)
     return policy, ref_policy, critic, reward_model, tokenizer
 
 
@@ -206,6 +210,7 @@ def _train(
     checkpoints: Path | None,
     *,
     resume: bool,
+    precision: Any,
 ) -> dict[str, Any]:
     """train_ppo with progress bars; the first Ctrl-C stops after the current step."""
     from training.ml.ppo import train_ppo
@@ -227,7 +232,7 @@ def _train(
                 policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
                 rules=rules, ptx_texts=ptx, on_metrics=progress,
                 should_stop=lambda: stop["requested"], checkpoint_dir=checkpoints,
-                resume=resume,
+                resume=resume, precision=precision,
             )  # fmt: skip
     except CheckpointError as error:
         raise CommandError(str(error)) from None

@@ -18,8 +18,10 @@ from training.ml.commands.common import (
     add_training_args,
     check_out_dir,
     overrides,
+    precision_from_args,
     quiet_transformers,
     set_threads_from_env,
+    weights_dtype,
 )
 
 FLAG_TO_FIELD = {
@@ -109,12 +111,15 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(str(error)) from None
     set_threads_from_env()
     quiet_transformers()
-    model, tokenizer = load_reward_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_reward_model(
+        args.model, device=args.device, dtype=weights_dtype(args, trained=True)
+    )
     keys = ["rm/loss", "rm/accuracy", "rm/eval_accuracy", "charts/pairs_per_s"]
     with MetricsProgress("train-rm", keys=keys) as progress:
         result = train_reward_model(
-            model, tokenizer, train, config=config, eval=eval_examples, on_metrics=progress
-        )
+            model, tokenizer, train, config=config, eval=eval_examples, on_metrics=progress,
+            precision=precision_from_args(args),
+        )  # fmt: skip
     if result["status"] != "completed":
         return {**result, "out": None}
     samples = calibration or _training_responses(train, config.seed)

@@ -13,6 +13,7 @@ from training.ml.commands.common import (
     check_out_dir,
     load_model_from_args,
     overrides,
+    precision_from_args,
     set_threads_from_env,
 )
 
@@ -64,11 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as error:
         raise CommandError(str(error)) from None
     set_threads_from_env()
-    model, tokenizer = load_model_from_args(args)
+    model, tokenizer = load_model_from_args(args, trained=True)
     with MetricsProgress("sft", keys=["sft/loss", "sft/eval_loss", "sft/lr"]) as progress:
         result = train_sft(
-            model, tokenizer, demos, config, eval_demos=eval_demos, on_metrics=progress
-        )
+            model, tokenizer, demos, config, eval_demos=eval_demos, on_metrics=progress,
+            precision=precision_from_args(args),
+        )  # fmt: skip
     if result["status"] != "completed":
         return {**result, "out": None}
     metrics = json.dumps({**result, "config": vars(config)}, indent=2, default=str)

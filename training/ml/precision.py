@@ -1,0 +1,70 @@
+"""Mixed precision for training: fp32 master weights, low-precision compute.
+
+Stepping bf16 weights directly loses most small updates: an Adam step of lr 1e-5 moves a
+weight by about 1e-5 of its size, below bf16's 8-bit mantissa (2^-8 = 0.4%), so it rounds
+back to the same value. Trained models therefore keep their parameters and optimizer
+state in float32 and run forward and backward under ``torch.autocast`` in bf16 (or fp16
+with a gradient scaler). Frozen models (the PPO reference and reward scorer) may be
+stored in the low-precision dtype: nothing updates them.
+
+``dtype`` names follow ``training.ml.models.resolve_dtype``: on a trained model "bf16"
+means bf16 autocast over fp32 weights, never pure bf16 training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.ml.models import resolve_dtype
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a trained model computes: ``compute`` dtype under autocast on ``device_type``."""
+
+    compute: torch.dtype = torch.float32
+    device_type: str = "cpu"
+
+    @property
+    def mixed(self) -> bool:
+        return self.compute != torch.float32
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.compute, "fp32")
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Forward passes inside run in ``compute`` (a no-op in fp32)."""
+        if not self.mixed:
+            yield
+            return
+        with torch.autocast(device_type=self.device_type, dtype=self.compute):
+            yield
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler for fp16 (whose small gradients underflow); disabled otherwise."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.compute == torch.float16)
+
+
+FP32 = Precision()
+
+
+def resolve_precision(dtype: str | torch.dtype | None, device: torch.device | str) -> Precision:
+    """The training precision for a ``--dtype``/``RLHF_DTYPE`` value on ``device``."""
+    target = torch.device(device)
+    compute = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, target)
+    return Precision(compute=compute, device_type=target.type)
+
+
+def master_weights(model: nn.Module) -> nn.Module:
+    """Cast every floating parameter and buffer of a model that will be trained to fp32, in
+    place (a no-op on an fp32 model); returns the model."""
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model.float()
+    return model
