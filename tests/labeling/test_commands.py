@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.http import HttpRequest
 from rest_framework.authtoken.models import Token
 
 from labeling.models import Comparison, Membership, Project, Prompt, Ranking, RankingTask
@@ -86,7 +87,9 @@ def test_add_member_creates_the_user(project) -> None:  # type: ignore[no-untype
     membership = Membership.objects.get(project=project, user__username="carol")
     assert membership.role == "labeler"
     assert membership.pseudonym in out
-    assert authenticate(username="carol", password="s3cret-Pass-99") == membership.user
+    assert (
+        authenticate(HttpRequest(), username="carol", password="s3cret-Pass-99") == membership.user
+    )
     run("add_member", project.slug, "carol", "--role", "admin")
     membership.refresh_from_db()
     assert membership.role == "admin"
@@ -268,7 +271,7 @@ def test_demo_sets_up_once_and_keeps_users() -> None:
     admin, labeler = User.objects.get(username="admin"), User.objects.get(username="labeler")
     assert admin.is_superuser and admin.is_staff and not labeler.is_superuser
     password = re.search(r"^ +admin +(\S+)$", first, re.MULTILINE).group(1)  # type: ignore[union-attr]
-    assert authenticate(username="admin", password=password) == admin
+    assert authenticate(HttpRequest(), username="admin", password=password) == admin
     project = Project.objects.get(slug="demo")
     roles = dict(project.memberships.values_list("user__username", "role"))
     assert roles == {"admin": "admin", "labeler": "labeler"}
@@ -281,14 +284,14 @@ def test_demo_sets_up_once_and_keeps_users() -> None:
 
     second = run("demo", "--no-server")
     assert second.count("password unchanged") == 2
-    assert authenticate(username="admin", password=password) == admin
+    assert authenticate(HttpRequest(), username="admin", password=password) == admin
     assert (project.prompts.count(), project.tasks.count()) == counts
     assert User.objects.count() == 2
     assert ModelVersion.objects.filter(project=project).count() == 1
 
     third = run("demo", "--no-server", "--reset-passwords")
     assert "password unchanged" not in third
-    assert authenticate(username="admin", password=password) is None
+    assert authenticate(HttpRequest(), username="admin", password=password) is None
 
 
 def _free_port() -> int:
