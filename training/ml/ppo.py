@@ -14,13 +14,14 @@ import math
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from training.ml.configs import PPOConfig
 from training.ml.data import PromptInput
 from training.ml.frozen_trunk import shared_trunk_cache, trunk_cache_for
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
@@ -47,83 +48,22 @@ from training.ml.ppo_rollout import (
     token_logprobs,
     top_only,
 )
+from training.ml.precision import FP32, Precision, master_weights
 from training.ml.reward_model import RewardModel
 from training.ml.rules import Rule
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
-@dataclass
-class PPOConfig:
-    """Hyper-parameters of one PPO run (defaults: a CPU-sized InstructGPT recipe)."""
+def kl_horizon(config: PPOConfig) -> int:
+    """The controller's horizon in episodes: `kl_horizon`, or a quarter of the run.
 
-    steps: int = 20
-    """number of PPO steps (one rollout batch + its update each)"""
-    batch_size: int = 8
-    """prompts (episodes) per rollout"""
-    mini_batch_size: int = 4
-    """episodes per gradient step in the update"""
-    ppo_epochs: int = 4
-    """passes over each rollout batch"""
-    lr: float = 1e-5
-    """Adam learning rate of policy and critic"""
-    max_grad_norm: float = 1.0
-    """gradient clipping of policy and critic together"""
-    cliprange: float = 0.2
-    """epsilon of the clipped policy ratio"""
-    cliprange_value: float = 0.2
-    """clip of the value prediction around the rollout's value"""
-    vf_coef: float = 0.1
-    """weight of the value loss"""
-    gamma: float = 1.0
-    """discount of GAE"""
-    lam: float = 0.95
-    """lambda of GAE"""
-    init_kl_coef: float = 0.2
-    """initial beta of the per-token KL penalty"""
-    kl_target: float | None = 6.0
-    """KL (nats per response) the adaptive controller aims at; None keeps beta fixed"""
-    kl_horizon: int = 10_000
-    """horizon of the adaptive controller, in episodes"""
-    whiten_rewards: bool = False
-    """scale per-token rewards to unit variance before GAE"""
-    missing_eos_penalty: float = 0.0
-    """subtracted from the score of a response that did not end with EOS"""
-    ptx_coef: float = 0.0
-    """gamma of PPO-ptx: weight of the log-likelihood of ptx texts"""
-    ptx_batch_size: int = 4
-    """ptx texts per gradient step"""
-    max_new_tokens: int = 64
-    """length limit of a sampled response"""
-    max_prompt_length: int = 256
-    """prompt tokens kept (the last ones)"""
-    max_ptx_length: int = 256
-    """tokens kept of a ptx text"""
-    temperature: float = 1.0
-    """sampling temperature; log-probs are taken from the same tempered distribution"""
-    top_p: float = 1.0
-    """nucleus sampling mass"""
-    forward_batch_size: int = 8
-    """episodes per no-grad forward pass in the rollout"""
-    seed: int = 0
-    """seed of prompt order, sampling and minibatch order (each step derives its own)"""
-    train_top_layers: int | None = None
-    """train only the top N blocks (and head) of policy and critic"""
-    gradient_checkpointing: bool = False
-    """recompute activations in backward to save memory"""
-    cache_frozen_trunk: bool = True
-    """with frozen bottom blocks, run them once per rollout, not in every update pass"""
-    checkpoint_every: int = 0
-    """steps between checkpoints (0: only on cancel and at the end)"""
-    keep_checkpoints: int = 2
-    """complete checkpoints kept on disk"""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 (PPO needs the sampling distribution)")
+    Ziegler et al.'s 10,000 episodes suit runs of millions of episodes; with the horizon
+    tied to the run, beta *= (1 + 0.2 * 4 / steps) per step at full error, about 2.2x over
+    any run length when the KL stays far from target (0.45x when far below)."""
+    if config.kl_horizon is not None:
+        return config.kl_horizon
+    return max(1, config.steps * config.batch_size // 4)
 
 
 def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
@@ -211,8 +151,12 @@ def ppo_update(
     step: int,
     ptx: list[PtxExample] | None,
     pad_id: int,
+    precision: Precision = FP32,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """`ppo_epochs` passes over shuffled minibatches; returns the mean of each loss stat."""
+    """`ppo_epochs` passes over shuffled minibatches; returns the mean of each loss stat.
+    Forwards run under `precision`'s autocast; `scaler` scales fp16 losses."""
+    scaler = scaler or precision.grad_scaler()
     models.policy.train()
     models.critic.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -224,18 +168,21 @@ def ppo_update(
         order = torch.randperm(n, generator=generator).to(models.device)
         for start in range(0, n, config.mini_batch_size):
             idx = order[start : start + config.mini_batch_size]
-            loss, stats = minibatch_loss(models, rollout, idx, advantages, returns, config)
-            if ptx:
-                lm_loss = ptx_loss(
-                    models.policy, ptx, draw, config.ptx_batch_size, config.seed, pad_id
-                )
-                loss = loss + config.ptx_coef * lm_loss
-                stats["ptx_loss"] = lm_loss.item()
+            with precision.autocast():
+                loss, stats = minibatch_loss(models, rollout, idx, advantages, returns, config)
+                if ptx:
+                    lm_loss = ptx_loss(
+                        models.policy, ptx, draw, config.ptx_batch_size, config.seed, pad_id
+                    )
+                    loss = loss + config.ptx_coef * lm_loss
+                    stats["ptx_loss"] = lm_loss.item()
             draw += 1
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             for key, value in stats.items():
                 totals.setdefault(key, []).append(value)
     return {key: sum(values) / len(values) for key, values in totals.items()}
@@ -285,6 +232,7 @@ def train_ppo(
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
     """Run `config.steps` PPO steps in place on `policy` and `critic`.
 
@@ -294,9 +242,12 @@ def train_ppo(
     step. Returns {"status": "completed" | "cancelled", "step", "kl_coef", "resumed_from",
     and the last step's metrics}. With `checkpoint_dir`, checkpoints are written every
     `checkpoint_every` steps, on cancel and at the end, and `resume` continues from the
-    newest complete one.
+    newest complete one. Policy and critic train in fp32 (master weights); `precision` sets
+    the autocast dtype of rollouts and updates; the reference and RM may be stored in it.
     """
     prompts = list(prompts)
+    master_weights(policy)
+    master_weights(critic)
     _check_inputs(prompts, reward_model is not None or reward_fn is not None or bool(rules),
                   tokenizer)  # fmt: skip
     models = PPOModels(policy, ref_policy, critic, reward_model)
@@ -304,7 +255,8 @@ def train_ppo(
     if ptx_texts and config.ptx_coef:
         ptx = ptx_examples(tokenizer, ptx_texts, config.max_ptx_length)
     optimizer = torch.optim.Adam(prepare_models(models, config), lr=config.lr, eps=1e-5)
-    kl_ctl = make_kl_controller(config.init_kl_coef, config.kl_target, config.kl_horizon)
+    scaler = precision.grad_scaler()
+    kl_ctl = make_kl_controller(config.init_kl_coef, config.kl_target, kl_horizon(config))
     start, resumed_from = 0, None
     metrics: dict[str, float] = {}
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
@@ -333,7 +285,7 @@ def train_ppo(
             status = "cancelled"
             break
         metrics = ppo_step(models, optimizer, tokenizer, prompts, config, step, kl_ctl,
-                           rules or (), reward_fn, ptx)  # fmt: skip
+                           rules or (), reward_fn, ptx, precision, scaler)  # fmt: skip
         if on_metrics is not None:
             on_metrics(step + 1, metrics)
         every = config.checkpoint_every
@@ -367,16 +319,19 @@ def ppo_step(
     rules: Sequence[Rule],
     reward_fn: RewardFn | None,
     ptx: list[PtxExample] | None,
+    precision: Precision = FP32,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Rollout, advantages, update, controller update; returns the step's metrics."""
     started = time.perf_counter()
     batch = [prompts[i] for i in prompt_batch(len(prompts), config.batch_size, step, config.seed)]
-    rollout = collect_rollout(models, tokenizer, batch, config, step, rules, reward_fn)
+    with precision.autocast():
+        rollout = collect_rollout(models, tokenizer, batch, config, step, rules, reward_fn)
     rollout_s = time.perf_counter() - started
     kl_coef = kl_ctl.value
     rewards, advantages, returns = compute_advantages(rollout, config, kl_coef)
     update = ppo_update(models, optimizer, rollout, advantages, returns, config, step, ptx,
-                        tokenizer.pad_token_id)  # fmt: skip
+                        tokenizer.pad_token_id, precision, scaler)  # fmt: skip
     elapsed = time.perf_counter() - started
     metrics = step_metrics(rollout, rewards, update, kl_coef, models.reward_model is not None)
     kl_ctl.update(metrics["objective/kl"], config.batch_size)

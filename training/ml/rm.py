@@ -14,7 +14,6 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +21,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from training.ml import models
+from training.ml.configs import RMConfig
 from training.ml.losses import correct_pairs, kwise_ranking_loss
+from training.ml.precision import FP32, Precision, master_weights
 from training.ml.preferences import Prompt, RankedExample
 from training.ml.reward_model import (
     OFFSET_KEY,
@@ -68,64 +69,6 @@ def score_rankings(model: RewardModel, batch: RankingBatch) -> Tensor:
     return grid.view(b, k)
 
 
-@dataclass
-class RMConfig:
-    """Hyperparameters of reward-model training (InstructGPT: one epoch, cosine to 10%)."""
-
-    lr: float = 1e-5
-    """Peak AdamW learning rate (InstructGPT's 6B RM: 9e-6)."""
-    epochs: float = 1.0
-    """Passes over the rankings (a fraction stops early); more over-fits (InstructGPT 3.5)."""
-    batch_size: int = 8
-    """Prompts per optimizer step; all of a prompt's pairs are one batch element."""
-    max_length: int = 512
-    """Tokens per prompt+response sequence; the prompt is cut from its start first."""
-    warmup_steps: int = 0
-    """Linear warmup steps before the cosine decay."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at this fraction of ``lr``."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices (not on norms or biases)."""
-    max_grad_norm: float | None = 1.0
-    """Gradient clipping norm (None: no clipping)."""
-    margin: float = 0.0
-    """If > 0, require r_w - r_l > margin x tie-group distance (Llama 2's margin loss)."""
-    train_top_layers: int | None = None
-    """Freeze all but the top N blocks and the head (None: train everything)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward to save memory."""
-    lora_r: int | None = None
-    """LoRA rank (peft) for the backbone; the head always trains in full."""
-    max_sequences_per_forward: int | None = None
-    """Split a step into forwards of at most this many sequences (gradient accumulation)."""
-    eval_every: int = 0
-    """Evaluate on the eval set every N steps (0: only at the end)."""
-    eval_fraction: float = 0.0
-    """Fraction of the training file held out for evaluation when no eval set is given."""
-    length_bucketing: bool = True
-    """Batch prompts of similar length together to reduce padding."""
-    seed: int = 0
-    """Seed of the batch order (and of the eval split)."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first out-of-range field."""
-        checks = {
-            "lr": self.lr > 0,
-            "epochs": self.epochs > 0,
-            "batch_size": self.batch_size >= 1,
-            "max_length": self.max_length >= 8,
-            "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "margin": self.margin >= 0,
-            "train_top_layers": self.train_top_layers is None or self.train_top_layers >= 0,
-            "eval_fraction": 0 <= self.eval_fraction < 1,
-            "max_sequences_per_forward": (self.max_sequences_per_forward or 1) >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"RMConfig.{name} is out of range: {getattr(self, name)!r}")
-
-
 def split_eval(
     examples: Sequence[RankedExample], fraction: float, seed: int
 ) -> tuple[list[RankedExample], list[RankedExample]]:
@@ -166,18 +109,26 @@ def _prepare(model: RewardModel, config: RMConfig) -> None:
         model.seq = models.prepare_for_training(model._base(), memory)
 
 
-def _step(model: RewardModel, batch: list[EncodedRanking], pad_id: int, config: RMConfig) -> Tally:
+def _step(
+    model: RewardModel,
+    batch: list[EncodedRanking],
+    pad_id: int,
+    config: RMConfig,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+) -> Tally:
     """Forward/backward one optimizer step's prompts; returns its tallies (loss, correct,
     pairs, tokens = attended tokens, padded_tokens = tokens including padding)."""
     weight = sum(1 for r in batch if r.pair_count)
     tally: Tally = defaultdict(float, steps=1, prompts=len(batch))
     for part in micro_batches(batch, config.max_sequences_per_forward):
         rb = collate_rankings(part, pad_id, model.device)
-        scores = score_rankings(model, rb)  # (B, K)
+        with precision.autocast():
+            scores = score_rankings(model, rb).float()  # (B, K); the loss in fp32
         margin = config.margin * rb.distance if config.margin else None
         loss = kwise_ranking_loss(scores, rb.prefer, margin)
         share = sum(1 for r in part if r.pair_count) / weight
-        (loss * share).backward()
+        scaler.scale(loss * share).backward()
         tally["loss"] += loss.item() * share
         tally["correct"] += int(correct_pairs(scores.detach(), rb.prefer).sum())
         tally["pairs"] += rb.pairs
@@ -195,17 +146,21 @@ def train_reward_model(
     eval: Sequence[RankedExample] | None = None,
     on_metrics: MetricsCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
     """Train ``model`` in place on rankings; returns the final metrics.
 
     Each step takes ``config.batch_size`` prompts, forwards their K responses once as one
     flat batch and applies the K-wise loss to the (B, K) scores (PRODUCT.md 1.3). Without
     ``eval``, ``config.eval_fraction`` of the rankings is held out. ``should_stop`` is
-    checked before every step; a stop returns ``status="cancelled"``.
+    checked before every step; a stop returns ``status="cancelled"``. The weights train in
+    fp32; ``precision`` sets the autocast dtype of forward and backward.
     """
     config.validate()
     start = time.perf_counter()
     torch.manual_seed(config.seed)
+    master_weights(model)
+    scaler = precision.grad_scaler()
     if eval is None and config.eval_fraction > 0:
         train, eval = split_eval(train, config.eval_fraction, config.seed)
     _prepare(model, config)
@@ -224,7 +179,9 @@ def train_reward_model(
         if should_stop is not None and should_stop():
             break
         lr = schedule.get_last_lr()[0]
-        tally = _optimizer_step(model, batch, tokenizer.pad_token_id, config, optimizer)
+        tally = _optimizer_step(
+            model, batch, tokenizer.pad_token_id, config, optimizer, precision, scaler
+        )
         schedule.step()
         for key, value in tally.items():
             totals[key] += value
@@ -261,13 +218,17 @@ def _optimizer_step(
     pad_id: int,
     config: RMConfig,
     optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
 ) -> Tally:
     optimizer.zero_grad(set_to_none=True)
-    tally = _step(model, batch, pad_id, config)
+    tally = _step(model, batch, pad_id, config, precision, scaler)
+    scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
     if config.max_grad_norm:
         trainable = [p for p in model.parameters() if p.requires_grad]
         nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return tally
 
 

@@ -19,72 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from training.ml.configs import SFTConfig
 from training.ml.data import Demonstration
 from training.ml.models import (
-    MemoryConfig,
     disable_gradient_checkpointing,
     encode_prompt,
     prepare_for_training,
 )
+from training.ml.precision import FP32, Precision, master_weights
 
 IGNORE_INDEX = -100
 
 __all__ = ["Demonstration", "SFTConfig", "build_sft_example", "cosine_with_warmup", "train_sft"]
-
-
-@dataclass
-class SFTConfig:
-    """Hyperparameters of one SFT run."""
-
-    epochs: float = 1.0
-    """Passes over the training demonstrations (fractions allowed)."""
-    batch_size: int = 8
-    """Demonstrations per micro-batch."""
-    grad_accum_steps: int = 1
-    """Micro-batches per optimizer step."""
-    lr: float = 1e-5
-    """Peak learning rate of AdamW."""
-    warmup_ratio: float = 0.05
-    """Fraction of the steps with a linear warm-up from 0 to ``lr``."""
-    min_lr_ratio: float = 0.0
-    """The cosine decays to ``lr * min_lr_ratio`` at the last step."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient norm clip (0 disables)."""
-    max_length: int = 512
-    """Max tokens of prompt + response; the prompt is cut on the left first."""
-    eval_fraction: float = 0.1
-    """Share of the demonstrations held out for the eval loss (when none are given)."""
-    eval_every: int = 0
-    """Steps between held-out evaluations (0: at the start and the end only)."""
-    seed: int = 0
-    """Seed of the train/eval split and the shuffling."""
-    train_top_layers: int | None = None
-    """Train only the top N blocks, the final norm and the head (None: all)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward to save memory."""
-    lora_r: int | None = None
-    """Train LoRA adapters of this rank, merged into the model at the end (None: off)."""
-    lora_alpha: int = 16
-    """LoRA alpha."""
-
-    def validate(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 1 or self.grad_accum_steps < 1:
-            raise ValueError("epochs must be > 0, batch_size and grad_accum_steps >= 1")
-        if self.lr <= 0 or self.max_length < 8:
-            raise ValueError("lr must be > 0 and max_length >= 8")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError("eval_fraction must be in [0, 1)")
-
-    def memory(self) -> MemoryConfig:
-        return MemoryConfig(
-            train_top_layers=self.train_top_layers,
-            gradient_checkpointing=self.gradient_checkpointing,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-        )
-
 
 # --------------------------------------------------------------------------- data
 
@@ -196,16 +142,23 @@ def _optimizer_step(
     pad_id: int,
     params: list[nn.Parameter],
     config: SFTConfig,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
 ) -> tuple[float, float, int]:
-    """One AdamW step's gradients: token-mean loss over all micro-batches; (loss, norm, tokens)."""
+    """One AdamW step's gradients: token-mean loss over all micro-batches; (loss, norm, tokens).
+
+    Leaves the gradients unscaled (fp16) so they can be clipped; the caller steps."""
     device = params[0].device
     batches = [collate_right_padded(m, pad_id, device) for m in micro]
     n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     total = 0.0
     for batch in batches:
-        loss, _ = response_nll(model, batch)
-        (loss / max(n_targets, 1)).backward()
+        with precision.autocast():
+            loss, _ = response_nll(model, batch)
+        scaler.scale(loss / max(n_targets, 1)).backward()
         total += float(loss.detach())
+    scaler.unscale_(optimizer)
     norm = (
         float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         if config.max_grad_norm > 0
@@ -267,6 +220,7 @@ def train_sft(
     eval_demos: list[Demonstration] | None = None,
     on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``demos``; returns the final metrics.
 
@@ -275,10 +229,12 @@ def train_sft(
     ``sft/eval_loss`` on evaluation steps. ``should_stop()`` is checked before every
     step; the result's ``status`` is then ``"cancelled"`` (else ``"completed"``).
     Held-out data: ``eval_demos`` if given, else ``config.eval_fraction`` of ``demos``.
-    With LoRA the adapters are merged into ``model`` at the end.
+    With LoRA the adapters are merged into ``model`` at the end. The weights train in fp32;
+    ``precision`` sets the autocast dtype of forward and backward.
     """
     config.validate()
     plan = _plan(tokenizer, demos, eval_demos, config)
+    master_weights(model)
     trained = prepare_for_training(model, config.memory())  # type: ignore[arg-type]
     params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
@@ -291,7 +247,7 @@ def train_sft(
             trained, plan.held_out, plan.pad_id, config.batch_size
         ),
     }
-    result.update(_train_loop(trained, params, plan, config, on_metrics, should_stop))
+    result.update(_train_loop(trained, params, plan, config, on_metrics, should_stop, precision))
     result["sft/eval_loss"] = evaluate_sft_loss(
         trained, plan.held_out, plan.pad_id, config.batch_size
     )
@@ -306,8 +262,10 @@ def _train_loop(
     config: SFTConfig,
     on_metrics: Callable[[int, dict[str, Any]], None] | None,
     should_stop: Callable[[], bool] | None,
+    precision: Precision,
 ) -> dict[str, Any]:
     optimizer, scheduler = _optimizer(params, config, plan.total_steps)
+    scaler = precision.grad_scaler()
     stream = _micro_batches(plan.train, config.batch_size, config.seed)
     losses: list[float] = []
     tokens_seen, started, status = 0, time.perf_counter(), "completed"
@@ -317,9 +275,12 @@ def _train_loop(
             status = "cancelled"
             break
         micro = [next(stream) for _ in range(config.grad_accum_steps)]
-        loss, norm, tokens = _optimizer_step(trained, micro, plan.pad_id, params, config)
+        loss, norm, tokens = _optimizer_step(
+            trained, micro, plan.pad_id, params, config, optimizer, precision, scaler
+        )
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)

@@ -13,6 +13,7 @@ from django.db.models import Max
 from core.exceptions import ApplicationError
 from labeling.models import Project
 from training.models import ModelVersion
+from training.services.model_specs import base_artifact_check, model_spec_resolve
 
 _ROLE_OF_KIND = {
     ModelVersion.Kind.BASE: ModelVersion.Role.POLICY,
@@ -113,11 +114,15 @@ def model_version_fail(*, version: ModelVersion, error: str) -> None:
 
 
 def current_policy(*, project: Project) -> ModelVersion:
-    """The project's current sampling policy; the base model becomes version 1 on first use."""
+    """The project's current sampling policy; the base model becomes version 1 on first use.
+
+    The base model spec is checked again here (model_specs), and so is a registered base
+    version, so a spec stored before the rules existed never reaches a run."""
     found = ModelVersion.objects.filter(
         project=project, role=ModelVersion.Role.POLICY, is_current=True
     ).first()
     if found:
+        base_artifact_check(version=found)
         return found
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)
@@ -125,10 +130,10 @@ def current_policy(*, project: Project) -> ModelVersion:
             project=project, role=ModelVersion.Role.POLICY, is_current=True
         ).first()
         if found:
+            base_artifact_check(version=found)
             return found
-        base = model_version_create(
-            project=project, kind=ModelVersion.Kind.BASE, artifact=project.base_model
-        )
+        artifact = model_spec_resolve(project=project, spec=project.base_model)
+        base = model_version_create(project=project, kind=ModelVersion.Kind.BASE, artifact=artifact)
         return model_version_promote(version=base)
 
 
@@ -149,4 +154,7 @@ def reference_policy(*, project: Project) -> ModelVersion:
         .order_by("-kind", "-version")  # "sft" sorts after "base"
         .first()
     )
-    return sft or current_policy(project=project)
+    if sft is None:
+        return current_policy(project=project)
+    base_artifact_check(version=sft)
+    return sft

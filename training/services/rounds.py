@@ -12,8 +12,8 @@ stage never duplicates tasks or pairs (unique constraints + idempotent bodies).
 from django.db import transaction
 from django.db.models import Count, Max, Q
 
-from core.exceptions import ConflictError
-from labeling.models import Comparison, Project, Ranking, RankingTask
+from core.exceptions import ApplicationError, ConflictError
+from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask
 from training.models import Round, TrainingRun
 from training.services.registry import current_policy
 from training.services.runs import run_create, run_request_cancel
@@ -32,6 +32,7 @@ _RUN_OF_STAGE = {
     Stage.TRAINING_PPO: TrainingRun.Kind.PPO,
 }
 DEFAULT_PROMPTS_PER_ROUND = 16
+MAX_PROMPTS_PER_ROUND = 100_000
 
 
 def _lock(round_: Round) -> Round:
@@ -40,18 +41,19 @@ def _lock(round_: Round) -> Round:
 
 @transaction.atomic
 def round_start(*, project: Project, num_prompts: int | None = None, user=None) -> Round:  # type: ignore[no-untyped-def]
-    """Open the next round: the current policy samples K responses for `num_prompts` prompts."""
+    """Open the next round: the current policy samples K responses for `num_prompts` prompts.
+
+    Without `num_prompts`, the round takes `prompts_per_round` of training_config, or all
+    the train prompts if there are fewer; a `num_prompts` above them is refused (400)."""
     Project.objects.select_for_update().get(pk=project.pk)
     active = Round.objects.filter(project=project, stage__in=ACTIVE).first()
     if active:
         raise ConflictError(
             f"Round {active.number} is still {active.stage}: advance or cancel it first."
         )
+    wanted = _prompt_count(project, num_prompts)
     policy = current_policy(project=project)
     number = (Round.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
-    wanted = num_prompts or project.training_config.get(
-        "prompts_per_round", DEFAULT_PROMPTS_PER_ROUND
-    )
     round_ = Round.objects.create(
         project=project,
         number=number,
@@ -63,6 +65,23 @@ def round_start(*, project: Project, num_prompts: int | None = None, user=None) 
     )
     _start_stage_run(round_, Stage.GENERATING)
     return round_
+
+
+def _prompt_count(project: Project, num_prompts: int | None) -> int:
+    """How many prompts a new round samples. The generate run may take every train prompt
+    of the project (fresh ones first, then ones ranked before: jobs._prompts_for_round), so
+    that count is the limit."""
+    available = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).count()
+    default = project.training_config.get("prompts_per_round", DEFAULT_PROMPTS_PER_ROUND)
+    if num_prompts is not None and num_prompts < 1:
+        raise ApplicationError("num_prompts: must be a positive integer")
+    wanted = num_prompts if num_prompts is not None else (min(default, available) or default)
+    if wanted > available:
+        raise ApplicationError(
+            f"num_prompts: {wanted} asked, {available} train prompts available",
+            extra={"available": available},
+        )
+    return int(wanted)
 
 
 def _start_stage_run(round_: Round, stage: str) -> TrainingRun:

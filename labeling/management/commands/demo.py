@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from labeling.management.commands._common import user_errors
 from labeling.models import Membership, Project
 from labeling.services.imports import parse_prompt_file, parse_response_file
-from labeling.services.projects import membership_add, project_create
+from labeling.services.projects import membership_add, project_create, project_update
 from labeling.services.prompts import prompts_import
 from labeling.services.tasks import tasks_import_responses
 
@@ -82,12 +82,11 @@ class Command(BaseCommand):
                 overlap=1,
                 guidelines=GUIDELINES,
                 base_model=default_base_model(),
+                # A round must finish in minutes on a laptop CPU: short samples, few PPO
+                # steps, and only the top transformer blocks trained (docs/benchmarks.md).
+                training_config=DEMO_TRAINING_CONFIG,
             )
-            # A round must finish in minutes on a laptop CPU: short samples, few PPO steps,
-            # and only the top transformer blocks trained (see docs/benchmarks.md).
-            project.training_config = DEMO_TRAINING_CONFIG
-            project.max_new_tokens = 64
-            project.save(update_fields=["training_config", "max_new_tokens", "updated_at"])
+            project = project_update(project=project, max_new_tokens=64)
         membership_add(project=project, username="admin", role=Membership.Role.ADMIN)
         membership_add(project=project, username="labeler", role=Membership.Role.LABELER)
         prompts = prompts_import(
