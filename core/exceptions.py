@@ -2,12 +2,12 @@
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 
 class ApplicationError(Exception):
@@ -30,6 +30,21 @@ class ConflictError(ApplicationError):
     status_code = 409
 
 
+class RequestTooLarge(drf_exceptions.APIException):
+    """A request body or an uploaded file over settings.RLHF_IMPORT_MAX_BYTES (413)."""
+
+    status_code = 413
+    default_detail = "The request is too large."
+    default_code = "request_too_large"
+
+    @classmethod
+    def for_size(cls, size: int | None, *, what: str = "request") -> "RequestTooLarge":
+        limit = settings.RLHF_IMPORT_MAX_BYTES
+        if size is None:
+            return cls(f"the {what} is larger than the limit of {limit} bytes")
+        return cls(f"the {what} is {size} bytes; the limit is {limit} bytes")
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every API error is `{"detail": ...}` with a 4xx status, plus field messages."""
     if isinstance(exc, DjangoValidationError):
@@ -40,8 +55,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # Django's own check of the same limit
+        exc = RequestTooLarge.for_size(None)
+    elif isinstance(exc, SuspiciousOperation):  # e.g. too many form fields
+        exc = drf_exceptions.ParseError("The request body cannot be read.")
     elif isinstance(exc, ApplicationError):
         return Response({"detail": exc.message, **exc.extra}, status=exc.status_code)
+
+    # Imported here: DRF's views load the API parsers, which import this module.
+    from rest_framework.views import exception_handler
 
     response = exception_handler(exc, context)
     if response is None:

@@ -13,7 +13,8 @@ A chat prompt is in TRL's conversational form: `prompt` is the list of messages,
 forms (a `datasets` column has one type): when any prompt of it is a chat, every row is
 conversational and a plain prompt becomes one user message.
 
-`labeler` is the member's pseudonym in the project, never the username.
+`labeler` is the member's pseudonym in the project, never the username. Texts leave as
+formats.text.storable_text makes them, so every export can be imported again.
 """
 
 import json
@@ -26,6 +27,7 @@ from typing import IO, Any
 from django.db.models import CharField, QuerySet
 from django.db.models.functions import Cast
 
+from formats.text import is_storable, storable_text
 from labeling.consensus import METHODS, consensus_ranking
 from labeling.models import Comparison, Membership, Ranking, Response
 
@@ -97,8 +99,21 @@ def policy_label(kind: str | None, version: int | None, name: str) -> str | None
 
 def export_prompt(text: str, chat: Chat | None, conversational: bool) -> str | Chat:
     if chat:
-        return chat
+        return export_chat(chat)
+    text = export_text(text)
     return [{"role": "user", "content": text}] if conversational else text
+
+
+def export_text(text: str) -> str:
+    """Stored text as exports write it. A NUL stored before imports refused it (SQLite
+    keeps one) would make the export a file that no import of ours accepts."""
+    return text if is_storable(text) else storable_text(text)[0]
+
+
+def export_chat(chat: Chat) -> Chat:
+    if all(is_storable(message["content"]) for message in chat):
+        return chat
+    return [{**message, "content": export_text(message["content"])} for message in chat]
 
 
 # --- Comparisons -----------------------------------------------------------------------
@@ -159,12 +174,13 @@ def _comparison_row(
     for policy in (chosen_policy, rejected_policy):
         if policy not in labels:
             labels[policy] = policy_label(*policy)
+    prompt: str | Chat = export_prompt(prompt_text, chat, conversational)
+    chosen_text, rejected_text = export_text(chosen_text), export_text(rejected_text)
     if conversational:
-        prompt: str | Chat = chat or [{"role": "user", "content": prompt_text}]
         chosen: str | Chat = [{"role": "assistant", "content": chosen_text}]
         rejected: str | Chat = [{"role": "assistant", "content": rejected_text}]
     else:
-        prompt, chosen, rejected = prompt_text, chosen_text, rejected_text
+        chosen, rejected = chosen_text, rejected_text
     return {
         "prompt": prompt,
         "chosen": chosen,
@@ -341,7 +357,9 @@ class _ResponsesByTask:
         key, responses = self._current
         while key is not None and key < task_id:
             key, items = next(self._groups, (None, ()))
-            responses = [{"id": response_id, "text": text} for _, response_id, text in items]
+            responses = [
+                {"id": response_id, "text": export_text(text)} for _, response_id, text in items
+            ]
         self._current = (key, responses)
         return responses if key == task_id else []
 

@@ -5,6 +5,7 @@ from typing import Any
 from django.db import transaction
 
 from core.exceptions import ApplicationError
+from formats.text import unstorable_reason
 from labeling.models import Demonstration, Project, Prompt
 from labeling.services.imports import ImportFileError, PromptIn, check_prompt_content
 from labeling.services.prompts import prompts_get_or_create
@@ -32,6 +33,8 @@ def demonstration_create(
         )
     if len(response) > MAX_RESPONSE_CHARS:
         raise ApplicationError(f"response: at most {MAX_RESPONSE_CHARS} characters")
+    if (reason := unstorable_reason(response)) is not None:
+        raise ApplicationError(f"response: {reason}", extra={"errors": {"response": [reason]}})
     row = (
         _existing_prompt(project, prompt_id)
         if prompt_id is not None

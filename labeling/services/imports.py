@@ -1,4 +1,4 @@
-"""Parsing of uploaded prompt and response files. Pure: no database, no file system.
+"""Parsing of uploaded prompt, response and preference files. No database.
 
 Formats:
 - JSONL, one object a line: `{"prompt": str | chat}` for prompts, plus
@@ -12,6 +12,11 @@ Formats:
 A chat is a non-empty list of `{"role", "content"}` with roles system/user/assistant,
 ending with a user turn. Text is kept verbatim: HTML in a prompt is text, never markup.
 
+Every record, whichever door it comes through (a JSONL or CSV line, an item of the API's
+JSON list, a Parquet row), follows formats.json_safety's rules (`check_record`): no NaN or
+Infinity, no overflowing number, no integer of more than 100 digits, no nesting deeper
+than 64 levels, no NUL or lone surrogate in any string.
+
 All or nothing: the first bad line raises ImportFileError naming its line number.
 """
 
@@ -21,12 +26,16 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from core.exceptions import ApplicationError
+from formats.json_safety import JsonRefused, check_value, jsonl_values
+from formats.text import unstorable_reason
 from labeling.models import MAX_K, MIN_K, Prompt
+from training.ml.preferences import DataError, RankedExample, iter_records, parse_record
 
 Chat = list[dict[str, str]]
 PromptContent = str | Chat
@@ -133,7 +142,10 @@ def parse_prompt_list(items: Iterable[Any]) -> list[PromptIn]:
     """Validate a JSON list of prompt records (the API's JSON body); `line` is the 1-based
     position in the list. A bare string item is a prompt too."""
     prompts = [
-        prompt_from_record(item if isinstance(item, dict) else {"prompt": item}, position)
+        prompt_from_record(
+            check_record(item if isinstance(item, dict) else {"prompt": item}, position),
+            position,
+        )
         for position, item in enumerate(items, start=1)
     ]
     if not prompts:
@@ -150,6 +162,33 @@ def parse_response_file(data: bytes, filename: str) -> list[ResponsesIn]:
     if not rows:
         raise ImportFileError("the file holds no rows")
     return rows
+
+
+def parse_preference_file(path: Path) -> list[tuple[int, RankedExample]]:
+    """(line, example) for each record of a JSONL or Parquet preference file (any format
+    training.ml.preferences reads); Parquet rows are numbered from 1."""
+    try:
+        if path.suffix == ".parquet":
+            records: Iterable[tuple[int, Any]] = iter_records(path)
+        else:
+            records = _jsonl_records(_decode(path.read_bytes()))
+        numbered = [
+            (line, parse_record(check_record(record, line), path, line)) for line, record in records
+        ]
+    except DataError as error:
+        raise ImportFileError(error.reason, line=error.line or None) from None
+    if not numbered:
+        raise ImportFileError("the file holds no preference records")
+    return numbered
+
+
+def check_record(record: Any, line: int) -> Any:
+    """`record` if it follows formats.json_safety's rules; else ImportFileError at `line`."""
+    try:
+        check_value(record)
+    except JsonRefused as error:
+        raise ImportFileError(error.located, line=line) from None
+    return record
 
 
 # --- Records ---------------------------------------------------------------------------
@@ -193,10 +232,19 @@ def check_prompt_content(value: Any, line: int) -> PromptContent:
     if isinstance(value, str):
         if not value.strip():
             raise ImportFileError("'prompt' is empty", line=line)
+        _check_text(value, "'prompt'", line)
         return value
     if isinstance(value, list):
         return _check_chat(value, line)
     raise ImportFileError("'prompt' must be a string or a chat list", line=line)
+
+
+def _check_text(value: str, what: str, line: int) -> None:
+    # Records from files and JSON bodies were checked whole already (check_record); this
+    # covers prompts that reach a service another way (a web form, a direct call).
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise ImportFileError(f"{what} {reason}", line=line)
 
 
 def _check_chat(messages: list[Any], line: int) -> Chat:
@@ -212,6 +260,7 @@ def _check_chat(messages: list[Any], line: int) -> Chat:
             raise ImportFileError(f"{where}: role must be one of {roles}", line=line)
         if not isinstance(message["content"], str):
             raise ImportFileError(f"{where}: content must be a string", line=line)
+        _check_text(message["content"], f"{where}: content", line)
         chat.append({"role": message["role"], "content": message["content"]})
     if chat[-1]["role"] != "user" or not chat[-1]["content"].strip():
         raise ImportFileError("a chat prompt must end with a non-empty user message", line=line)
@@ -245,6 +294,7 @@ def _prompt_from_csv_row(row: dict[str, Any], line: int) -> PromptIn:
     if None in row:
         raise ImportFileError("the row has more fields than the header", line=line)
     record: dict[str, Any] = {key: value for key, value in row.items() if value is not None}
+    check_record(record, line)
     metadata = {key: value for key, value in record.items() if key not in PROMPT_ROW_KEYS}
     return PromptIn(
         content=check_prompt_content(record.get("prompt"), line),
@@ -278,13 +328,10 @@ def _decode(data: bytes) -> str:
 
 
 def _jsonl_records(text: str) -> Iterator[tuple[int, Any]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield line, json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ImportFileError(f"not valid JSON ({error.msg})", line=line) from None
+    try:
+        yield from jsonl_values(text)
+    except JsonRefused as error:
+        raise ImportFileError(error.located, line=error.line) from None
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:

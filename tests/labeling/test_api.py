@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.http import HttpRequest
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -199,12 +200,12 @@ def test_import_size_limit_and_admin_only(
     url = f"{API}/projects/{project.slug}/prompts/import"
     assert (
         "limit"
-        in assert_error(admin_client_api.post(url, {"file": upload}, format="multipart"), 400)[
+        in assert_error(admin_client_api.post(url, {"file": upload}, format="multipart"), 413)[
             "detail"
         ]
     )
     big = [{"prompt": "x" * 1000}] * 100  # ~100 KB, more than the limit plus multipart slack
-    assert "limit" in assert_error(admin_client_api.post(url, big, format="json"), 400)["detail"]
+    assert "limit" in assert_error(admin_client_api.post(url, big, format="json"), 413)["detail"]
     assert not Prompt.objects.exists()
     assert_error(labeler_client.post(url, [{"prompt": "x"}], format="json"), 403)
 
@@ -513,7 +514,7 @@ def test_token_auth_and_revocation(labeler, project) -> None:  # type: ignore[no
 def test_session_auth_needs_the_csrf_token(labeler, project) -> None:  # type: ignore[no-untyped-def]
     RankingTaskFactory(project=project)
     client = APIClient(enforce_csrf_checks=True)
-    client.login(username=labeler.username, password="pw-for-tests")
+    client.login(request=HttpRequest(), username=labeler.username, password="pw-for-tests")
     task = client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     response = client.post(f"{API}/tasks/{task['id']}/skip/")
     assert_error(response, 403)

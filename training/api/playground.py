@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.openapi import error_response
 from labeling.selectors import access_project
 from training.models import PlaygroundReply
 from training.services import playground
@@ -43,10 +44,34 @@ class PlaygroundDemonstrationIn(serializers.Serializer):
     response = serializers.CharField(trim_whitespace=False)
 
 
+class PlaygroundQueuedOut(serializers.Serializer):
+    """For the schema: the queued reply, to poll at /playground/{id}/."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+
+
+class PlaygroundFeedbackOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    rating = serializers.IntegerField()
+
+
+class PlaygroundDemonstrationOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    prompt_id = serializers.IntegerField()
+
+
 class PlaygroundRequestApi(APIView):
     InputSerializer = PlaygroundRequestIn
+    throttle_scope = "playground"  # each request samples from the policy on a worker
 
-    @extend_schema(request=InputSerializer, responses={202: dict})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            202: PlaygroundQueuedOut,
+            409: error_response("Too many of the user's replies are still waiting."),
+        },
+    )
     def post(self, request: Request, slug: str) -> Response:
         project = access_project(user=request.user, slug=slug)
         data = self.InputSerializer(data=request.data)
@@ -71,7 +96,10 @@ class PlaygroundReplyApi(APIView):
 class PlaygroundFeedbackApi(APIView):
     InputSerializer = PlaygroundFeedbackIn
 
-    @extend_schema(request=InputSerializer, responses={201: dict})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: PlaygroundFeedbackOut, 409: error_response("The reply is not done.")},
+    )
     def post(self, request: Request, reply_id: int) -> Response:
         reply = playground.access_playground_reply(user=request.user, reply_id=reply_id)
         data = self.InputSerializer(data=request.data)
@@ -87,7 +115,13 @@ class PlaygroundFeedbackApi(APIView):
 class PlaygroundDemonstrationApi(APIView):
     InputSerializer = PlaygroundDemonstrationIn
 
-    @extend_schema(request=InputSerializer, responses={201: dict})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: PlaygroundDemonstrationOut,
+            409: error_response("The reply is not done."),
+        },
+    )
     def post(self, request: Request, reply_id: int) -> Response:
         reply = playground.access_playground_reply(user=request.user, reply_id=reply_id)
         data = self.InputSerializer(data=request.data)

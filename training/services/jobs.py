@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
+from formats.text import storable_text
 from labeling.models import Prompt, RankingTask, Response
 from training.models import ModelVersion, Round, TrainingRun
 from training.services import datasets
@@ -62,6 +63,19 @@ def _device_and_dtype() -> tuple[str, str]:
     return settings.RLHF_DEVICE, settings.RLHF_DTYPE
 
 
+# Trained models load in fp32 (master weights); RLHF_DTYPE is their autocast dtype and the
+# storage dtype of frozen ones (training.ml.precision).
+TRAINED_DTYPE = "float32"
+
+
+def _precision() -> Any:
+    from training.ml.models import resolve_device
+    from training.ml.precision import resolve_precision
+
+    device, dtype = _device_and_dtype()
+    return resolve_precision(dtype, resolve_device(device))
+
+
 def _check_cancel(reporter: RunReporter) -> None:
     if reporter.should_stop():
         raise RunCancelled()
@@ -92,7 +106,11 @@ def _prompts_for_round(round_: Round) -> list[Prompt]:
 
 
 def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
-    """Sample K responses per prompt from the round's policy; each prompt becomes a task."""
+    """Sample K responses per prompt from the round's policy; each prompt becomes a task.
+
+    Model text is stored as `storable_text` makes it (a policy may learn to emit the byte
+    token that decodes to NUL); `text/replaced_chars` counts the characters replaced.
+    """
     from training.ml.models import load_causal_lm
     from training.ml.sampling import GenerationSettings, sample_responses
 
@@ -106,6 +124,7 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     batch = int(run.config.get("prompts_per_batch", 4))
     total = len(prompts) * project.k  # progress counts responses
     reporter.progress(0, total)
+    replaced = 0
     for start in range(0, len(prompts), batch):
         _check_cancel(reporter)
         chunk = prompts[start : start + batch]
@@ -124,19 +143,29 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             model, tokenizer, [p.as_input for p in chunk], k=project.k, settings=gen,
             batch_size=int(run.config.get("batch_size", 8)), on_progress=on_progress,
         )  # fmt: skip
-        _store_tasks(round_, chunk, samples, gen)
+        replaced += _store_tasks(round_, chunk, samples, gen)
         reporter.progress(done_before + len(chunk) * project.k, total)
-    return {"tasks": round_.tasks.count(), "policy": policy.label}
+    if replaced:
+        reporter.log(f"replaced {replaced} NUL or lone-surrogate characters in sampled text")
+    return {
+        "tasks": round_.tasks.count(),
+        "policy": policy.label,
+        "text/replaced_chars": replaced,
+    }
 
 
-def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) -> None:
+def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) -> int:
+    """One task per prompt with its K responses; return how many characters of the
+    responses `storable_text` replaced."""
     policy = _required(round_.sampling_policy, "a sampling policy")
     generation = {
         "max_new_tokens": gen.max_new_tokens,
         "temperature": gen.temperature,
         "top_p": gen.top_p,
     }
+    replaced = 0
     for prompt, responses in zip(prompts, samples, strict=True):
+        texts = [storable_text(s.text) for s in responses]
         try:
             with transaction.atomic():
                 task = RankingTask.objects.create(
@@ -145,15 +174,17 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
                 )  # fmt: skip
                 Response.objects.bulk_create(
                     Response(
-                        task=task, position=i, text=s.text, token_count=len(s.token_ids),
+                        task=task, position=i, text=text, token_count=len(s.token_ids),
                         finished=s.finished, policy_version=policy,
                         policy_name=policy.label, generation=generation,
                         seed=s.seed,
                     )
-                    for i, s in enumerate(responses)
+                    for i, (s, (text, _)) in enumerate(zip(responses, texts, strict=True))
                 )  # fmt: skip
         except IntegrityError:
             continue  # a retried run: this prompt already has its task in this round
+        replaced += sum(count for _, count in texts)
+    return replaced
 
 
 # --------------------------------------------------------------------------- reward model
@@ -173,8 +204,8 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     if not data.train:
         raise ApplicationError("No usable rankings to train the reward model on.")
     init = reference_policy(project=project)
-    device, dtype = _device_and_dtype()
-    lm, tokenizer = load_causal_lm(init.artifact, device=device, dtype=dtype)
+    device, _ = _device_and_dtype()
+    lm, tokenizer = load_causal_lm(init.artifact, device=device, dtype=TRAINED_DTYPE)
     model = RewardModel.from_causal_lm(lm)
     del lm
     config = RMConfig(**_known_fields(RMConfig, run.config))
@@ -188,7 +219,7 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
     result = train_reward_model(
         model, tokenizer, data.train, config=config, eval=data.eval or None,
-        on_metrics=on_metrics, should_stop=reporter.should_stop,
+        on_metrics=on_metrics, should_stop=reporter.should_stop, precision=_precision(),
     )  # fmt: skip
     if result.get("status") == "cancelled":
         raise RunCancelled()
@@ -259,8 +290,11 @@ def _saver(model: Any, tokenizer: Any) -> Callable[[Path], Any]:
 
 
 def _known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = set(getattr(cls, "__dataclass_fields__", {}))
-    return {k: v for k, v in values.items() if k in names}
+    """The fields of trainer config `cls` in a run's config; an unknown key fails the run
+    (config_schema.run_config_fields)."""
+    from training.services.config_schema import run_config_fields  # it imports this module
+
+    return run_config_fields(cls, values)
 
 
 # --------------------------------------------------------------------------- PPO
@@ -325,8 +359,8 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
     def load_trained() -> tuple[Any, Any, Any]:
         """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
-        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=dtype)
-        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
+        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=TRAINED_DTYPE)
+        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=TRAINED_DTYPE)
         return policy, tokenizer, critic
 
     policy, tokenizer, critic = load_trained()
@@ -355,6 +389,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
                 policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
                 rules=rules, ptx_texts=ptx, on_metrics=on_metrics,
                 should_stop=reporter.should_stop, checkpoint_dir=str(checkpoints),
+                precision=_precision(),
             )  # fmt: skip
             break
         except CheckpointError as exc:
@@ -440,11 +475,11 @@ def sft_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     if not demos:
         raise ApplicationError("The project has no demonstrations to fine-tune on.")
     parent = reference_policy(project=project)
-    device, dtype = _device_and_dtype()
-    model, tokenizer = load_causal_lm(parent.artifact, device=device, dtype=dtype)
+    device, _ = _device_and_dtype()
+    model, tokenizer = load_causal_lm(parent.artifact, device=device, dtype=TRAINED_DTYPE)
     config = SFTConfig(**_known_fields(SFTConfig, run.config))
     result = train_sft(
-        model, tokenizer, demos, config,
+        model, tokenizer, demos, config, precision=_precision(),
         on_metrics=reporter.metrics, should_stop=reporter.should_stop,
     )  # fmt: skip
     if result.get("status") == "cancelled":

@@ -19,6 +19,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
+from formats.text import storable_text
 from labeling.models import Demonstration, Feedback, Project
 from labeling.selectors import access_project
 from labeling.services.imports import ImportFileError, check_prompt_content
@@ -128,7 +129,8 @@ def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
     """Sample the reply from the current policy and store it (idempotent on the row).
 
     Only a queued reply is worked on, and only a queued reply is written: a redelivered
-    message for a finished reply does nothing.
+    message for a finished reply does nothing. The text is stored as `storable_text` makes
+    it (NUL and lone surrogates become U+FFFD).
     """
     from training.ml.sampling import GenerationSettings, sample_responses
 
@@ -148,9 +150,12 @@ def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
             [[sample]] = sample_responses(
                 model, tokenizer, [reply.prompt], k=1, settings=gen, batch_size=1
             )
+        text, replaced = storable_text(sample.text)
+        if replaced:
+            logger.info("playground reply %s: %d characters replaced", reply.pk, replaced)
         fields: dict[str, Any] = {
             "status": PlaygroundReply.Status.DONE,
-            "text": sample.text,
+            "text": text,
             "finished": sample.finished,
             "policy_version": policy,
             "error": "",

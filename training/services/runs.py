@@ -7,6 +7,7 @@ training loop does not hammer the database.
 """
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -109,12 +110,15 @@ class RunReporter:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, float | int | str | bool) or value is None:
+    """A metric value as JSON can store it: numbers stay numbers, NaN and infinities become
+    null (PostgreSQL's jsonb refuses them), anything else its text."""
+    if isinstance(value, bool | int | str) or value is None:
         return value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    return number if math.isfinite(number) else None
 
 
 RunBody = Callable[[TrainingRun, RunReporter], dict[str, Any]]

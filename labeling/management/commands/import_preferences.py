@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from labeling.management.commands._common import (
     check_import_file,
@@ -8,8 +8,8 @@ from labeling.management.commands._common import (
     get_project,
     user_errors,
 )
+from labeling.services.imports import parse_preference_file
 from labeling.services.tasks import preferences_import
-from training.ml.preferences import DataError, iter_records, parse_record
 
 
 class Command(BaseCommand):
@@ -27,15 +27,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **opts: object) -> None:
         project = get_project(str(opts["project"]))
         path = check_import_file(str(opts["file"]))
-        try:
-            numbered = [
-                (line, parse_record(record, path, line)) for line, record in iter_records(path)
-            ]
-        except DataError as error:
-            where = f"line {error.line}: " if error.line else ""
-            raise CommandError(f"{where}{error.reason}") from error
-        if not numbered:
-            raise CommandError(f"{path} holds no preference records.")
+        numbered = parse_preference_file(path)
         result = preferences_import(
             project=project,
             examples=[example for _, example in numbered],
