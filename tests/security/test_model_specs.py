@@ -67,6 +67,8 @@ def refused_payloads(layout: dict[str, Path]) -> dict[str, str]:
         "climb out of the root": f"{layout['allowed']}/../../../../../../etc",
         "home": "~",
         "version of no project": "version:1",
+        "a URL (no import by URL: SSRF)": "http://169.254.169.254/latest/meta-data/",
+        "a hub id": "HuggingFaceTB/SmolLM2-135M-Instruct",
     }
 
 
