@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from training.models import ModelVersion, Round, TrainingRun
+from training.services.rounds import MAX_PROMPTS_PER_ROUND
 
 
 class ModelVersionOut(serializers.ModelSerializer):
@@ -35,9 +36,10 @@ class RunOut(serializers.ModelSerializer):
 
 class RoundOut(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
-    sampling_policy = ModelVersionOut(read_only=True)
-    reward_model = ModelVersionOut(read_only=True)
-    policy = ModelVersionOut(read_only=True)
+    # Null until the round has one (a failed or cancelled round may never get it).
+    sampling_policy = ModelVersionOut(read_only=True, allow_null=True)
+    reward_model = ModelVersionOut(read_only=True, allow_null=True)
+    policy = ModelVersionOut(read_only=True, allow_null=True)
     runs = RunOut(many=True, read_only=True)
     project = serializers.CharField(source="project.slug", read_only=True)
 
@@ -58,4 +60,10 @@ class RoundOut(serializers.ModelSerializer):
 
 
 class RoundStartIn(serializers.Serializer):
-    num_prompts = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
+    num_prompts = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_PROMPTS_PER_ROUND,
+        help_text="Prompts to sample (default: prompts_per_round of training_config); at most "
+        "the project's train prompts.",
+    )
