@@ -1,6 +1,6 @@
 """Listwise DPO's likelihood of rankings with ties, against hand-computed numbers and two
 independent references: TRL's sigmoid DPO loss (from its formula) and the exponential-race
-identity of Plackett–Luce."""
+identity of Plackett-Luce."""
 
 from __future__ import annotations
 

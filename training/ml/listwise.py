@@ -1,7 +1,7 @@
-"""The likelihood of a ranking with ties under Plackett–Luce, and the listwise DPO loss.
+"""The likelihood of a ranking with ties under Plackett-Luce, and the listwise DPO loss.
 
 A labeler's ranking of K responses is a list of tie groups, best first: G_1 > G_2 > ... >
-G_m. Plackett–Luce (PL) with scores s_i draws responses one at a time, each with probability
+G_m. Plackett-Luce (PL) with scores s_i draws responses one at a time, each with probability
 exp(s_i) over the sum of exp(s) of those not yet drawn. Tied members are exchangeable: the
 ranking says which responses come before which, not in what order tied ones were drawn.
 So the ranking's likelihood is the probability that the first |G_1| draws are G_1 in any
@@ -13,7 +13,7 @@ order, the next |G_2| draws are G_2 in any order, and so on:
 (the last group is what remains: probability 1). Each factor sums PL over the |G_j|!
 orders of the group; a dynamic programme over the subsets of G_j already drawn computes it
 in 2^|G_j| steps, in log space (section "Listwise DPO" of docs/concepts.md derives it).
-Without ties it is PL's likelihood; for K = 2 it is sigmoid(s_w - s_l), the Bradley–Terry
+Without ties it is PL's likelihood; for K = 2 it is sigmoid(s_w - s_l), the Bradley-Terry
 model of DPO. With DPO's implicit reward s_i = beta * (log pi(y_i|x) - log pi_ref(y_i|x))
 the loss -log P is listwise DPO: each response is forwarded once, however many pairs the
 ranking holds.
