@@ -11,9 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
+from formats.preferences import pairs_from_tie_groups
 from labeling.models import Assignment, Comparison, Ranking, RankingTask
-from labeling.services.leases import lock_task, slot_counts
-from labeling.services.pairs import pairs_from_tie_groups
+from labeling.services.task_slots import lock_task, slot_counts
 
 MAX_TIME_SPENT_MS = 2**31 - 1
 RANKING_SOURCES = ("labeler", "simulated")

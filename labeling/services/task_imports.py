@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 
+from formats.preferences import RankedExample
 from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask, Response
 from labeling.services.imports import (
     ImportResult,
@@ -24,7 +25,6 @@ from labeling.services.imports import (
 )
 from labeling.services.prompts import CHUNK, prompts_get_or_create
 from labeling.services.rankings import build_comparisons
-from training.ml.preferences import RankedExample
 
 IMPORTED = "imported"
 PREFERENCES = "preferences"
@@ -69,8 +69,10 @@ def preferences_import(
 
     Each example (a TRL pair is a K=2 ranking) becomes a task whose ranking has no labeler
     (`imported_labeler` keeps the file's labeler name, if any), so its pairs are used for
-    RM training and appear in exports. `lines` numbers the examples for error messages
-    and the duplicate report (default: their 1-based positions).
+    RM training and appear in exports; a ranking marked "all unacceptable" is kept as such,
+    with no comparisons (safety data, as when a labeler marks it). `lines` numbers the
+    examples for error messages and the duplicate report (default: their 1-based
+    positions).
     """
     lines = lines or list(range(1, len(examples) + 1))
     items = [_prompt_in(example, line) for example, line in zip(examples, lines, strict=True)]
@@ -80,7 +82,13 @@ def preferences_import(
     duplicate_lines: list[int] = []
     for item, example in zip(items, examples, strict=True):
         prompt = prompts[item.content_hash]
-        key = task_key(prompt.content_hash, example.responses, example.tie_groups, example.labeler)
+        key = task_key(
+            prompt.content_hash,
+            example.responses,
+            example.tie_groups,
+            example.labeler,
+            all_unacceptable=example.all_unacceptable,
+        )
         if key in seen:
             duplicate_lines.append(item.line)
             continue
@@ -99,9 +107,13 @@ def task_key(
     texts: list[str],
     tie_groups: list[list[int]] | None = None,
     labeler: str | None = None,
+    *,
+    all_unacceptable: bool = False,
 ) -> str:
     """Dedup key of an imported task: its prompt, responses in order, and ranking."""
-    canonical = json.dumps([prompt_hash, texts, tie_groups, labeler], ensure_ascii=False)
+    canonical = json.dumps(
+        [prompt_hash, texts, tie_groups, labeler, all_unacceptable], ensure_ascii=False
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -132,19 +144,24 @@ def _existing_keys(project: Project, prompts: Iterable[Prompt], task_source: str
             prompt_of[task_id] = prompt_id
         rankings = _imported_rankings(tasks) if task_source == PREFERENCES else {}
         for task_id, task_texts in texts.items():
-            tie_groups, labeler = rankings.get(task_id, (None, None))
+            tie_groups, labeler, unacceptable = rankings.get(task_id, (None, None, False))
             if tie_groups is not None:
                 tie_groups = [[positions[rid] for rid in group] for group in tie_groups]
-            keys.add(task_key(hashes[prompt_of[task_id]], task_texts, tie_groups, labeler))
+            prompt_hash = hashes[prompt_of[task_id]]
+            keys.add(
+                task_key(
+                    prompt_hash, task_texts, tie_groups, labeler, all_unacceptable=unacceptable
+                )
+            )
     return keys
 
 
-def _imported_rankings(tasks: Any) -> dict[int, tuple[list[list[int]], str | None]]:
+def _imported_rankings(tasks: Any) -> dict[int, tuple[list[list[int]], str | None, bool]]:
     rankings = Ranking.objects.filter(task__in=tasks, source=IMPORTED)
     return {
-        task_id: (tie_groups, labeler or None)
-        for task_id, tie_groups, labeler in rankings.values_list(
-            "task_id", "tie_groups", "imported_labeler"
+        task_id: (tie_groups, labeler or None, unacceptable)
+        for task_id, tie_groups, labeler, unacceptable in rankings.values_list(
+            "task_id", "tie_groups", "imported_labeler", "all_unacceptable"
         )
     }
 
@@ -199,6 +216,7 @@ def _create_rankings(
             tie_groups=[[rows[index].pk for index in group] for group in example.tie_groups],
             source=IMPORTED,
             imported_labeler=(example.labeler or "")[:200],
+            all_unacceptable=example.all_unacceptable,
         )
         for task, rows, example in zip(tasks, responses, examples, strict=True)
     ]

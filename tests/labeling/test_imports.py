@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from formats.preferences import RankedExample
+from formats.prompts import SPLITS
 from labeling.models import Comparison, Prompt, Ranking, RankingTask, Response
 from labeling.services.imports import (
     ImportFileError,
@@ -13,8 +15,7 @@ from labeling.services.imports import (
     parse_response_file,
 )
 from labeling.services.prompts import prompts_import
-from labeling.services.tasks import preferences_import, tasks_import_responses
-from training.ml.preferences import RankedExample
+from labeling.services.task_imports import preferences_import, tasks_import_responses
 
 CHAT = [
     {"role": "system", "content": "You are terse."},
@@ -90,6 +91,10 @@ def test_bad_line_is_named(data: bytes, filename: str, line: int, fragment: str)
     assert caught.value.message.startswith(f"line {line}: ")
     assert fragment in caught.value.message
     assert caught.value.extra == {"line": line}
+
+
+def test_the_splits_of_the_format_are_the_model_choices() -> None:
+    assert set(SPLITS) == set(Prompt.Split.values)
 
 
 def test_unknown_extension_and_empty_file_are_rejected() -> None:

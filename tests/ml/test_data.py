@@ -31,10 +31,10 @@ def test_prompts_from_csv(tmp_path):
     ("rows", "line", "reason"),
     [
         ([{"prompt": "ok"}, "{not json"], 2, "not valid JSON"),
-        ([{"prompt": "ok"}, {"prompt": "ok"}, {"text": "x"}], 3, '"prompt" key'),
+        ([{"prompt": "ok"}, {"prompt": "ok"}, {"text": "x"}], 3, "missing 'prompt'"),
         ([{"prompt": "   "}], 1, "empty"),
         ([{"prompt": [{"role": "user"}]}], 1, "chat message 0"),
-        ([{"prompt": 5}], 1, "string or a list"),
+        ([{"prompt": 5}], 1, "string or a chat list"),
     ],
 )
 def test_bad_prompt_lines_name_file_and_line(tmp_path, rows, line, reason):
@@ -47,7 +47,7 @@ def test_bad_prompt_lines_name_file_and_line(tmp_path, rows, line, reason):
 def test_csv_without_prompt_column_or_with_empty_cell(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("text\nhello\n")
-    with pytest.raises(DataError, match='"prompt" column'):
+    with pytest.raises(DataError, match="'prompt' column"):
         read_prompts(path)
     path.write_text('prompt\nhello\n""\n')
     with pytest.raises(DataError, match="line 3"):

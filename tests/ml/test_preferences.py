@@ -1,4 +1,5 @@
-"""The preference reader: every format, the HH-RLHF split, and errors with line numbers."""
+"""The ML core's preference reader: every format from a file, the HH-RLHF split, and errors
+naming the file and the line (the rules themselves: tests/formats)."""
 
 import json
 import sys
@@ -10,7 +11,6 @@ import pytest
 from training.ml.preferences import (
     DataError,
     RankedExample,
-    pairs_from_ranking,
     pairwise_rows,
     read_preferences,
 )
@@ -19,17 +19,6 @@ from training.ml.preferences import (
 def write_jsonl(path: Path, records: list[Any]) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
-
-
-def test_pairs_from_ranking_without_ties_gives_all_pairs_best_first() -> None:
-    assert pairs_from_ranking([[2], [0], [1]]) == [(2, 0, 1), (2, 1, 2), (0, 1, 1)]
-
-
-def test_pairs_from_ranking_with_ties_gives_only_pairs_between_groups() -> None:
-    # InstructGPT's example D > C > A = B, with A, B, C, D = 0, 1, 2, 3.
-    pairs = pairs_from_ranking([[3], [2], [0, 1]])
-    assert sorted(pairs) == [(2, 0, 1), (2, 1, 1), (3, 0, 2), (3, 1, 2), (3, 2, 1)]
-    assert pairs_from_ranking([[0, 1, 2]]) == []
 
 
 def test_explicit_format_strings(tmp_path: Path) -> None:
@@ -137,8 +126,8 @@ KWISE = {"prompt": "Q", "responses": [{"id": "x", "text": "1"}, {"id": "y", "tex
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({"prompt": "Q", "chosen": "a"}), "unknown format"),
-        (json.dumps({"prompt": "Q", "chosen": 3, "rejected": "b"}), '"chosen" must be'),
-        (json.dumps({"prompt": "", "chosen": "a", "rejected": "b"}), '"prompt" is empty'),
+        (json.dumps({"prompt": "Q", "chosen": 3, "rejected": "b"}), "'chosen' must be"),
+        (json.dumps({"prompt": "", "chosen": "a", "rejected": "b"}), "'prompt' is empty"),
         (json.dumps({"chosen": "same", "rejected": "same"}), "identical"),
         (json.dumps({"chosen": "abc", "rejected": "xyz"}), "share no prompt"),
         (json.dumps({**KWISE, "order": [["x"]]}), "'y' is missing"),
@@ -204,3 +193,25 @@ def test_all_unacceptable_rankings_are_skipped(tmp_path) -> None:  # type: ignor
     path.write_text("\n".join(json.dumps(r) for r in rows))
     examples = read_preferences(path)
     assert [e.prompt for e in examples] == ["p"]
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"),
+    [
+        ('"a\\u0000b"', "$.rejected: contains a NUL character (at 1)"),
+        ("[" * 50_000 + "]" * 50_000, "$: nested deeper than 64 levels"),
+        ("NaN", "$.rejected: NaN is not a JSON number"),
+    ],
+)
+def test_train_rm_refuses_hostile_json_with_one_line_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hostile: str, reason: str
+) -> None:
+    from training.ml import cli
+
+    path = tmp_path / "prefs.jsonl"
+    bad = '{"prompt": "Q", "chosen": "a", "rejected": ' + hostile + "}"
+    path.write_text(json.dumps(GOOD) + "\n" + bad + "\n")
+    argv = ["train-rm", "--model", "tiny", "--data", str(path), "--out", str(tmp_path / "rm")]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == f"error: {path}, line 2: {reason}\n"
+    assert not (tmp_path / "rm").exists()

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.ml.models import encode_prompt
-
-PromptInput = str | list[dict]
+from formats.prompts import PromptInput
+from formats.text import storable_text
+from training.ml.chat import encode_prompt
 
 
 @dataclass
@@ -50,7 +50,9 @@ class Sample:
     ``finished`` (nothing after it). ``logprobs[t]`` is ``log pi(token_ids[t] | prompt,
     token_ids[:t])`` under the model's own logits at temperature 1, without top-p
     truncation: the policy log-prob PPO needs, not the probability of the (tempered,
-    truncated) sampling distribution. ``text`` is decoded without the EOS token.
+    truncated) sampling distribution. ``text`` is decoded without the EOS token and made
+    storable (``formats.text.storable_text``: a policy can learn the byte token that
+    decodes to NUL); ``replaced_chars`` counts the characters that became U+FFFD.
     ``seed`` seeds this response's own generator.
     """
 
@@ -59,6 +61,7 @@ class Sample:
     logprobs: list[float]
     finished: bool
     seed: int | None
+    replaced_chars: int = 0
 
     @property
     def token_count(self) -> int:
@@ -293,8 +296,8 @@ def sample_responses(
 
 def _to_sample(tokenizer: PreTrainedTokenizerBase, row: _Row, seed: int) -> Sample:
     text_ids = row.token_ids[:-1] if row.finished else row.token_ids
-    text = str(tokenizer.decode(text_ids, skip_special_tokens=True))
-    return Sample(text, row.token_ids, row.logprobs, row.finished, seed)
+    text, replaced = storable_text(str(tokenizer.decode(text_ids, skip_special_tokens=True)))
+    return Sample(text, row.token_ids, row.logprobs, row.finished, seed, replaced)
 
 
 def bench_sampling(

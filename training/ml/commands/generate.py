@@ -1,7 +1,8 @@
 """``generate``: K responses per prompt, written as JSONL rows for ``import_responses``.
 
 Row shape: ``{"prompt": str | chat, "responses": [{"id", "text", "token_count",
-"finished", "seed"}, ...]}``.
+"finished", "seed"}, ...]}``. Texts are storable (NUL and lone surrogates replaced by
+U+FFFD at decoding, counted as ``text/replaced_chars``), so the import takes them.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "finished_fraction": sum(s.finished for g in samples for s in g) / (len(prompts) * args.k),
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "text/replaced_chars": sum(s.replaced_chars for group in samples for s in group),
         "out": str(args.out),
     }
 
