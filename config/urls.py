@@ -18,7 +18,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/", include("labeling.api.urls")),
     path("api/v1/", include("training.api.urls")),
-    path("", include("training.urls")),
     path("", include("frontend.urls")),
 ]
 

@@ -1,10 +1,14 @@
+"""Every HTML page of RLHF Studio (the REST API is under /api/v1/, see config/urls.py)."""
+
 from django.urls import path
 
-from frontend import views
+from frontend.views import labeling, playground, rounds
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("projects/", views.project_list, name="project-list"),
-    path("projects/<slug:slug>/label/", views.label, name="project-label"),
-    path("projects/<slug:slug>/demonstrate/", views.demonstrate, name="project-demonstrate"),
+    path("", labeling.home, name="home"),
+    path("projects/", labeling.project_list, name="project-list"),
+    path("projects/<slug:slug>/label/", labeling.label, name="project-label"),
+    path("projects/<slug:slug>/demonstrate/", labeling.demonstrate, name="project-demonstrate"),
+    path("projects/<slug:slug>/rounds/", rounds.rounds_dashboard, name="project-rounds"),
+    path("projects/<slug:slug>/playground/", playground.playground, name="project-playground"),
 ]

@@ -27,12 +27,12 @@ from typing import IO, Any
 from django.db.models import CharField, QuerySet
 from django.db.models.functions import Cast
 
+from formats.prompts import Chat
 from formats.text import is_storable, storable_text
 from labeling.consensus import METHODS, consensus_ranking
 from labeling.models import Comparison, Membership, Ranking, Response
 
 Row = dict[str, Any]
-Chat = list[dict[str, str]]
 
 CHUNK_SIZE = 2000  # rows fetched per round trip (server-side cursor on PostgreSQL)
 JSONL_LINES_PER_CHUNK = 500  # rows per bytes chunk handed to the HTTP response

@@ -6,6 +6,8 @@ stranger cannot even learn that the object exists, and PermissionDenied (403) wh
 labeler asks for an admin-only action of their own project. Django superusers see all.
 """
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
@@ -38,6 +40,50 @@ def membership_for(*, user: Any, project: Project) -> Membership | None:
     if not getattr(user, "is_authenticated", False):
         return None
     return Membership.objects.filter(project=project, user=user).first()
+
+
+def project_role(*, user: Any, project: Project) -> str:
+    """The user's role in `project` for display: their membership's role, "superuser" for a
+    superuser who is no member, "" for anyone else."""
+    membership = membership_for(user=user, project=project)
+    return _role_name(membership.role if membership else None, user)
+
+
+def _role_name(role: str | None, user: Any) -> str:
+    return role or ("superuser" if getattr(user, "is_superuser", False) else "")
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """One card of the project list."""
+
+    project: Project
+    role: str  # as project_role
+    counts: dict[str, int]  # as labeler_counts
+
+
+def project_rows_for_user(*, user: Any) -> list[ProjectRow]:
+    """The project list of `user`: each project with their role and work counter.
+
+    Four queries whatever the number of projects (projects, memberships, and the two of
+    `labeler_counts`, grouped by project).
+    """
+    projects = list(project_list_for_user(user=user))
+    if not projects:
+        return []
+    ids = [project.pk for project in projects]
+    roles = dict(
+        Membership.objects.filter(project_id__in=ids, user=user).values_list("project_id", "role")
+    )
+    counts = labeler_counts_by_project(project_ids=ids, user=user)
+    return [
+        ProjectRow(
+            project=project,
+            role=_role_name(roles.get(project.pk), user),
+            counts=counts[project.pk],
+        )
+        for project in projects
+    ]
 
 
 def is_project_admin(*, user: Any, project: Project) -> bool:
@@ -82,6 +128,24 @@ def prompts_for_project(*, project: Project, split: str | None = None) -> QueryS
     return prompts.order_by("id")
 
 
+def prompt_of_project(*, project: Project, prompt_id: int) -> Prompt | None:
+    """The prompt `prompt_id` if it belongs to `project` (None otherwise)."""
+    return prompts_for_project(project=project).filter(pk=prompt_id).first()
+
+
+def prompt_to_demonstrate(*, project: Project, after: int | None = None) -> Prompt | None:
+    """The next training prompt of `project` that has no demonstration yet, after the prompt
+    id `after` (the labeler passed on it), wrapping around to the first one."""
+    pending = prompts_for_project(project=project, split=Prompt.Split.TRAIN).filter(
+        demonstrations__isnull=True
+    )
+    if after is not None:
+        later = pending.filter(pk__gt=after).first()
+        if later is not None:
+            return later
+    return pending.first()
+
+
 def comparisons_for_project(
     *, project: Project, round_number: int | None = None
 ) -> QuerySet[Comparison]:
@@ -113,22 +177,49 @@ def labeler_counts(*, project: Project, user: Any) -> dict[str, int]:
     server's time zone, and ever); `skipped`: tasks they skipped; `remaining`: open tasks
     they have not ranked or skipped (an upper bound: some may be leased to others).
     """
+    return labeler_counts_by_project(project_ids=[project.pk], user=user)[project.pk]
+
+
+def labeler_counts_by_project(
+    *, project_ids: Iterable[int], user: Any
+) -> dict[int, dict[str, int]]:
+    """`labeler_counts` of every project in `project_ids`, by project id, in two queries."""
+    ids = list(project_ids)
     start_of_day = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
     submitted, skipped = Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED
     # Two indexed queries on the hot path of the ranking screen. A labeler's ranking always
     # goes with their SUBMITTED assignment of the task (ranking_submit needs the lease).
-    finished = Assignment.objects.filter(
-        task__project=project, labeler=user, status__in=[submitted, skipped]
-    ).aggregate(
-        done_total=Count("pk", filter=Q(status=submitted)),
-        done_today=Count("pk", filter=Q(status=submitted, ranking__created_at__gte=start_of_day)),
-        skipped=Count("pk", filter=Q(status=skipped)),
-        finished_open=Count("pk", filter=Q(task__status=RankingTask.Status.OPEN)),
-    )
-    open_tasks = RankingTask.objects.filter(project=project, status=RankingTask.Status.OPEN)
-    return {
-        "done_today": finished["done_today"],
-        "done_total": finished["done_total"],
-        "skipped": finished["skipped"],
-        "remaining": open_tasks.count() - finished["finished_open"],
+    finished = {
+        row["task__project_id"]: row
+        for row in Assignment.objects.filter(
+            task__project_id__in=ids, labeler=user, status__in=[submitted, skipped]
+        )
+        .values("task__project_id")
+        .annotate(
+            done_total=Count("pk", filter=Q(status=submitted)),
+            done_today=Count(
+                "pk", filter=Q(status=submitted, ranking__created_at__gte=start_of_day)
+            ),
+            skipped=Count("pk", filter=Q(status=skipped)),
+            finished_open=Count("pk", filter=Q(task__status=RankingTask.Status.OPEN)),
+        )
+        .order_by()
     }
+    open_tasks = dict(
+        RankingTask.objects.filter(project_id__in=ids, status=RankingTask.Status.OPEN)
+        .values("project_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+        .values_list("project_id", "n")
+    )
+    none = {"done_today": 0, "done_total": 0, "skipped": 0, "finished_open": 0}
+    counts: dict[int, dict[str, int]] = {}
+    for pk in ids:
+        row = finished.get(pk, none)
+        counts[pk] = {
+            "done_today": row["done_today"],
+            "done_total": row["done_total"],
+            "skipped": row["skipped"],
+            "remaining": open_tasks.get(pk, 0) - row["finished_open"],
+        }
+    return counts

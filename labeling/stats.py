@@ -1,6 +1,6 @@
 """Labeler statistics of a project: one read of the rankings, then pure arithmetic.
 
-The numbers come from `labeling.services.agreement`; this module only loads the rows
+The numbers come from `labeling.agreement`; this module only loads the rows
 (one query for rankings, one for memberships, two for per-round counts). Callers check
 that the user is an admin of the project first (the numbers name people).
 """
@@ -9,8 +9,8 @@ from typing import Any
 
 from django.db.models import Count
 
+from labeling.agreement import RankingRecord, labeler_summaries, project_agreement
 from labeling.models import Comparison, Membership, Project, Ranking
-from labeling.services.agreement import RankingRecord, labeler_summaries, project_agreement
 
 
 def ranking_records(*, project: Project) -> list[RankingRecord]:

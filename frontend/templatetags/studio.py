@@ -1,4 +1,4 @@
-"""Template tags shared by the pages of every app that extend base.html."""
+"""Template tags of the pages (frontend/templates): what base.html needs beyond the context."""
 
 from django import template
 from django.http import HttpRequest

@@ -10,7 +10,15 @@ from typing import Any
 
 from rest_framework import serializers
 
-from labeling.models import MAX_K, MIN_K, Demonstration, Membership, Project, Prompt
+from labeling.models import (
+    MAX_K,
+    MIN_K,
+    Demonstration,
+    Membership,
+    Project,
+    Prompt,
+    validate_guidelines_size,
+)
 
 
 class StrictInput(serializers.Serializer):
@@ -25,6 +33,15 @@ class StrictInput(serializers.Serializer):
 
 
 # --- Projects and members ------------------------------------------------------------------
+
+BASE_MODEL_HELP = (
+    "default, tiny, version:N (a ready policy version of this project) or a path under the "
+    "operator's RLHF_MODEL_ROOTS."
+)
+TRAINING_CONFIG_HELP = (
+    "Overrides of the round, generate, rm, ppo and sft settings; every key, type and range "
+    "is listed in docs/concepts.md. Unknown keys and values out of range are refused."
+)
 
 
 class ProjectOut(serializers.ModelSerializer):
@@ -42,6 +59,7 @@ class ProjectOut(serializers.ModelSerializer):
             "temperature",
             "top_p",
             "lease_seconds",
+            "training_config",
             "created_at",
         ]
         read_only_fields = fields
@@ -52,24 +70,33 @@ class ProjectCreateIn(StrictInput):
     name = serializers.CharField(max_length=200, required=False, default="")
     k = serializers.IntegerField(min_value=MIN_K, max_value=MAX_K, required=False, default=4)
     overlap = serializers.IntegerField(min_value=1, max_value=20, required=False, default=1)
-    guidelines = serializers.CharField(required=False, default="", allow_blank=True)
-    base_model = serializers.CharField(max_length=500, required=False, default="default")
+    guidelines = serializers.CharField(
+        required=False, default="", allow_blank=True, validators=[validate_guidelines_size]
+    )
+    base_model = serializers.CharField(
+        max_length=500, required=False, default="default", help_text=BASE_MODEL_HELP
+    )
+    training_config = serializers.JSONField(
+        required=False, default=dict, help_text=TRAINING_CONFIG_HELP
+    )
 
 
 class ProjectUpdateIn(StrictInput):
     """Every field optional (PATCH); the slug never changes."""
 
     name = serializers.CharField(max_length=200, required=False)
-    guidelines = serializers.CharField(required=False, allow_blank=True)
+    guidelines = serializers.CharField(
+        required=False, allow_blank=True, validators=[validate_guidelines_size]
+    )
     k = serializers.IntegerField(min_value=MIN_K, max_value=MAX_K, required=False)
     overlap = serializers.IntegerField(min_value=1, max_value=20, required=False)
     flag_vocabulary = serializers.ListField(child=serializers.CharField(), required=False)
-    base_model = serializers.CharField(max_length=500, required=False)
+    base_model = serializers.CharField(max_length=500, required=False, help_text=BASE_MODEL_HELP)
     max_new_tokens = serializers.IntegerField(min_value=1, required=False)
     temperature = serializers.FloatField(min_value=0.0, required=False)
     top_p = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     lease_seconds = serializers.IntegerField(min_value=10, required=False)
-    training_config = serializers.DictField(required=False)
+    training_config = serializers.JSONField(required=False, help_text=TRAINING_CONFIG_HELP)
 
 
 class MemberOut(serializers.ModelSerializer):
@@ -94,7 +121,9 @@ class MemberIn(StrictInput):
     # ModelVersion's `role` (policy/reward). membership_add checks the value.
     role = serializers.CharField(help_text="labeler or admin")
     password = serializers.CharField(
-        required=False, write_only=True, help_text="Sets the password of a new or existing user."
+        required=False,
+        write_only=True,
+        help_text="The password of a user this request creates; for an existing user, a 400.",
     )
 
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from labeling.api import views
+from labeling.api import stats, views
 
 urlpatterns = [
     path("projects/", views.ProjectListApi.as_view(), name="api-project-list"),
@@ -39,5 +39,10 @@ urlpatterns = [
         "projects/<slug:slug>/rankings/",
         views.RankingExportApi.as_view(),
         name="api-ranking-list",
+    ),
+    path(
+        "projects/<slug:slug>/labelers/stats/",
+        stats.LabelerStatsApi.as_view(),
+        name="api-labeler-stats",
     ),
 ]

@@ -26,12 +26,13 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.exceptions import ApplicationError
+from core.exceptions import ApplicationError, RequestTooLarge
+from core.openapi import error_response
+from core.parsers import StrictJSONParser, StrictMultiPartParser
 from labeling import exports, selectors
 from labeling.api import serializers as s
 from labeling.api.pagination import IdCursorPagination, TaskCursorPagination
@@ -39,15 +40,14 @@ from labeling.consensus import METHODS
 from labeling.models import Demonstration, Project, Prompt
 from labeling.services.demonstrations import demonstration_create
 from labeling.services.imports import PromptIn, parse_prompt_file, parse_prompt_list
+from labeling.services.leasing import task_lease_next, task_skip
 from labeling.services.projects import membership_add, project_create, project_update
 from labeling.services.prompts import prompts_import
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next, task_skip
 
 JSONL = "application/jsonl"
 PARQUET = "application/vnd.apache.parquet"
 PARQUET_SPOOL_BYTES = 16 * 2**20  # Parquet exports larger than this spool to a temp file
-MULTIPART_OVERHEAD_BYTES = 64 * 2**10  # headers and boundaries around an uploaded file
 
 
 def _valid(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -138,9 +138,12 @@ class PromptListApi(APIView):
 
 
 class PromptImportApi(APIView):
-    """All or nothing: a bad record answers 400 {"detail", "line"} and nothing is saved."""
+    """All or nothing: a bad record answers 400 {"detail", "line"} and nothing is saved.
+    A body or file over settings.RLHF_IMPORT_MAX_BYTES answers 413 (the parsers check the
+    body before reading it)."""
 
-    parser_classes = [JSONParser, MultiPartParser]
+    parser_classes = [StrictJSONParser, StrictMultiPartParser]
+    throttle_scope = "import"
 
     @extend_schema(
         request={
@@ -153,7 +156,6 @@ class PromptImportApi(APIView):
     )
     def post(self, request: Request, slug: str) -> Response:
         project = selectors.access_project(user=request.user, slug=slug, admin=True)
-        _check_request_size(request)
         items, source = _prompt_items(request)
         result = prompts_import(project=project, items=items, source=source)
         return Response(s.PromptImportOut(result).data, status=status.HTTP_201_CREATED)
@@ -164,26 +166,12 @@ class PromptImportSlashApi(PromptImportApi):
     """The same import with a trailing slash (documented once, without it)."""
 
 
-def _check_request_size(request: Request) -> None:
-    """Refuse an oversized body before reading it: DRF parses JSON from the raw stream, so
-    Django's DATA_UPLOAD_MAX_MEMORY_SIZE does not bound it, and multipart files are not
-    bounded by it either."""
-    limit = settings.RLHF_IMPORT_MAX_BYTES
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > limit + MULTIPART_OVERHEAD_BYTES:
-        raise ApplicationError(f"the request is {length} bytes; the limit is {limit} bytes")
-
-
 def _prompt_items(request: Request) -> tuple[list[PromptIn], str]:
     """Parse the upload or the JSON list (ImportFileError names the bad line)."""
     upload = request.FILES.get("file") if hasattr(request.data, "getlist") else None
     if upload is not None:
-        limit = settings.RLHF_IMPORT_MAX_BYTES
-        if upload.size is not None and upload.size > limit:
-            raise ApplicationError(f"the file is {upload.size} bytes; the limit is {limit} bytes")
+        if upload.size is not None and upload.size > settings.RLHF_IMPORT_MAX_BYTES:
+            raise RequestTooLarge.for_size(upload.size, what="file")
         name = upload.name or "upload"
         return parse_prompt_file(upload.read(), name), name
     if isinstance(request.data, list):
@@ -245,7 +233,7 @@ class RankingCreateApi(APIView):
         request=s.RankingIn,
         responses={
             201: s.RankingOut,
-            409: OpenApiResponse(description="Already ranked, skipped, or the lease was lost."),
+            409: error_response("Already ranked, skipped, or the lease was lost."),
         },
     )
     def post(self, request: Request, task_id: int) -> Response:
@@ -256,7 +244,10 @@ class RankingCreateApi(APIView):
 
 
 class TaskSkipApi(APIView):
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(
+        request=None,
+        responses={204: None, 409: error_response("The user has already ranked this task.")},
+    )
     def post(self, request: Request, task_id: int) -> Response:
         task = selectors.access_task(user=request.user, task_id=task_id)
         task_skip(task=task, labeler=request.user)

@@ -3,16 +3,20 @@
 import json
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from labeling.models import Demonstration
+from labeling.services.leasing import task_lease_next, task_skip
 from tests.factories import (
     DemonstrationFactory,
     MembershipFactory,
     ProjectFactory,
     PromptFactory,
     RankingTaskFactory,
+    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db
@@ -190,3 +194,56 @@ def test_project_nav_links_rounds_for_admins_only(labeler_web, project, project_
     admin = Client()
     admin.force_login(project_admin)
     assert rounds in admin.get(url).content.decode()
+
+
+def _queries(client: Client, url: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries.captured_queries)
+
+
+def _project_with_work(user, *, open_tasks: int, member: bool = True):  # type: ignore[no-untyped-def]
+    """A project where `user` has skipped one task and holds a lease on another."""
+    project = ProjectFactory()
+    if member:
+        MembershipFactory(project=project, user=user, role="labeler")
+    tasks = [RankingTaskFactory(project=project) for _ in range(open_tasks)]
+    task_skip(task=tasks[0], labeler=user)
+    task_lease_next(project=project, labeler=user)
+    return project
+
+
+# Session, user, then the page's own reads (projects, memberships, two for the counters).
+PROJECT_LIST_QUERIES = 6
+
+
+@pytest.mark.parametrize("superuser", [False, True])
+def test_the_project_list_takes_the_same_queries_for_one_project_or_many(superuser) -> None:  # type: ignore[no-untyped-def]
+    user = UserFactory(is_superuser=superuser)
+    client = Client()
+    client.force_login(user)
+    _project_with_work(user, open_tasks=2)
+    one = _queries(client, "/projects/")
+    for n in range(3, 7):
+        _project_with_work(user, open_tasks=n, member=not superuser or n % 2 == 0)
+    many = _queries(client, "/projects/")
+    assert many == one <= PROJECT_LIST_QUERIES
+
+
+def test_the_project_list_counts_and_roles_are_per_project() -> None:
+    user = UserFactory(is_superuser=True)
+    client = Client()
+    client.force_login(user)
+    member_of = _project_with_work(user, open_tasks=2)
+    seen_as_superuser = _project_with_work(user, open_tasks=5, member=False)
+    empty = ProjectFactory()
+    rows = {row.project: row for row in client.get("/projects/").context["rows"]}
+    assert rows[member_of].role == "labeler" and rows[seen_as_superuser].role == "superuser"
+    assert rows[member_of].counts == {
+        "done_today": 0,
+        "done_total": 0,
+        "skipped": 1,
+        "remaining": 1,
+    }
+    assert rows[seen_as_superuser].counts["remaining"] == 4
+    assert rows[empty].counts == {"done_today": 0, "done_total": 0, "skipped": 0, "remaining": 0}

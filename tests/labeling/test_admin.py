@@ -3,8 +3,8 @@
 from datetime import timedelta
 
 from labeling.models import Assignment, RankingTask
+from labeling.services.leasing import task_lease_next
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from tests.factories import RankingTaskFactory
 
 

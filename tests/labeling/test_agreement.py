@@ -5,7 +5,7 @@ from math import sqrt
 
 import pytest
 
-from labeling.services.agreement import (
+from labeling.agreement import (
     RankingRecord,
     active_seconds,
     kendall_tau_b,

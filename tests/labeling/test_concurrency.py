@@ -18,8 +18,8 @@ from django.db.models import Count
 
 from core.exceptions import ConflictError
 from labeling.models import Assignment, Comparison, Ranking, RankingTask
+from labeling.services.leasing import task_lease_next
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from tests.factories import MembershipFactory, ProjectFactory, RankingTaskFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

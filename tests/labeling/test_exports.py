@@ -21,8 +21,8 @@ from labeling.exports import (
 )
 from labeling.models import Comparison, Membership, Project, Ranking, RankingTask
 from labeling.selectors import comparisons_for_project, rankings_for_project
+from labeling.services.leasing import task_lease_next
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from tests.factories import (
     MembershipFactory,
     ModelVersionFactory,

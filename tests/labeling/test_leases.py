@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from core.exceptions import ConflictError
 from labeling.models import Assignment, RankingTask
+from labeling.services.leasing import task_lease_next, task_skip
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next, task_skip
 from tests.factories import MembershipFactory, RankingTaskFactory
 
 
@@ -176,7 +176,7 @@ def test_a_stale_candidate_the_labeler_finished_is_passed_over(  # type: ignore[
     """The candidate query reads a snapshot that can miss the labeler's own skip or
     submission committed a moment before (another tab). Under the task's lock that is seen,
     and the next task is leased instead of failing on the one-assignment constraint."""
-    from labeling.services import tasks
+    from labeling.services import leasing
 
     first, second = RankingTaskFactory(project=project), RankingTaskFactory(project=project)
     if finish == "skip":
@@ -186,7 +186,7 @@ def test_a_stale_candidate_the_labeler_finished_is_passed_over(  # type: ignore[
         assert lease is not None and lease.task == first
         submit(first, labeler)
     stale = lambda project, labeler, now: RankingTask.objects.filter(project=project)  # noqa: E731
-    monkeypatch.setattr(tasks, "_candidates", stale)  # as if the snapshot predated it
+    monkeypatch.setattr(leasing, "_candidates", stale)  # as if the snapshot predated it
     lease = task_lease_next(project=project, labeler=labeler)
     assert lease is not None and lease.task == second
     assert Assignment.objects.get(task=first, labeler=labeler).status == (

@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Assignment, Comparison, Ranking, RankingTask
+from labeling.services.leasing import task_lease_next, task_skip
 from labeling.services.rankings import comparisons_from_ranking, ranking_submit
-from labeling.services.tasks import task_lease_next, task_skip
 from tests.factories import MembershipFactory, RankingTaskFactory
 
 

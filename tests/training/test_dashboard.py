@@ -4,7 +4,9 @@ import json
 import re
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories import (
     MembershipFactory,
@@ -132,3 +134,56 @@ def test_labeler_stats_take_a_fixed_number_of_queries(  # type: ignore[no-untype
         stats = admin_client_api.get(url).json()
     assert stats["project"]["rankings"] == 12
     assert stats["project"]["kendall_w"] == pytest.approx(1.0)  # identical default orders
+
+
+def _rounds_with_work(project, labelers, number: int):  # type: ignore[no-untyped-def]
+    """Round `number` of `project` with its models, runs with metrics, and rankings."""
+    policy = ModelVersionFactory(project=project, kind="ppo")
+    reward = ModelVersionFactory(project=project, kind="rm", role="reward", parent=policy)
+    round_ = RoundFactory(
+        project=project, number=number, sampling_policy=policy, reward_model=reward, policy=policy
+    )
+    for kind in ("generate", "rm", "ppo"):
+        run = TrainingRunFactory(project=project, round=round_, kind=kind, status="succeeded")
+        for _ in range(3):
+            MetricPointFactory(run=run)
+    task = RankingTaskFactory(project=project, round=round_)
+    for user in labelers:
+        RankingFactory(task=task, labeler=user)
+    return round_
+
+
+def test_the_dashboard_and_its_endpoints_take_the_same_queries_for_one_round_or_many(  # type: ignore[no-untyped-def]
+    project, project_admin, admin_client_api
+):
+    """The page and every JSON endpoint its script polls: the query count is fixed."""
+    labelers = [MembershipFactory(project=project).user for _ in range(2)]
+    first = _rounds_with_work(project, labelers, 1)
+    run = first.runs.get(kind="rm")
+    page = _client(project_admin)
+    config = _config(page.get(f"/projects/{project.slug}/rounds/"), "dashboard-config")
+    urls = {
+        "page": f"/projects/{project.slug}/rounds/",
+        "rounds": config["urls"]["rounds"],
+        "models": config["urls"]["models"],
+        "stats": config["urls"]["stats"],
+        "round": config["urls"]["round"].replace("{id}", str(first.pk)),
+        "metrics": config["urls"]["metrics"].replace("{id}", str(run.pk)),
+    }
+
+    def count() -> dict[str, int]:
+        counts = {}
+        for name, url in urls.items():
+            client = page if name == "page" else admin_client_api
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(url).status_code == 200, url
+            counts[name] = len(queries.captured_queries)
+        return counts
+
+    one = count()
+    more = [MembershipFactory(project=project).user for _ in range(3)]
+    for number in (2, 3, 4):
+        _rounds_with_work(project, labelers + more, number)
+    many = count()
+    assert many == one
+    assert max(one.values()) <= 6, one

@@ -15,16 +15,6 @@ urlpatterns = [
     path("runs/<int:run_id>/metrics/", views.RunMetricsApi.as_view(), name="api-run-metrics"),
 ]
 
-from training.api import stats  # noqa: E402
-
-urlpatterns += [
-    path(
-        "projects/<slug:slug>/labelers/stats/",
-        stats.LabelerStatsApi.as_view(),
-        name="api-labeler-stats",
-    ),
-]
-
 from training.api import playground  # noqa: E402
 
 urlpatterns += [

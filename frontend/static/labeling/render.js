@@ -1,16 +1,9 @@
 // DOM builders for the ranking screen. Prompt and response text are hostile data: they
 // reach the page only through textContent (never parsed as HTML), so markup stays text.
 
-const KNOWN_ROLES = new Set(["system", "user", "assistant"]);
+import { el } from "../studio/dom.js";
 
-export function el(tag, { className, text, attrs } = {}, children = []) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  for (const [name, value] of Object.entries(attrs ?? {})) node.setAttribute(name, String(value));
-  node.append(...children);
-  return node;
-}
+const KNOWN_ROLES = new Set(["system", "user", "assistant"]);
 
 export function ordinal(n) {
   const suffixes = ["th", "st", "nd", "rd"];

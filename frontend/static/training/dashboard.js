@@ -2,8 +2,9 @@
 // and progress, its training curves (incremental metric fetches), the rounds, models and
 // labeler tables; start / advance / cancel POST to the API with the CSRF token.
 
+import { el } from "../studio/dom.js";
 import { Curves, perRoundCharts } from "./curves.js";
-import { el, stageLabel, when } from "./dom.js";
+import { stageLabel, when } from "./format.js";
 import { fill, makeClient, readConfig } from "./http.js";
 import { renderLabelers, renderModels, renderRounds, rmAccuracy } from "./tables.js";
 

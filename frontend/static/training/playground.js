@@ -2,7 +2,7 @@
 // (a chat list) and polls the queued reply until the worker has answered. Model text is
 // only ever set with textContent.
 
-import { el } from "./dom.js";
+import { el } from "../studio/dom.js";
 import { fill, makeClient, readConfig } from "./http.js";
 
 const config = readConfig("playground-config");
@@ -62,7 +62,7 @@ async function waitForReply(id, body) {
     const reply = await api.get(fill(config.replyUrl, id));
     if (reply.status !== "queued") return reply;
     if (Date.now() - started > SLOW_AFTER_MS) {
-      body.lastChild.textContent = "Still queued: the GPU worker is busy (a training run?). Waiting…";
+      body.lastChild.textContent = "Still queued: no worker of the default queue is free yet (one that also trains may be in a run). Waiting…";
     }
     await sleep(config.pollMs);
   }

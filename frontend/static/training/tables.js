@@ -1,7 +1,8 @@
 // The dashboard's tables: rounds, model versions, labelers. Pure renderers of API data.
 
+import { el } from "../studio/dom.js";
 import { formatNumber } from "./linechart.js";
-import { cell, el, percent, seconds, stageLabel, when } from "./dom.js";
+import { cell, percent, seconds, stageLabel, when } from "./format.js";
 
 // The RM's held-out pairwise accuracy, wherever the run recorded it.
 export function rmAccuracy(round) {

@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from labeling.management.commands._common import get_project, user_errors
+from labeling.management.cli import get_project, user_errors
 from labeling.models import Membership
 from labeling.services.projects import membership_add
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandParser
 
-from labeling.management.commands._common import user_errors
+from labeling.management.cli import user_errors
 from labeling.services.projects import api_token_create, api_token_revoke
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from labeling.management.commands._common import user_errors
+from labeling.management.cli import user_errors
 from labeling.services.projects import project_create
 
 

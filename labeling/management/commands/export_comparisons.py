@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from labeling.exports import comparison_rows, jsonl_stream, write_parquet
-from labeling.management.commands._common import get_project, user_errors
+from labeling.management.cli import get_project, user_errors
 from labeling.selectors import comparisons_for_project
 
 

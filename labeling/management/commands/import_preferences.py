@@ -2,14 +2,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from labeling.management.commands._common import (
+from labeling.management.cli import (
     check_import_file,
     describe,
     get_project,
     user_errors,
 )
 from labeling.services.imports import parse_preference_file
-from labeling.services.tasks import preferences_import
+from labeling.services.task_imports import preferences_import
 
 
 class Command(BaseCommand):

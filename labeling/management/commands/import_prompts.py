@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from labeling.management.commands._common import (
+from labeling.management.cli import (
     describe,
     get_project,
     read_import_file,

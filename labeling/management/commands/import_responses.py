@@ -2,14 +2,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from labeling.management.commands._common import (
+from labeling.management.cli import (
     describe,
     get_project,
     read_import_file,
     user_errors,
 )
 from labeling.services.imports import parse_response_file
-from labeling.services.tasks import tasks_import_responses
+from labeling.services.task_imports import tasks_import_responses
 
 
 class Command(BaseCommand):

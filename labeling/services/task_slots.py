@@ -1,4 +1,4 @@
-"""Row locks and slot counts shared by leasing (tasks.py) and submitting (rankings.py).
+"""Row locks and slot counts shared by leasing (leasing.py) and submitting (rankings.py).
 
 A task's *used slots* are its submitted assignments plus its active, unexpired leases.
 Every write that can change them (lease, submit, skip) holds the task's row lock, so a

@@ -1,4 +1,4 @@
-"""Ranking tasks: leases to labelers, skips, and tasks imported from files.
+"""Leasing ranking tasks to labelers, and skips.
 
 Lease invariant (PRODUCT.md section 2): a task is never held by more labelers than its
 `overlap` needs, and never given twice to one labeler. A task's *used slots* are its
@@ -17,16 +17,7 @@ from django.utils import timezone
 
 from core.exceptions import ConflictError
 from labeling.models import Assignment, Membership, Project, RankingTask
-from labeling.services.leases import holds_slot, lock_task, of_self, slot_counts
-from labeling.services.task_imports import preferences_import, tasks_import_responses
-
-__all__ = [
-    "preferences_import",
-    "slot_counts",
-    "task_lease_next",
-    "task_skip",
-    "tasks_import_responses",
-]
+from labeling.services.task_slots import holds_slot, lock_task, of_self, slot_counts
 
 ACTIVE, SUBMITTED, SKIPPED = (
     Assignment.Status.ACTIVE,

@@ -1,5 +1,8 @@
 """`python manage.py demo`: everything a newcomer needs to see RLHF Studio run.
 
+A command of the whole product, so it lives in `training` (which may use labeling's
+services; labeling never imports training).
+
 Migrates, creates the users `admin` (superuser, project admin) and `labeler` with random
 passwords, a project "demo" with sample prompts, ranking tasks and the default policy,
 then serves the web app and a Celery worker until Ctrl-C. Running it again keeps the
@@ -20,12 +23,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from labeling.management.commands._common import user_errors
+from labeling.management.cli import user_errors
 from labeling.models import Membership, Project
 from labeling.services.imports import parse_prompt_file, parse_response_file
 from labeling.services.projects import membership_add, project_create, project_update
 from labeling.services.prompts import prompts_import
-from labeling.services.tasks import tasks_import_responses
+from labeling.services.task_imports import tasks_import_responses
+from training.services.registry import current_policy
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PROMPTS_FILE = FIXTURES / "demo_prompts.jsonl"
@@ -104,8 +108,6 @@ class Command(BaseCommand):
             f"already there), {tasks.created} new ranking tasks ({tasks.duplicates} already "
             f"there), base model {project.base_model}."
         )
-        from training.services.registry import current_policy
-
         policy = current_policy(project=project)  # the base model becomes policy v1
         self.stdout.write(f"Current policy: {policy.label} ({policy.artifact}).")
         return project

@@ -1,15 +1,6 @@
-// Tiny DOM helpers: every piece of text goes in through textContent.
+// How the dashboard shows numbers, dates and stages, and its table cells.
 
-export function el(tag, { className, text, attrs } = {}, children = []) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value !== undefined && value !== null && value !== false) node.setAttribute(name, String(value));
-  }
-  for (const child of children) if (child) node.appendChild(child);
-  return node;
-}
+import { el } from "../studio/dom.js";
 
 export function cell(text, className) {
   return el("td", { className, text: text ?? "—" });

@@ -1,4 +1,8 @@
-"""Shared pieces of the labeling commands: find a project, read a file, report user errors."""
+"""Shared pieces of the management commands: find a project, read a file, report user errors.
+
+Public to every app's commands (training's round commands use `get_project` and
+`user_errors` too); a command module itself stays a thin door.
+"""
 
 import functools
 from collections.abc import Callable

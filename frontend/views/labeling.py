@@ -1,11 +1,10 @@
-"""HTML pages of the labeling side: thin doors that load through the selectors, call one
-service, and render. Every project page is scoped by `access_project` (404 for non-members).
+"""The labelers' pages: the project list, the ranking screen and demonstrations. Every
+project page is scoped by `access_project` (404 for non-members).
 
 The ranking page is a shell: its script talks to the REST API (labeling/api) with the
 session cookie and the CSRF token, and receives its settings through `json_script`.
 """
 
-from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -23,9 +22,10 @@ from labeling.models import Project, Prompt
 from labeling.selectors import (
     access_project,
     labeler_counts,
-    membership_for,
-    project_list_for_user,
-    prompts_for_project,
+    project_role,
+    project_rows_for_user,
+    prompt_of_project,
+    prompt_to_demonstrate,
 )
 from labeling.services.demonstrations import MAX_RESPONSE_CHARS, demonstration_create
 
@@ -35,38 +35,17 @@ def home(request: HttpRequest) -> HttpResponse:
     return redirect("project-list")
 
 
-@dataclass(frozen=True)
-class ProjectRow:
-    project: Project
-    role: str
-    counts: dict[str, int]
-
-
 @login_required
 @require_GET
 def project_list(request: HttpRequest) -> HttpResponse:
-    rows = [
-        ProjectRow(
-            project=project,
-            role=_role(request, project),
-            counts=labeler_counts(project=project, user=request.user),
-        )
-        for project in project_list_for_user(user=request.user)
-    ]
+    rows = project_rows_for_user(user=request.user)
     return render(request, "labeling/project_list.html", {"rows": rows})
-
-
-def _role(request: HttpRequest, project: Project) -> str:
-    membership = membership_for(user=request.user, project=project)
-    if membership is not None:
-        return membership.role
-    return "superuser" if request.user.is_superuser else ""
 
 
 def _project_context(request: HttpRequest, project: Project, section: str) -> dict[str, Any]:
     return {
         "project": project,
-        "role": _role(request, project),
+        "role": project_role(user=request.user, project=project),
         "section": section,
         "guidelines_html": guidelines_html(project.guidelines),
     }
@@ -105,19 +84,6 @@ class DemonstrationForm(forms.Form):
     )
 
 
-def prompt_to_demonstrate(*, project: Project, after: int | None = None) -> Prompt | None:
-    """The next training prompt of `project` that has no demonstration yet, after the prompt
-    id `after` (the labeler passed on it), wrapping around to the first one."""
-    pending = prompts_for_project(project=project, split=Prompt.Split.TRAIN).filter(
-        demonstrations__isnull=True
-    )
-    if after is not None:
-        later = pending.filter(pk__gt=after).first()
-        if later is not None:
-            return later
-    return pending.first()
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def demonstrate(request: HttpRequest, slug: str) -> HttpResponse:
@@ -153,9 +119,7 @@ def demonstrate(request: HttpRequest, slug: str) -> HttpResponse:
 def _posted_prompt(project: Project, form: DemonstrationForm) -> Prompt | None:
     """The prompt a failed POST was about, shown again with the error (this project's only)."""
     raw = str(form.data.get("prompt_id", ""))
-    return (
-        prompts_for_project(project=project).filter(pk=int(raw)).first() if raw.isdigit() else None
-    )
+    return prompt_of_project(project=project, prompt_id=int(raw)) if raw.isdigit() else None
 
 
 def _int_param(request: HttpRequest, name: str) -> int | None:
