@@ -177,7 +177,8 @@ def evaluate(
     """Sample the policy on held-out prompts; exact preference scores and KL to the reference."""
     import torch
 
-    from training.ml.models import encode_prompt, load_causal_lm
+    from training.ml.chat import encode_prompt
+    from training.ml.loading import load_causal_lm
     from training.ml.sampling import GenerationSettings, sample_responses
     from training.ml.synthetic import make_preference
 

@@ -27,9 +27,10 @@ import torch
 
 from bench.rm_vs_trl import machine
 from training.ml.commands.common import quiet_transformers
-from training.ml.models import load_causal_lm, resolve_device
+from training.ml.devices import resolve_device
+from training.ml.loading import load_causal_lm
 from training.ml.ppo import PPOConfig, bench_ppo
-from training.ml.reward_model import RewardModel, load_reward_model
+from training.ml.reward.model import RewardModel, load_reward_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

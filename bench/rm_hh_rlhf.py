@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from bench.rm_vs_trl import OUT, ROOT, machine, run_ours, run_trl
-from training.ml import models
+from training.ml.configs import RMConfig
+from training.ml.loading import pretrained_folder
 from training.ml.preferences import RankedExample, read_preferences
-from training.ml.rm import RMConfig
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
 HUMAN = "\n\nHuman:"
@@ -64,7 +64,7 @@ def length_baseline(examples: list[RankedExample], *, shorter: bool) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--model", default="default", help="a models.load_causal_lm spec")
+    parser.add_argument("--model", default="default", help="a loading.load_causal_lm spec")
     parser.add_argument("--held-out-fraction", type=float, default=0.2)
     parser.add_argument("--train-pairs", type=int, default=320, help="0: the whole train part")
     parser.add_argument("--eval-pairs", type=int, default=240, help="0: the whole held-out part")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     info = machine()
-    folder = str(models.pretrained_folder(args.model))
+    folder = str(pretrained_folder(args.model))
     examples = read_preferences(args.data)
     train, held_out = split_by_first_turn(examples, args.held_out_fraction, args.seed)
     rng = random.Random(args.seed)

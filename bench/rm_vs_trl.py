@@ -35,17 +35,17 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from training.ml import models
 from training.ml.commands.bench import keyword_rankings
+from training.ml.configs import RMConfig
+from training.ml.loading import load_tokenizer
+from training.ml.memory import count_trainable, freeze_all_but_top_layers
 from training.ml.preferences import RankedExample
-from training.ml.rm import (
-    RewardModel,
-    RMConfig,
-    evaluate_reward_model,
-    load_reward_model,
-    train_reward_model,
-)
-from training.ml.rm_batches import encode_rankings
+from training.ml.reward.batches import encode_rankings
+from training.ml.reward.evaluate import evaluate_reward_model
+from training.ml.reward.model import RewardModel, load_reward_model
+from training.ml.reward.train import train_reward_model
+from training.ml.saving import save_pretrained_atomic
+from training.ml.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -90,14 +90,14 @@ def build_model_folder(folder: Path, *, hidden: int, layers: int, seed: int) -> 
     """A random-init Llama (``tiny`` scaled up) with the real SmolLM2 tokenizer, saved once."""
     if (folder / "config.json").is_file():
         return folder
-    tokenizer = models.load_tokenizer("tiny")
-    config = models.tiny_config(tokenizer)
+    tokenizer = load_tokenizer("tiny")
+    config = tiny_config(tokenizer)
     config.hidden_size, config.num_hidden_layers = hidden, layers
     config.intermediate_size, config.num_attention_heads = hidden * 3, max(4, hidden // 64)
     config.num_key_value_heads = config.num_attention_heads // 2
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return models.save_pretrained_atomic(model, tokenizer, folder)
+    return save_pretrained_atomic(model, tokenizer, folder)
 
 
 # --------------------------------------------------------------------------- runners
@@ -116,7 +116,7 @@ def run_ours(
     )
     figures = _figures(result["pairs"], result["steps"], wall, cpu, evaluation)
     tokens = {"tokens": result["tokens"], "padded_tokens": result["padded_tokens"]}
-    return {**figures, **tokens, "trainable_params": models.count_trainable(model)}
+    return {**figures, **tokens, "trainable_params": count_trainable(model)}
 
 
 def trl_pair_rows(
@@ -155,14 +155,14 @@ def run_trl(
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer = models.load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
     tokenizer.pad_token = tokenizer.unk_token  # != EOS: pad-id pooling reads the EOS token
     tokenizer.padding_side = "right"
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=1, dtype=torch.float32
     )
     if config.train_top_layers is not None:
-        models.freeze_all_but_top_layers(model, config.train_top_layers)
+        freeze_all_but_top_layers(model, config.train_top_layers)
     dataset = Dataset.from_list(trl_pair_rows(tokenizer, train, config.max_length))
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
@@ -213,7 +213,7 @@ def run_trl(
     )
     figures = _figures(len(dataset), output.global_step, wall, cpu, evaluation)
     figures["trl_eval_accuracy"] = trl_metrics.get("eval_accuracy")
-    return {**figures, **tokens, "trainable_params": models.count_trainable(model)}
+    return {**figures, **tokens, "trainable_params": count_trainable(model)}
 
 
 def counting_collator(pad_id: int) -> tuple[Any, dict[str, int]]:

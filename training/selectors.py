@@ -1,9 +1,10 @@
-"""Reads of the training domain, scoped through the labeling selectors' access checks."""
+"""Reads of the training domain; the `access_*` ones are scoped through the labeling
+selectors' access checks."""
 
 from django.db.models import QuerySet
 from django.http import Http404
 
-from labeling.models import Project
+from labeling.models import Project, Prompt, RankingTask
 from labeling.selectors import access_project
 from training.models import MetricPoint, ModelVersion, Round, TrainingRun
 
@@ -28,7 +29,7 @@ def access_run(*, user, run_id: int, admin: bool = True) -> TrainingRun:  # type
 def rounds_for_project(*, project: Project) -> QuerySet[Round]:
     return (
         Round.objects.filter(project=project)
-        .select_related("sampling_policy", "reward_model", "policy")
+        .select_related("project", "sampling_policy", "reward_model", "policy")
         .order_by("-number")
     )
 
@@ -59,3 +60,27 @@ def metric_series(*, run: TrainingRun, after_step: int = -1) -> dict[str, list]:
     for name in names:
         series[name] = [values.get(name) for _, values in points]
     return series
+
+
+def current_policy_for_project(*, project: Project) -> ModelVersion | None:
+    """The project's current policy version; None before the first one is registered (the
+    registry's `current_policy` creates it, this read does not)."""
+    return ModelVersion.objects.filter(
+        project=project, role=ModelVersion.Role.POLICY, is_current=True
+    ).first()
+
+
+def prompts_for_round(*, round_: Round) -> list[Prompt]:
+    """Train prompts not yet tasked in this round, preferring prompts never ranked before."""
+    project = round_.project
+    already = RankingTask.objects.filter(round=round_).values_list("prompt_id", flat=True)
+    missing = round_.num_prompts - len(already)
+    if missing <= 0:
+        return []
+    candidates = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).exclude(
+        pk__in=already
+    )
+    used = set(RankingTask.objects.filter(project=project).values_list("prompt_id", flat=True))
+    fresh = [p for p in candidates.order_by("id") if p.pk not in used]
+    reused = [p for p in candidates.order_by("id") if p.pk in used]
+    return (fresh + reused)[:missing]

@@ -1,4 +1,6 @@
-"""Labeling events the loop listens to (labeling never imports training)."""
+"""Labeling events the loop listens to: training subscribes to labeling's signals, so
+labeling's services need not know the loop (labeling reaches training only through
+`labeling.seams`)."""
 
 from django.db import transaction
 from django.db.models.signals import post_save

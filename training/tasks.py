@@ -1,4 +1,5 @@
-"""Celery doors: load the row, call one service, nothing else.
+"""Celery doors: load the row, call the service that does the work, nothing else (a run's
+task also hands its outcome to the round, `rounds.round_on_run_finished`).
 
 Tasks named `gpu_*` are routed to the `gpu` queue (config/celery.py); the rest run on
 `default`. Every task is idempotent on the id it carries.
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="training.tasks.gpu_execute_run", acks_late=True, bind=True)
 def gpu_execute_run(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
-    from training.services import jobs, rounds
+    from training.services import rounds, run_bodies
     from training.services.runs import run_execute
 
     run = TrainingRun.objects.filter(pk=run_id).first()
@@ -24,7 +25,8 @@ def gpu_execute_run(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
         logger.warning("run %s does not exist (deleted?)", run_id)
         return
     # The worker's node name (gpu@host) lets a restarted worker fail what it left behind.
-    run = run_execute(run_id=run_id, body=jobs.body_for(run.kind), worker=self.request.hostname)
+    body = run_bodies.body_for(run.kind)
+    run = run_execute(run_id=run_id, body=body, worker=self.request.hostname)
     rounds.round_on_run_finished(run=run)
 
 
@@ -41,12 +43,9 @@ def round_build_pairs(round_id: int) -> None:
 def reap_stale_runs(dead_worker: str | None = None) -> list[int]:
     """Fail abandoned runs (and their rounds). Celery beat runs it every
     RLHF_REAP_INTERVAL seconds; a starting worker runs it for its own node name."""
-    from training.services.rounds import round_on_run_finished
-    from training.services.runs import runs_reap_stale
+    from training.services.rounds import rounds_reap_stale_runs
 
-    failed = runs_reap_stale(dead_worker=dead_worker)
-    for run in TrainingRun.objects.filter(pk__in=failed):
-        round_on_run_finished(run=run)
+    failed = rounds_reap_stale_runs(dead_worker=dead_worker)
     if failed:
         logger.warning("failed abandoned runs %s", failed)
     return failed

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from training.ml.models import load_causal_lm
+from training.ml.loading import load_causal_lm
 
 # several jobs share two cores: keep torch modest unless told otherwise
 torch.set_num_threads(int(os.environ.get("RLHF_TEST_THREADS", "1")))

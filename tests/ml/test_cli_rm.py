@@ -71,6 +71,19 @@ def test_train_rm_then_eval_rm(kwise_file: Path, tmp_path: Path) -> None:
     assert set(report["by_labeler"]) == {"ann0", "ann1"}
 
 
+def test_train_rm_lora_alpha_is_the_configs(kwise_file: Path, tmp_path: Path) -> None:
+    """``--lora-alpha`` reaches the trainer's config (it was accepted and ignored)."""
+    out = tmp_path / "rm"
+    trained = cli(
+        "train-rm", "--model", "tiny", "--data", str(kwise_file), "--out", str(out),
+        "--batch-size", "6", "--max-length", "32", "--device", "cpu",
+        "--lora-r", "2", "--lora-alpha", "8",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads((out / "rm_metrics.json").read_text())
+    assert summary["config"]["lora_r"] == 2 and summary["config"]["lora_alpha"] == 8
+
+
 def test_train_rm_on_a_pair_file(tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     hh = "\n\nHuman: Hi {0}\n\nAssistant:"

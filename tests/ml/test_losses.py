@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from formats.preferences import pairs_from_tie_groups
 from training.ml.losses import (
     correct_pairs,
     kwise_ranking_loss,
     pairwise_accuracy,
     preference_matrix,
 )
-from training.ml.preferences import pairs_from_ranking
 
 
 def pair_loss(diff: float) -> float:
@@ -57,7 +57,7 @@ def test_equal_pair_counts_give_the_plain_mean_over_all_pairs() -> None:
 def test_ties_give_no_pairs() -> None:
     prefer, _ = preference_matrix([[[0, 1], [2]]], 3)
     assert prefer.sum().item() == 2 and not prefer[0, 0, 1] and not prefer[0, 1, 0]
-    assert sorted(pairs_from_ranking([[0, 1], [2]])) == [(0, 2, 1), (1, 2, 1)]
+    assert sorted(pairs_from_tie_groups([[0, 1], [2]])) == [(0, 2, 1), (1, 2, 1)]
     base = kwise_ranking_loss(torch.tensor([[1.0, 1.0, 0.0]]), prefer)
     moved = kwise_ranking_loss(torch.tensor([[1.0, 5.0, 0.0]]), prefer)
     assert base.item() == pytest.approx(pair_loss(1.0), abs=1e-6)
@@ -91,7 +91,7 @@ def test_gradient_matches_the_pairwise_reference() -> None:
     prefer, _ = preference_matrix([[[2], [0, 3], [1]]], 4)
     kwise_ranking_loss(scores, prefer).backward()
     reference = scores.detach().clone().requires_grad_(True)
-    pairs = pairs_from_ranking([[2], [0, 3], [1]])
+    pairs = pairs_from_tie_groups([[2], [0, 3], [1]])
     losses = [
         -torch.nn.functional.logsigmoid(reference[0, win] - reference[0, lose])
         for win, lose, _ in pairs

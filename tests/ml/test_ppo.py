@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.ml.data import Demonstration
-from training.ml.models import load_causal_lm
+from training.ml.loading import load_causal_lm
 from training.ml.ppo import PPOConfig, prepare_models, train_ppo
 from training.ml.ppo_checkpoint import CheckpointError, latest_checkpoint
 from training.ml.ppo_losses import (
@@ -22,7 +22,7 @@ from training.ml.ppo_losses import (
     value_loss,
 )
 from training.ml.ppo_rollout import PPOModels, collect_rollout, pack_episodes
-from training.ml.reward_model import RewardModel
+from training.ml.reward.model import RewardModel
 from training.ml.rules import LengthRule
 from training.ml.sft import SFTConfig, train_sft
 

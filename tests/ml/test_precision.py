@@ -12,12 +12,13 @@ import random
 import pytest
 import torch
 
-from training.ml.models import load_causal_lm
+from training.ml.configs import RMConfig
+from training.ml.loading import load_causal_lm
 from training.ml.ppo import PPOConfig, train_ppo
 from training.ml.precision import FP32, Precision, master_weights, resolve_precision
 from training.ml.preferences import RankedExample
-from training.ml.reward_model import RewardModel
-from training.ml.rm import RMConfig, train_reward_model
+from training.ml.reward.model import RewardModel
+from training.ml.reward.train import train_reward_model
 from training.ml.sft import Demonstration, SFTConfig, train_sft
 
 BF16 = Precision(compute=torch.bfloat16, device_type="cpu")

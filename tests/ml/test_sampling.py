@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from training.ml.models import encode_prompt
+from training.ml.chat import encode_prompt
 from training.ml.sampling import (
     GenerationSettings,
     bench_sampling,

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 
-from training.ml.models import decoder_layers, is_gradient_checkpointing
+from training.ml.memory import decoder_layers, is_gradient_checkpointing
 from training.ml.sft import (
     IGNORE_INDEX,
     Demonstration,
     SFTConfig,
     build_sft_example,
-    cosine_with_warmup,
     train_sft,
 )
 
@@ -38,15 +36,6 @@ def test_truncation_keeps_the_response_and_the_prompt_end(tiny_lm):
     assert len(ids) == len(labels) == 32
     assert tokenizer.decode([t for t in labels if t != IGNORE_INDEX]) == "short answer<|im_end|>"
     assert tokenizer.decode(ids[:-3]).endswith("<|im_start|>assistant\n")
-
-
-def test_cosine_with_warmup():
-    values = [cosine_with_warmup(s, total=10, warmup=2, min_ratio=0.1) for s in range(10)]
-    assert values[:2] == [0.5, 1.0]
-    assert values[2] == pytest.approx(1.0)
-    expected_last = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8))
-    assert values[-1] == pytest.approx(expected_last) and values[-1] > 0.1
-    assert all(a >= b for a, b in itertools.pairwise(values[1:]))
 
 
 def test_sft_lowers_training_loss_and_reports_metrics(fresh_tiny_lm):

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.ml.models import (
-    default_cache_dir,
-    default_gguf_path,
-    load_causal_lm,
-    pretrained_folder,
-)
+from training.ml.gguf_cache import default_cache_dir, default_gguf_path
+from training.ml.loading import load_causal_lm, pretrained_folder
 from training.ml.sampling import GenerationSettings, sample_responses
 
 

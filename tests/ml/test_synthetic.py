@@ -116,7 +116,8 @@ def test_bad_temperature_and_scores() -> None:
 
 
 def test_rm_preference_scores_like_the_saved_reward_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from training.ml.rm import load_reward_model, save_reward_model, score_texts
+    from training.ml.reward.evaluate import score_texts
+    from training.ml.reward.model import load_reward_model, save_reward_model
 
     model, tokenizer = load_reward_model("tiny:3", device="cpu", dtype="float32")
     model.reward_offset = 0.75

@@ -20,7 +20,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from labeling.models import Demonstration, Project, Prompt, Ranking, RankingTask
-from labeling.services.tasks import task_lease_next
+from labeling.services.leasing import task_lease_next
 from tests.factories import MembershipFactory, ProjectFactory, RankingTaskFactory
 from tests.security.corpus import BENIGN_JSON, HOLE, HOSTILE_JSON, Hostile, splice
 from training.models import PlaygroundReply

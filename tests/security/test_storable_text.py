@@ -12,10 +12,10 @@ from django.core.management import call_command
 from django.db import connection
 
 from labeling.models import Comparison, Prompt, Response
+from labeling.services.leasing import task_lease_next
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from tests.factories import MembershipFactory, ProjectFactory, PromptFactory, RankingTaskFactory
-from training.ml import models as ml_models
+from training.ml import loading as ml_loading
 from training.models import PlaygroundReply, TrainingRun
 from training.services import playground, rounds
 
@@ -26,7 +26,7 @@ NUL_BYTE_TOKEN = "Ā"  # byte-level BPE's symbol for the byte 0x00
 def nul_policy(monkeypatch):  # type: ignore[no-untyped-def]
     """Every model the workers load is the `tiny` one with an lm_head bias that makes the
     token decoding to "\\x00" win every step (as a policy that learnt it would)."""
-    load = ml_models.load_causal_lm
+    load = ml_loading.load_causal_lm
 
     def load_nul_policy(spec, **kwargs):  # type: ignore[no-untyped-def]
         model, tokenizer = load(spec, **kwargs)
@@ -37,7 +37,7 @@ def nul_policy(monkeypatch):  # type: ignore[no-untyped-def]
         model.lm_head.bias = torch.nn.Parameter(bias)
         return model, tokenizer
 
-    monkeypatch.setattr(ml_models, "load_causal_lm", load_nul_policy)
+    monkeypatch.setattr(ml_loading, "load_causal_lm", load_nul_policy)
     monkeypatch.setattr(playground, "_cached", {})  # never keep this model for other tests
 
 

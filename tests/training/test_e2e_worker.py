@@ -29,10 +29,10 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from config.celery import app as celery_app
+from formats.preferences import pairs_from_tie_groups
 from labeling.models import Comparison, Project, Ranking, RankingTask, Response
-from labeling.services.pairs import pairs_from_tie_groups
 from tests.factories import ProjectFactory, PromptFactory
-from training.ml.rm import is_reward_model_folder
+from training.ml.reward.model import is_reward_model_folder
 from training.models import ModelVersion, Round, TrainingRun
 from training.services.rounds import round_advance, round_start
 from training.services.simulation import labelers_simulate
@@ -70,8 +70,9 @@ FAST_CONFIG: dict[str, Any] = {
         "forward_batch_size": 4,
     },
 }
-# Thousands of RM steps: long enough to be killed in the middle.
-SLOW_RM = {"batch_size": 1, "epochs": 5000, "max_length": 64, "lr": 1e-5}
+# Hundreds of RM steps (100 epochs, the most RMConfig allows): long enough to be killed in
+# the middle.
+SLOW_RM = {"batch_size": 1, "epochs": 100, "max_length": 64, "lr": 1e-5}
 
 
 # --------------------------------------------------------------------------- the worker

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from labeling.models import Response
+from labeling.services.leasing import task_lease_next
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from tests.factories import MembershipFactory, ProjectFactory, PromptFactory
 from training.models import MetricPoint, ModelVersion
 from training.services import registry, rounds
@@ -125,7 +125,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
     settings after the failure), is set aside (kept) and the retry starts from the start."""
     from training.ml import ppo
     from training.models import TrainingRun
-    from training.services.jobs import ppo_checkpoints
+    from training.services.run_bodies.ppo import ppo_checkpoints
 
     project = tiny_project
     project.training_config = {
@@ -182,35 +182,10 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
 
 
 @pytest.mark.django_db
-def test_a_corrupt_ppo_checkpoint_is_set_aside(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from training.ml.ppo_checkpoint import CheckpointError
-    from training.services.jobs import _set_aside_newest_checkpoint
-
-    class Log:
-        lines: list[str] = []
-
-        def log(self, line: str) -> None:
-            self.lines.append(line)
-
-    for step in (2, 4):
-        (tmp_path / f"step-00000{step}").mkdir()
-        (tmp_path / f"step-00000{step}" / "state.json").write_text("{}")
-    error = CheckpointError("cannot resume from checkpoint step-000004: truncated")
-    _set_aside_newest_checkpoint(tmp_path, Log(), error)  # type: ignore[arg-type]
-    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-000002"]
-    aside = [p.name for p in tmp_path.glob(".corrupt-*")]
-    assert len(aside) == 1 and aside[0].startswith(".corrupt-step-000004")
-    assert "truncated" in Log.lines[0]
-    _set_aside_newest_checkpoint(tmp_path, Log(), error)
-    with pytest.raises(CheckpointError):  # none left: the error is the run's
-        _set_aside_newest_checkpoint(tmp_path, Log(), error)
-
-
-@pytest.mark.django_db
 def test_ppo_starts_from_the_reference_or_the_rounds_policy(tiny_project) -> None:  # type: ignore[no-untyped-def]
     from core.exceptions import ApplicationError
     from training.models import Round
-    from training.services.jobs import ppo_init_version
+    from training.services.run_bodies.ppo import ppo_init_version
 
     reference = registry.reference_policy(project=tiny_project)
     previous = registry.model_version_create(project=tiny_project, kind="ppo")

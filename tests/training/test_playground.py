@@ -78,16 +78,16 @@ def test_bad_prompts_are_refused(short_project, labeler_client, prompt) -> None:
 def test_the_loaded_policy_is_reused_between_replies(  # type: ignore[no-untyped-def]
     short_project, labeler_client, django_capture_on_commit_callbacks, monkeypatch
 ):
-    from training.ml import models
+    from training.ml import loading
 
     loads: list[str] = []
-    real = models.load_causal_lm
+    real = loading.load_causal_lm
 
     def counting(spec, **kwargs):  # type: ignore[no-untyped-def]
         loads.append(spec)
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(models, "load_causal_lm", counting)
+    monkeypatch.setattr(loading, "load_causal_lm", counting)
     monkeypatch.setattr(playground, "_cached", {})
     for text in ("One.", "Two.", "Three."):
         _ask(labeler_client, short_project, text, django_capture_on_commit_callbacks)

@@ -72,3 +72,19 @@ def test_reference_policy_prefers_newest_sft() -> None:
     sft = ModelVersionFactory(project=project, kind="sft", version=7)
     ModelVersionFactory(project=project, kind="ppo", version=8)
     assert registry.reference_policy(project=project) == sft
+
+
+@pytest.mark.django_db
+def test_version_metrics_are_stored_json_safe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A trainer's NaN (an eval with no pairs) is stored as null, as a run's metrics are,
+    both when the version is created and when it is promoted."""
+    project = ProjectFactory(base_model="tiny")
+    version = registry.model_version_create(
+        project=project, kind="rm", artifact=str(_folder(tmp_path)),
+        metrics={"rm/eval_loss": float("nan"), "rm/loss": 0.5, "steps": 3},
+    )  # fmt: skip
+    version.refresh_from_db()
+    assert version.metrics == {"rm/eval_loss": None, "rm/loss": 0.5, "steps": 3}
+    registry.model_version_promote(version=version, metrics={"rm/accuracy": float("inf")})
+    version.refresh_from_db()
+    assert version.metrics["rm/accuracy"] is None and version.metrics["rm/loss"] == 0.5

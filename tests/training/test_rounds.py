@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from core.exceptions import ConflictError
 from tests.factories import PromptFactory, RankingTaskFactory
 from training.models import ModelVersion, Round, TrainingRun
-from training.services import jobs, registry, rounds, runs
+from training.services import registry, rounds, run_bodies, runs
+from training.services.run_bodies.common import publish
 
 
 def _artifact(path):  # type: ignore[no-untyped-def]
@@ -49,7 +50,7 @@ class Bodies:
             version.artifact = str(self.tmp_path / f"{kind}-{version.version}")
             version.save()
             metrics = {"accuracy": 0.75, **({"kl_coef": 0.08} if kind == "ppo" else {})}
-            return jobs._publish(run, version, lambda out: None, metrics)
+            return publish(run, version, lambda out: None, metrics)
 
         return body
 
@@ -58,7 +59,7 @@ class Bodies:
 def bodies(monkeypatch, tmp_path, settings):  # type: ignore[no-untyped-def]
     settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
     recorder = Bodies(tmp_path)
-    monkeypatch.setattr(jobs, "body_for", recorder)
+    monkeypatch.setattr(run_bodies, "body_for", recorder)
     return recorder
 
 
@@ -193,6 +194,36 @@ def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, setti
 
 
 @pytest.mark.django_db
+def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(  # type: ignore[no-untyped-def]
+    bodies, project_with_prompts, settings, on_commit
+):
+    """The worker died under the RM run and beat has not reaped it yet: "next" fails the
+    run (and the round), then retries the stage; another project's runs are left alone."""
+    from tests.factories import ProjectFactory
+
+    round_ = Round.objects.create(
+        project=project_with_prompts, number=1, stage="training_rm",
+        sampling_policy=registry.current_policy(project=project_with_prompts),
+    )  # fmt: skip
+    old = timezone.now() - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT + 5)
+    stale = TrainingRun.objects.create(
+        project=round_.project, round=round_, kind="rm", status="running", heartbeat_at=old
+    )
+    elsewhere = TrainingRun.objects.create(
+        project=ProjectFactory(), kind="rm", status="running", heartbeat_at=old
+    )
+    with on_commit():
+        rounds.round_advance(round_=round_)
+    stale.refresh_from_db()
+    elsewhere.refresh_from_db()
+    round_.refresh_from_db()
+    assert stale.status == "failed" and "stopped responding" in stale.error
+    assert elsewhere.status == "running"
+    assert round_.stage == "done", round_.error
+    assert bodies.calls == ["rm", "ppo"]
+
+
+@pytest.mark.django_db
 def test_a_restarted_worker_fails_its_own_runs_at_once(bodies, project_with_prompts) -> None:  # type: ignore[no-untyped-def]
     """A worker back up within the heartbeat timeout: its node's runs are dead anyway."""
     from types import SimpleNamespace
@@ -299,7 +330,7 @@ def test_a_run_reaped_while_still_working_cannot_make_its_model_current(  # type
         version.artifact = str(_artifact(tmp_path / "rm-late"))
         version.save()
         produced.append(version)
-        return jobs._publish(run, version, lambda out: None, {"accuracy": 0.9})
+        return publish(run, version, lambda out: None, {"accuracy": 0.9})
 
     finished = runs.run_execute(run_id=run.pk, body=body)
     assert finished.status == "failed" and "stopped responding" in finished.error
@@ -328,17 +359,16 @@ def test_a_reaped_run_is_told_to_stop(project_with_prompts) -> None:  # type: ig
     assert finished.status == "failed" and "stopped responding" in finished.error
 
 
-def test_ppo_checkpoints_are_keyed_by_the_reward_rules(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ppo_checkpoints_live_under_the_artifact_dir(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
+
+    from training.services.run_bodies.ppo import ppo_checkpoints
 
     settings.RLHF_ARTIFACT_DIR = tmp_path
     round_ = SimpleNamespace(pk=3, reward_model_id=7)
     start = SimpleNamespace(pk=2)
-    plain = jobs.ppo_checkpoints(round_, start)  # type: ignore[arg-type]
+    plain = ppo_checkpoints(round_, start)  # type: ignore[arg-type]
     assert plain == tmp_path / "checkpoints" / "round-3-rm-7-from-2"
-    a = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 1}])  # type: ignore[arg-type]
-    b = jobs.ppo_checkpoints(round_, start, [{"type": "length", "weight": 2}])  # type: ignore[arg-type]
-    assert len({plain, a, b}) == 3
 
 
 # --- How many prompts a round may ask for (issue 9 item 7) -----------------------------------
@@ -364,7 +394,7 @@ def test_round_start_refuses_more_prompts_than_the_project_has(project, bodies) 
 
 
 def test_prompts_ranked_in_an_earlier_round_still_count(project, bodies) -> None:  # type: ignore[no-untyped-def]
-    """The generate run reuses ranked prompts after the fresh ones (_prompts_for_round)."""
+    """The generate run reuses ranked prompts after the fresh ones (selectors.prompts_for_round)."""
     prompts = PromptFactory.create_batch(2, project=project)
     RankingTaskFactory(project=project, prompt=prompts[0])
     assert rounds.round_start(project=project, num_prompts=2).num_prompts == 2

@@ -117,7 +117,7 @@ def test_command_rejects_an_unknown_preference(sim_project) -> None:  # type: ig
 
 def test_a_human_lease_is_respected(sim_project) -> None:  # type: ignore[no-untyped-def]
     """A task a person holds with overlap 1 is not given to a simulated labeler."""
-    from labeling.services.tasks import task_lease_next
+    from labeling.services.leasing import task_lease_next
 
     project = ProjectFactory(k=4, overlap=1)
     held = RankingTaskFactory(project=project, responses=TEXTS)

@@ -14,10 +14,9 @@ from django.core.management import CommandError, call_command
 
 from core.exceptions import ApplicationError
 from labeling.admin import ProjectForm
-from labeling.management.commands.demo import DEMO_TRAINING_CONFIG
 from labeling.models import Project
+from training.management.commands.demo import DEMO_TRAINING_CONFIG
 from training.ml.configs import PPOConfig, RMConfig, SFTConfig
-from training.services import jobs
 from training.services.config_schema import (
     SECTIONS,
     TOP_LEVEL,
@@ -25,6 +24,7 @@ from training.services.config_schema import (
     schema_markdown,
     training_config_check,
 )
+from training.services.run_bodies.common import known_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1"
@@ -122,9 +122,9 @@ def test_the_demo_config_fits_the_schema() -> None:
 
 def test_a_run_with_a_key_stored_before_the_schema_fails_naming_it() -> None:
     with pytest.raises(ApplicationError, match=r"training_config\.ppo\.lerning_rate: unknown"):
-        jobs._known_fields(PPOConfig, {"steps": 2, "lerning_rate": 1e-5})
+        known_fields(PPOConfig, {"steps": 2, "lerning_rate": 1e-5})
     values = {"steps": 2, "init_from": "policy", "rules": [], "continue_kl_controller": True}
-    assert jobs._known_fields(PPOConfig, values) == {"steps": 2}
+    assert known_fields(PPOConfig, values) == {"steps": 2}
     assert run_config_fields(RMConfig, {"eval_fraction": 0.2, "lr": 1e-4}) == {
         "eval_fraction": 0.2,
         "lr": 1e-4,

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.openapi import error_response
 from labeling.selectors import access_project
 from training import selectors
 from training.api.serializers import ModelVersionOut, RoundOut, RoundStartIn, RunOut
@@ -23,13 +24,18 @@ def _round_out(round_) -> dict:  # type: ignore[no-untyped-def]
 
 
 class RoundListApi(APIView):
+    throttle_scope = "training_start"  # POST starts a round (sampling, then training)
+
     @extend_schema(responses=RoundOut(many=True))
     def get(self, request: Request, slug: str) -> Response:
         project = access_project(user=request.user, slug=slug, admin=True)
         qs = selectors.rounds_for_project(project=project).prefetch_related("runs")
         return Response(RoundOut(qs, many=True).data)
 
-    @extend_schema(request=RoundStartIn, responses={201: RoundOut})
+    @extend_schema(
+        request=RoundStartIn,
+        responses={201: RoundOut, 409: error_response("A round of the project is still active.")},
+    )
     def post(self, request: Request, slug: str) -> Response:
         project = access_project(user=request.user, slug=slug, admin=True)
         data = RoundStartIn(data=request.data)
@@ -48,14 +54,23 @@ class RoundDetailApi(APIView):
 
 
 class RoundAdvanceApi(APIView):
-    @extend_schema(request=None, responses=RoundOut)
+    @extend_schema(
+        request=None,
+        responses={
+            200: RoundOut,
+            409: error_response("The round is done, cancelled, or busy with a stage."),
+        },
+    )
     def post(self, request: Request, round_id: int) -> Response:
         round_ = selectors.access_round(user=request.user, round_id=round_id)
         return Response(_round_out(rounds.round_advance(round_=round_, user=request.user)))
 
 
 class RoundCancelApi(APIView):
-    @extend_schema(request=None, responses=RoundOut)
+    @extend_schema(
+        request=None,
+        responses={200: RoundOut, 409: error_response("The round is already over.")},
+    )
     def post(self, request: Request, round_id: int) -> Response:
         round_ = selectors.access_round(user=request.user, round_id=round_id)
         return Response(_round_out(rounds.round_cancel(round_=round_, user=request.user)))
@@ -100,7 +115,12 @@ class RunMetricsApi(APIView):
 class SftStartApi(APIView):
     """Fine-tune on the project's demonstrations now (admins)."""
 
-    @extend_schema(request=None, responses={202: RunOut})
+    throttle_scope = "training_start"
+
+    @extend_schema(
+        request=None,
+        responses={202: RunOut, 409: error_response("An SFT run is already queued or running.")},
+    )
     def post(self, request: Request, slug: str) -> Response:
         project = access_project(user=request.user, slug=slug, admin=True)
         return Response(RunOut(sft_start(project=project)).data, status=status.HTTP_202_ACCEPTED)

@@ -44,13 +44,10 @@ def _import_command_module(name: str) -> Any:
 def _is_bad_input(error: BaseException) -> bool:
     """DataError, ModelLoadError or CommandError (checked without importing torch)."""
     from training.ml.commands.common import CommandError
+    from training.ml.model_files import ModelLoadError  # standard library only
     from training.ml.preferences import DataError
 
-    models = sys.modules.get("training.ml.models")
-    kinds: tuple[type[BaseException], ...] = (DataError, CommandError)
-    if models is not None:
-        kinds += (models.ModelLoadError,)
-    return isinstance(error, kinds)
+    return isinstance(error, (DataError, CommandError, ModelLoadError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,8 @@ Standard library only: the web process checks a project's `training_config` agai
 dataclasses without loading torch. Each field's metadata holds its help text and range
 (`ge`, `gt`, `le`, `lt`, `choices`; see `setting`); `field_problem` checks one value
 against a field (its type, then its range), and each config checks itself with it, so
-the trainers and the web door accept and refuse the same values. `training.ml.rm`,
-`training.ml.ppo` and `training.ml.sft` re-export their config.
+the trainers and the web door accept and refuse the same values. `training.ml.ppo` and
+`training.ml.sft` re-export their config (`RMConfig` is imported from here).
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.ml.models import MemoryConfig
+    from training.ml.memory import MemoryConfig
 
 MAX_BATCH = 4096
 MAX_TOKENS = 32_768
@@ -150,6 +150,7 @@ class RMConfig:
     lora_r: int | None = setting(
         None, "LoRA rank (peft) for the backbone; the head always trains in full.", ge=0
     )
+    lora_alpha: int = setting(16, "LoRA alpha (adapters scale by alpha / r).", ge=1)
     max_sequences_per_forward: int | None = setting(
         None,
         "Split a step into forwards of at most this many sequences (gradient accumulation).",
@@ -301,7 +302,7 @@ class SFTConfig:
         check_config(self)
 
     def memory(self) -> "MemoryConfig":
-        from training.ml.models import MemoryConfig  # torch: only where SFT trains
+        from training.ml.memory import MemoryConfig  # torch: only where SFT trains
 
         return MemoryConfig(
             train_top_layers=self.train_top_layers,

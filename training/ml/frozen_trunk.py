@@ -6,7 +6,7 @@ epoch and minibatch of the update. The rollout's no-grad forward records it once
 update then runs only blocks k.. and the head on it. The maths is unchanged: the frozen
 blocks get no gradient either way; only k/L of every update forward is saved.
 
-Works on any model whose blocks `training.ml.models.decoder_layers` finds and whose input
+Works on any model whose blocks `training.ml.memory.decoder_layers` finds and whose input
 embeddings feed block 0 directly (Llama, SmolLM2, Qwen2, Mistral). `TrunkCache.verify`
 checks that on the real batch, so a model that post-processes its embeddings (Gemma
 scales them) turns the cache off instead of computing something else.
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from training.ml.models import decoder_layers, layers_owner
+from training.ml.memory import decoder_layers, layers_owner
 
 
 def frozen_prefix(model: nn.Module) -> int:

@@ -27,8 +27,8 @@ from training.ml.data import Demonstration
 from training.ml.ppo import train_ppo
 from training.ml.precision import Precision
 from training.ml.preferences import RankedExample
-from training.ml.reward_model import RewardModel
-from training.ml.rm import train_reward_model
+from training.ml.reward.model import RewardModel
+from training.ml.reward.train import train_reward_model
 from training.ml.sampling import GenerationSettings, sample_responses
 from training.ml.sft import train_sft
 

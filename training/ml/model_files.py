@@ -2,7 +2,7 @@
 
 A ``save_pretrained`` folder holds a ``config.json`` and safetensors weights (a folder of
 pickled weights only is refused: unpickling runs code); a ``.gguf`` file starts with the
-GGUF magic bytes. Both the loaders (``training.ml.models``) and the web door that accepts a
+GGUF magic bytes. Both the loaders (``training.ml.loading``) and the web door that accepts a
 project's model spec call these, so they accept and refuse the same files.
 """
 

@@ -26,7 +26,7 @@ from training.ml.data import PromptInput
 from training.ml.frozen_trunk import shared_trunk_cache, trunk_cache_for
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
 from training.ml.kl import KLController, kl_k3, make_kl_controller
-from training.ml.models import enable_gradient_checkpointing, freeze_all_but_top_layers
+from training.ml.memory import enable_gradient_checkpointing, freeze_all_but_top_layers
 from training.ml.ppo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.ml.ppo_losses import (
     PtxExample,
@@ -49,7 +49,7 @@ from training.ml.ppo_rollout import (
     top_only,
 )
 from training.ml.precision import FP32, Precision, master_weights
-from training.ml.reward_model import RewardModel
+from training.ml.reward.model import RewardModel
 from training.ml.rules import Rule
 
 MetricsCallback = Callable[[int, dict[str, float]], None]

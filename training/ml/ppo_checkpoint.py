@@ -7,14 +7,19 @@
         state.json              step, kl_coef, seed, config
 
 A checkpoint is written under a temporary name and renamed once complete, so a folder
-named step-NNNNNN with a state.json is always whole.
+named step-NNNNNN with a state.json is always whole. A checkpoint that must not be resumed
+from (unreadable, or trained under another config) is renamed ``.corrupt-step-NNNNNN-TIME``
+or ``.superseded-step-NNNNNN-TIME``: kept to inspect, never resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +28,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from training.ml.models import save_pretrained_atomic
+from training.ml.configs import PPOConfig
+from training.ml.saving import save_pretrained_atomic
 
 CHECKPOINT_PATTERN = "step-[0-9][0-9][0-9][0-9][0-9][0-9]"
+# What a resumed run may change (how long, how often it saves, how it batches a forward
+# pass); any other difference means the checkpoint trained something else.
+# (gradient checkpointing and the frozen-trunk cache save memory, the resumed controller
+# takes its beta from the checkpoint).
+RESUMABLE_CHANGES = frozenset({
+    "steps", "checkpoint_every", "keep_checkpoints", "forward_batch_size",
+    "gradient_checkpointing", "cache_frozen_trunk", "init_kl_coef",
+})  # fmt: skip
+Log = Callable[[str], None]
 
 
 class CheckpointError(ValueError):
@@ -125,3 +140,60 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
             raise ValueError(f"optimizer state {key!r} does not match the trainable parameters")
         state.setdefault(int(index), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+# --------------------------------------------------------------------------- housekeeping
+
+
+def run_checkpoint_dir(
+    root: str | Path, *, round_id: int, reward_model_id: int | None, init_id: int, rules: Any = ()
+) -> Path:
+    """Where one round's PPO writes resumable checkpoints: one folder per round, RM,
+    initial policy and reward rules, so a retried PPO stage continues where the failed
+    attempt stopped, and never on top of another reward (a retried RM stage makes a new
+    RM; rules are part of the reward but not of PPOConfig)."""
+    name = f"round-{round_id}-rm-{reward_model_id}-from-{init_id}"
+    if rules:
+        digest = hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:10]
+        name += f"-rules-{digest}"
+    return Path(root) / name
+
+
+def set_aside_foreign_checkpoints(root: str | Path, config: PPOConfig, log: Log) -> None:
+    """Checkpoints written under another PPO config (the settings changed after the
+    failure) are renamed `.superseded-...`: the retry starts over instead of resuming
+    weights and optimizer state that belong to a different run."""
+    wanted = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    for folder in sorted(Path(root).glob(CHECKPOINT_PATTERN)):
+        try:
+            saved = json.loads((folder / "state.json").read_text()).get("config") or {}
+        except (OSError, ValueError):
+            continue  # unreadable: train_ppo reports it and it is set aside as corrupt
+        changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+        if changed:
+            _set_aside(folder, "superseded", log, f"checkpoint {folder.name} was trained "
+                       f"with other {', '.join(changed)}; starting over")  # fmt: skip
+
+
+def set_aside_newest_checkpoint(root: str | Path, error: Exception, log: Log) -> None:
+    """After ``error`` (a CheckpointError) the newest checkpoint is renamed `.corrupt-...`,
+    so the next attempt resumes from the one before it, or from the start; with no
+    checkpoint left the error is not the checkpoint's, and is raised."""
+    newest = latest_checkpoint(root)
+    if newest is None:
+        raise error
+    message = f"{error}; set aside, going on from the checkpoint before it (or the start)"
+    _set_aside(newest, "corrupt", log, message)
+
+
+def remove_checkpoints(root: str | Path) -> None:
+    """Delete the step folders of a finished run (the published model is its final state);
+    the ones set aside stay."""
+    for done in Path(root).glob("step-*"):
+        shutil.rmtree(done, ignore_errors=True)
+
+
+def _set_aside(folder: Path, why: str, log: Log, message: str) -> None:
+    """Rename a checkpoint `.{why}-step-N-TIME`: no longer resumed from, kept to inspect."""
+    folder.rename(folder.with_name(f".{why}-{folder.name}-{int(time.time())}"))
+    log(message)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
+from training.ml.chat import encode_prompt
 from training.ml.data import PromptInput
 from training.ml.frozen_trunk import TrunkCache
-from training.ml.models import encode_prompt
 from training.ml.rules import Rule, rule_rewards
 from training.ml.sampling import (
     GenerationSettings,

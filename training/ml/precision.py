@@ -7,7 +7,7 @@ state in float32 and run forward and backward under ``torch.autocast`` in bf16 (
 with a gradient scaler). Frozen models (the PPO reference and reward scorer) may be
 stored in the low-precision dtype: nothing updates them.
 
-``dtype`` names follow ``training.ml.models.resolve_dtype``: on a trained model "bf16"
+``dtype`` names follow ``training.ml.devices.resolve_dtype``: on a trained model "bf16"
 means bf16 autocast over fp32 weights, never pure bf16 training.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.ml.models import resolve_dtype
+from training.ml.devices import resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ FP32 = Precision()
 def resolve_precision(dtype: str | torch.dtype | None, device: torch.device | str) -> Precision:
     """The training precision for a ``--dtype``/``RLHF_DTYPE`` value on ``device``."""
     target = torch.device(device)
-    compute = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, target)
+    compute = resolve_dtype(dtype, target)
     return Precision(compute=compute, device_type=target.type)
 
 

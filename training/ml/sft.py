@@ -19,18 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from training.ml.chat import encode_prompt
 from training.ml.configs import SFTConfig
 from training.ml.data import Demonstration
-from training.ml.models import (
-    disable_gradient_checkpointing,
-    encode_prompt,
-    prepare_for_training,
-)
+from training.ml.memory import disable_gradient_checkpointing, prepare_for_training
 from training.ml.precision import FP32, Precision, master_weights
+from training.ml.schedules import cosine_with_warmup
 
 IGNORE_INDEX = -100
 
-__all__ = ["Demonstration", "SFTConfig", "build_sft_example", "cosine_with_warmup", "train_sft"]
+__all__ = ["Demonstration", "SFTConfig", "build_sft_example", "train_sft"]
 
 # --------------------------------------------------------------------------- data
 
@@ -79,14 +77,6 @@ def response_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torc
         reduction="sum",
     )
     return loss, int((targets != IGNORE_INDEX).sum())
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier at ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)  # the last step keeps lr > 0
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _split(demos: list[Demonstration], config: SFTConfig) -> tuple[list, list]:
@@ -206,7 +196,13 @@ def _optimizer(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = round(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup, config.min_lr_ratio)
+        optimizer,
+        lambda s: cosine_with_warmup(
+            s,
+            warmup=warmup,
+            decay_steps=total_steps - warmup,  # the last step keeps lr > floor
+            floor=config.min_lr_ratio,
+        ),
     )
     return optimizer, scheduler
 

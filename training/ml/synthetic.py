@@ -26,7 +26,8 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
-Prompt = str | list[dict[str, str]]
+from formats.prompts import PromptInput as Prompt
+
 Scorer = Callable[[Prompt, list[str]], list[float]]
 
 VALID_PREFERENCES = (
@@ -86,7 +87,8 @@ def reward_model_scorer(path: str, *, device: str = "cpu", dtype: str | None = N
     """A gold RM folder, loaded once; scores come from the RM module's `score_texts`."""
     if not path:
         raise _error("rm: needs a reward model folder, e.g. rm:var/models/gold-rm")
-    from training.ml.rm import is_reward_model_folder, load_reward_model, score_texts
+    from training.ml.reward.evaluate import score_texts
+    from training.ml.reward.model import is_reward_model_folder, load_reward_model
 
     if not is_reward_model_folder(path):
         # load_reward_model would quietly build an untrained head on a plain LM: refuse.

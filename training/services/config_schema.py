@@ -30,11 +30,11 @@ from training.ml.configs import (
     setting,
 )
 from training.ml.rules import parse_rules
-from training.services.jobs import PPO_INIT_CHOICES
 from training.services.rounds import DEFAULT_PROMPTS_PER_ROUND, MAX_PROMPTS_PER_ROUND
 
 ROOT = "training_config"
 RULES_KEY = "rules"  # of "ppo": a list of rule strings, checked by training.ml.rules
+PPO_INIT_CHOICES = ("reference", "policy")  # run_bodies.ppo.ppo_init_version
 
 
 @dataclass

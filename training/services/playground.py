@@ -7,7 +7,6 @@ reply become a labeling Feedback; a "better answer" becomes a Demonstration of t
 i.e. SFT data.
 """
 
-import hashlib
 import logging
 import threading
 from datetime import timedelta
@@ -19,12 +18,13 @@ from django.http import Http404
 from django.utils import timezone
 
 from core.exceptions import ApplicationError, ConflictError
-from formats.text import storable_text
+from formats.prompts import PromptInput as PromptContent
 from labeling.models import Demonstration, Feedback, Project
 from labeling.selectors import access_project
 from labeling.services.imports import ImportFileError, check_prompt_content
 from training.models import PlaygroundReply
 from training.services.registry import current_policy
+from training.services.run_bodies.common import stable_seed
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ MAX_TURNS = 64
 # killed worker stops counting after QUEUED_WINDOW), so one person cannot fill the GPU queue.
 MAX_QUEUED_PER_USER = 3
 QUEUED_WINDOW = timedelta(minutes=10)
-
-PromptContent = str | list[dict[str, str]]
 
 
 def access_playground_reply(*, user: Any, reply_id: int) -> PlaygroundReply:
@@ -108,7 +106,7 @@ _cached: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 def _loaded_policy(artifact: str) -> tuple[Any, Any]:
     """(model, tokenizer) for `artifact`; call while holding `_cache_lock`."""
-    from training.ml.models import load_causal_lm
+    from training.ml.loading import load_causal_lm
 
     key = (artifact, str(settings.RLHF_DEVICE), str(settings.RLHF_DTYPE))
     if key not in _cached:
@@ -119,18 +117,12 @@ def _loaded_policy(artifact: str) -> tuple[Any, Any]:
     return _cached[key]
 
 
-def _seed(reply: PlaygroundReply) -> int:
-    """A seed fixed by the reply, so a redelivered task samples the same text."""
-    digest = hashlib.sha256(f"playground/{reply.pk}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
 def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
     """Sample the reply from the current policy and store it (idempotent on the row).
 
     Only a queued reply is worked on, and only a queued reply is written: a redelivered
-    message for a finished reply does nothing. The text is stored as `storable_text` makes
-    it (NUL and lone surrogates become U+FFFD).
+    message for a finished reply does nothing. The text is stored as the ML core's decoding
+    makes it storable (NUL and lone surrogates become U+FFFD, counted in the sample).
     """
     from training.ml.sampling import GenerationSettings, sample_responses
 
@@ -143,14 +135,14 @@ def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
             max_new_tokens=project.max_new_tokens,
             temperature=project.temperature,
             top_p=project.top_p,
-            seed=_seed(reply),
+            seed=stable_seed("playground", reply.pk),  # a redelivered task: the same text
         )
         with _cache_lock:
             model, tokenizer = _loaded_policy(policy.artifact)
             [[sample]] = sample_responses(
                 model, tokenizer, [reply.prompt], k=1, settings=gen, batch_size=1
             )
-        text, replaced = storable_text(sample.text)
+        text, replaced = sample.text, sample.replaced_chars
         if replaced:
             logger.info("playground reply %s: %d characters replaced", reply.pk, replaced)
         fields: dict[str, Any] = {

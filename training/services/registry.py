@@ -14,6 +14,7 @@ from core.exceptions import ApplicationError
 from labeling.models import Project
 from training.models import ModelVersion
 from training.services.model_specs import base_artifact_check, model_spec_resolve
+from training.services.runs import metrics_jsonable
 
 _ROLE_OF_KIND = {
     ModelVersion.Kind.BASE: ModelVersion.Role.POLICY,
@@ -77,7 +78,8 @@ def model_version_create(
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
 ) -> ModelVersion:
-    """A new PENDING version; its artifact folder is reserved by its number."""
+    """A new PENDING version; its artifact folder is reserved by its number. `metrics` are
+    stored JSON-safe (`runs.metrics_jsonable`: NaN becomes null)."""
     Project.objects.select_for_update().get(pk=project.pk)  # serialise version numbers
     version = _next_version(project)
     return ModelVersion.objects.create(
@@ -87,7 +89,7 @@ def model_version_create(
         version=version,
         parent=parent,
         artifact=artifact or str(artifact_dir_for(project=project, kind=kind, version=version)),
-        metrics=metrics or {},
+        metrics=metrics_jsonable(metrics or {}),
     )
 
 
@@ -102,7 +104,7 @@ def model_version_promote(*, version: ModelVersion, metrics: dict | None = None)
     locked.status = ModelVersion.Status.READY
     locked.is_current = True
     if metrics:
-        locked.metrics = {**locked.metrics, **metrics}
+        locked.metrics = {**locked.metrics, **metrics_jsonable(metrics)}
     locked.save(update_fields=["status", "is_current", "metrics", "updated_at"])
     return locked
 

@@ -16,7 +16,7 @@ from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask
 from training.models import Round, TrainingRun
 from training.services.registry import current_policy
-from training.services.runs import run_create, run_request_cancel
+from training.services.runs import run_create, run_request_cancel, runs_reap_stale
 
 Stage = Round.Stage
 ACTIVE = {
@@ -69,7 +69,7 @@ def round_start(*, project: Project, num_prompts: int | None = None, user=None) 
 
 def _prompt_count(project: Project, num_prompts: int | None) -> int:
     """How many prompts a new round samples. The generate run may take every train prompt
-    of the project (fresh ones first, then ones ranked before: jobs._prompts_for_round), so
+    of the project (fresh ones first, then ones ranked before: selectors.prompts_for_round), so
     that count is the limit."""
     available = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).count()
     default = project.training_config.get("prompts_per_round", DEFAULT_PROMPTS_PER_ROUND)
@@ -120,7 +120,11 @@ def _last_kl_coef(round_: Round) -> float | None:
 
 @transaction.atomic
 def round_advance(*, round_: Round, user=None) -> Round:  # type: ignore[no-untyped-def]
-    """Admin's "next": end labeling early, or retry the stage that failed."""
+    """Admin's "next": end labeling early, or retry the stage that failed.
+
+    The project's runs whose worker died are reaped first (`rounds_reap_stale_runs`), so a
+    stage whose worker was killed fails now and is retried, instead of waiting for beat."""
+    rounds_reap_stale_runs(project=round_.project)
     round_ = _lock(round_)
     if round_.stage == Stage.LABELING:
         return _enter_building_pairs(round_)
@@ -249,6 +253,17 @@ def round_on_run_finished(*, run: TrainingRun) -> Round | None:
     elif round_.stage == Stage.LABELING and round_.progress_total == 0:
         return _enter_building_pairs(round_)
     return round_
+
+
+def rounds_reap_stale_runs(
+    *, project: Project | None = None, dead_worker: str | None = None
+) -> list[int]:
+    """Fail the runs whose worker died (`runs.runs_reap_stale`, of `project` if given) and
+    move their rounds on (a stage run that failed fails its round). Returns the run ids."""
+    failed = runs_reap_stale(dead_worker=dead_worker, project=project)
+    for run in TrainingRun.objects.filter(pk__in=failed).order_by("id"):
+        round_on_run_finished(run=run)
+    return failed
 
 
 def round_labeling_progress(*, round_: Round, save: bool = True) -> Round:

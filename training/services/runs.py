@@ -72,7 +72,7 @@ class RunReporter:
         self._flush(force=done >= total)
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
-        clean = {k: _jsonable(v) for k, v in values.items()}
+        clean = metrics_jsonable(values)
         MetricPoint.objects.update_or_create(
             run_id=self.run_id, step=step, defaults={"values": clean}
         )
@@ -107,6 +107,12 @@ class RunReporter:
         fields = {**self._pending, "heartbeat_at": timezone.now()}
         self._pending.clear()
         TrainingRun.objects.filter(pk=self.run_id).update(**fields)
+
+
+def metrics_jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as they are stored (a run's points and totals, a model version's): every
+    value through `_jsonable`."""
+    return {k: _jsonable(v) for k, v in values.items()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -211,7 +217,7 @@ def _record(run: TrainingRun, *, status: str, error: str, metrics: dict | None) 
     run.error = error[:5000]
     run.finished_at = timezone.now()
     if metrics is not None:
-        run.metrics = {k: _jsonable(v) for k, v in metrics.items()}
+        run.metrics = metrics_jsonable(metrics)
     run.save(update_fields=["status", "error", "finished_at", "metrics", "updated_at"])
     return run
 
@@ -223,18 +229,23 @@ def run_request_cancel(*, run: TrainingRun) -> None:
     )
 
 
-def runs_reap_stale(*, now=None, dead_worker: str | None = None) -> list[int]:  # type: ignore[no-untyped-def]
+def runs_reap_stale(  # type: ignore[no-untyped-def]
+    *, now=None, dead_worker: str | None = None, project: Project | None = None
+) -> list[int]:
     """Mark runs whose worker stopped sending heartbeats as failed (a killed worker).
 
     `dead_worker` names a worker node that has just (re)started: every run it was running
     is dead whatever its last heartbeat, so a worker restarted within the heartbeat timeout
-    still fails what its previous process left behind. Returns the ids of the runs it
-    failed. Called when a worker starts, by the periodic `reap_stale_runs` task (beat) and
-    before a round is advanced or retried.
+    still fails what its previous process left behind; `project` limits the reaping to one
+    project's runs. Returns the ids of the runs it failed. Called through
+    `rounds.rounds_reap_stale_runs` (which also fails their rounds) when a worker starts,
+    by the periodic `reap_stale_runs` task (beat) and before a round is advanced or retried.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT)
     running = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
+    if project is not None:
+        running = running.filter(project=project)
     condition = Q(heartbeat_at__lt=cutoff)
     if dead_worker:
         condition |= Q(worker=dead_worker)

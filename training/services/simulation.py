@@ -18,9 +18,9 @@ from django.db.models import F, Sum
 
 from core.exceptions import ConflictError
 from labeling.models import Membership, Project, RankingTask
+from labeling.services.leasing import task_lease_next
 from labeling.services.projects import membership_add
 from labeling.services.rankings import ranking_submit
-from labeling.services.tasks import task_lease_next
 from training.ml.synthetic import Scorer, bradley_terry_ranking, exact_ranking, make_preference
 
 SIM_USERNAME = "sim-labeler-{}"

@@ -5,7 +5,7 @@ import time
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
-from labeling.management.commands._common import get_project, user_errors
+from labeling.management.cli import get_project, user_errors
 from labeling.models import Project
 from training.models import Round, TrainingRun
 from training.services.rounds import ACTIVE

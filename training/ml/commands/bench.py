@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_rm(args: argparse.Namespace) -> dict[str, Any]:
     """One epoch of K-wise RM training on ``--prompts`` synthetic rankings."""
-    from training.ml.rm import RMConfig, load_reward_model, train_reward_model
+    from training.ml.configs import RMConfig
+    from training.ml.reward.model import load_reward_model
+    from training.ml.reward.train import train_reward_model
 
     model, tokenizer = load_reward_model(args.model, device=args.device, dtype=args.dtype)
     examples = keyword_rankings(args.prompts, k=args.k, seed=args.seed or 0)
@@ -111,7 +113,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         from training.ml.sampling import GenerationSettings, bench_sampling
     except ImportError as error:
         return {"skipped": f"training.ml.sampling.bench_sampling unavailable ({error})"}
-    from training.ml.models import load_causal_lm
+    from training.ml.loading import load_causal_lm
 
     model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
     prompts = [example.prompt for example in keyword_rankings(args.prompts, k=2, seed=1)]
@@ -130,8 +132,8 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
         from training.ml.ppo import bench_ppo as run_ppo_bench
     except ImportError as error:
         return {"skipped": f"training.ml.ppo.bench_ppo unavailable ({error})"}
-    from training.ml.models import load_causal_lm
-    from training.ml.rm import load_reward_model
+    from training.ml.loading import load_causal_lm
+    from training.ml.reward.model import load_reward_model
 
     policy, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
     reference, _ = load_causal_lm(args.model, device=args.device, dtype=args.dtype)

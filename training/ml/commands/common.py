@@ -69,7 +69,7 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
 
 def memory_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     """A ``MemoryConfig`` from the memory flags (``extra`` sets further fields)."""
-    from training.ml.models import MemoryConfig
+    from training.ml.memory import MemoryConfig
 
     top = getattr(args, "train_top_layers", None)
     if top is not None and top < 0:
@@ -94,7 +94,8 @@ def quiet_transformers() -> None:
 def load_model_from_args(args: argparse.Namespace, *, trained: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``--model`` on ``--device``: in ``--dtype``, or in fp32
     (master weights) for a model that will be ``trained``."""
-    from training.ml.models import load_causal_lm, resolve_device
+    from training.ml.devices import resolve_device
+    from training.ml.loading import load_causal_lm
 
     quiet_transformers()
     device = resolve_device(args.device)
@@ -108,7 +109,7 @@ def weights_dtype(args: argparse.Namespace, *, trained: bool) -> str:
 
 def precision_from_args(args: argparse.Namespace) -> Any:
     """The training precision (autocast dtype) of ``--dtype`` on ``--device``."""
-    from training.ml.models import resolve_device
+    from training.ml.devices import resolve_device
     from training.ml.precision import resolve_precision
 
     return resolve_precision(args.dtype, resolve_device(args.device))

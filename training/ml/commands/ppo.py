@@ -182,8 +182,9 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 
 def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     """(policy, ref_policy, critic, reward_model or None, tokenizer) on --device/--dtype."""
-    from training.ml.models import load_causal_lm, resolve_device
-    from training.ml.reward_model import load_reward_model
+    from training.ml.devices import resolve_device
+    from training.ml.loading import load_causal_lm
+    from training.ml.reward.model import load_reward_model
 
     device = resolve_device(args.device)
     trained = weights_dtype(args, trained=True)  # policy and critic: fp32 master weights
@@ -243,7 +244,7 @@ def _train(
 def _save(policy: Any, tokenizer: Any, out: Path, result: dict, config: Any) -> None:
     from dataclasses import asdict
 
-    from training.ml.models import save_pretrained_atomic
+    from training.ml.saving import save_pretrained_atomic
 
     summary = json.dumps({**result, "config": asdict(config)}, indent=2, default=str)
     save_pretrained_atomic(policy, tokenizer, out, extra_files={"ppo_metrics.json": summary})

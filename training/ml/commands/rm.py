@@ -38,6 +38,7 @@ FLAG_TO_FIELD = {
     "seed": "seed",
     "train_top_layers": "train_top_layers",
     "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
 }
 CALIBRATION_SAMPLES = 512
 
@@ -86,16 +87,13 @@ def register(subparsers: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from training.ml.configs import RMConfig
     from training.ml.data import read_demonstrations
     from training.ml.preferences import read_preferences
     from training.ml.progress import MetricsProgress
-    from training.ml.rm import (
-        RMConfig,
-        calibrate_offset,
-        load_reward_model,
-        save_reward_model,
-        train_reward_model,
-    )
+    from training.ml.reward.evaluate import calibrate_offset
+    from training.ml.reward.model import load_reward_model, save_reward_model
+    from training.ml.reward.train import train_reward_model
 
     train = read_preferences(args.data)  # every line checked before the model loads
     eval_examples = read_preferences(args.eval_data) if args.eval_data else None
@@ -139,7 +137,8 @@ def _training_responses(train: list[Any], seed: int) -> list[tuple[Any, str]]:
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from training.ml.preferences import read_preferences
-    from training.ml.rm import evaluate_reward_model, load_reward_model
+    from training.ml.reward.evaluate import evaluate_reward_model
+    from training.ml.reward.model import load_reward_model
 
     examples = read_preferences(args.data)
     if args.batch_size < 1 or args.max_length < 8:

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_demos = read_demonstrations(args.eval_data) if args.eval_data else None
     out = check_out_dir(args.out)
 
-    from training.ml.models import save_pretrained_atomic
     from training.ml.progress import MetricsProgress
+    from training.ml.saving import save_pretrained_atomic
     from training.ml.sft import SFTConfig, train_sft
 
     config = SFTConfig(**overrides(args, FLAG_TO_FIELD))

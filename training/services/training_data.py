@@ -1,4 +1,5 @@
-"""Turn the labeling database into the plain data the ML core trains on.
+"""The labeling database as the plain data the ML core trains on (rankings, prompts,
+demonstrations): reads shared by the run bodies.
 
 Rankings become K-wise `RankedExample`s (tie groups of response indices, best first);
 the held-out part is chosen by prompt, and, when there are enough labelers, one whole

@@ -23,7 +23,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from training.ml import models
+from training.ml.devices import as_device, resolve_dtype
+from training.ml.loading import load_causal_lm, pretrained_folder
+from training.ml.model_files import ModelLoadError
+from training.ml.saving import save_pretrained_atomic
+from training.ml.tiny import is_tiny
+from training.ml.tokenization import tokenizer_from_folder
 
 OFFSET_KEY = "rlhf_reward_offset"
 
@@ -79,7 +84,7 @@ class RewardModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Save the sequence-classification model (LoRA merged into a copy), offset included,
-        so ``models.save_pretrained_atomic`` can write a RewardModel directly."""
+        so ``saving.save_pretrained_atomic`` can write a RewardModel directly."""
         setattr(self._base().config, OFFSET_KEY, self.reward_offset)
         merge = (
             getattr(copy.deepcopy(self.seq), "merge_and_unload", None) if self._is_peft() else None
@@ -134,22 +139,22 @@ def is_reward_model_folder(path: str | Path) -> bool:
 def load_reward_model(
     spec: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
 ) -> tuple[RewardModel, PreTrainedTokenizerBase]:
-    """An RM folder, or any ``models.load_causal_lm`` spec (the RM is then initialised
+    """An RM folder, or any ``loading.load_causal_lm`` spec (the RM is then initialised
     from that LM). Safetensors only: a pickled checkpoint raises ModelLoadError."""
-    target = device if isinstance(device, torch.device) else models.resolve_device(device)
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) else models.resolve_dtype(dtype, target)
-    if not models._is_tiny(spec) and spec != "default" and is_reward_model_folder(spec):
-        folder = models.pretrained_folder(spec)  # refuses pickles, needs *.safetensors
-        tokenizer = models.load_tokenizer(str(folder))
+    target = as_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if not is_tiny(spec) and spec != "default" and is_reward_model_folder(spec):
+        folder = pretrained_folder(spec)  # refuses pickles, needs *.safetensors
+        tokenizer = tokenizer_from_folder(folder)
         try:
             seq = AutoModelForSequenceClassification.from_pretrained(
                 str(folder), dtype=torch_dtype, use_safetensors=True
             )
         except Exception as exc:  # report the folder, not a traceback
-            raise models.ModelLoadError(f"cannot load reward model from {folder}: {exc}") from exc
+            raise ModelLoadError(f"cannot load reward model from {folder}: {exc}") from exc
         model = RewardModel(seq).to(target)
     else:
-        lm, tokenizer = models.load_causal_lm(spec, device=target, dtype=torch_dtype)
+        lm, tokenizer = load_causal_lm(spec, device=target, dtype=torch_dtype)
         model = RewardModel.from_causal_lm(lm)
         del lm
     model.eval()
@@ -174,4 +179,4 @@ def save_reward_model(
         saved_tokenizer.pad_token = saved_tokenizer.unk_token
     saved_tokenizer.padding_side = "right"
     model._base().config.pad_token_id = saved_tokenizer.pad_token_id
-    return models.save_pretrained_atomic(model, saved_tokenizer, out_dir, extra_files=extra_files)
+    return save_pretrained_atomic(model, saved_tokenizer, out_dir, extra_files=extra_files)

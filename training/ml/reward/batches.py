@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from training.ml import models
+from training.ml.chat import encode_prompt
 from training.ml.losses import preference_matrix
 from training.ml.preferences import RankedExample
+from training.ml.reward.model import RewardModel
 
 
 @dataclass
@@ -66,7 +67,7 @@ def encode_rankings(
     """Tokenise each prompt once (chat template) and each of its responses."""
     encoded = []
     for example in examples:
-        prompt_ids = models.encode_prompt(tokenizer, example.prompt, 0)
+        prompt_ids = encode_prompt(tokenizer, example.prompt, 0)
         sequences = [
             encode_sequence(tokenizer, prompt_ids, text, max_length) for text in example.responses
         ]
@@ -116,6 +117,14 @@ def collate_rankings(
         distance,
         int(prefer.sum()),
     )
+
+
+def score_rankings(model: RewardModel, batch: RankingBatch) -> Tensor:
+    """(B, K) scores: every response forwarded once in ONE flat batch, then regrouped."""
+    flat = model(batch.input_ids, batch.attention_mask)  # (N,)
+    b, k = batch.prefer.shape[:2]
+    grid = flat.new_zeros(b * k).index_copy(0, batch.slots, flat)  # padding slots stay 0
+    return grid.view(b, k)
 
 
 def length_bucketed_batches(

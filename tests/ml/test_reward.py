@@ -9,22 +9,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from training.ml.configs import RMConfig
+from training.ml.loading import load_causal_lm
 from training.ml.losses import kwise_ranking_loss
-from training.ml.models import ModelLoadError, load_causal_lm
+from training.ml.model_files import ModelLoadError
 from training.ml.preferences import RankedExample
-from training.ml.rm import (
-    OFFSET_KEY,
-    RewardModel,
-    RMConfig,
-    calibrate_offset,
-    evaluate_reward_model,
-    load_reward_model,
-    save_reward_model,
-    score_rankings,
-    score_texts,
-    train_reward_model,
-)
-from training.ml.rm_batches import collate_rankings, encode_rankings, pad_right
+from training.ml.reward.batches import collate_rankings, encode_rankings, pad_right, score_rankings
+from training.ml.reward.evaluate import calibrate_offset, evaluate_reward_model, score_texts
+from training.ml.reward.model import OFFSET_KEY, RewardModel, load_reward_model, save_reward_model
+from training.ml.reward.train import plan_steps, split_eval, train_reward_model
 
 WORDS = [
     "apple",
@@ -305,3 +298,46 @@ def test_lora_training_saves_a_merged_plain_folder(
     assert "lora" not in (folder / "config.json").read_text().lower()
     loaded, _ = load_reward_model(str(folder))
     assert torch.allclose(score_texts(loaded, tokenizer, samples), expected, atol=1e-4)
+
+
+def test_lora_alpha_reaches_the_adapters(rm: RewardModel, tokenizer) -> None:
+    config = RMConfig(lr=1e-2, batch_size=4, max_length=32, lora_r=4, lora_alpha=32)
+    train_reward_model(rm, tokenizer, banana_rankings(4, seed=7), config=config)
+    assert rm.seq.peft_config["default"].lora_alpha == 32  # type: ignore[index, union-attr]
+
+
+def _prompted(prompt: object, index: int) -> RankedExample:
+    return RankedExample(prompt, [f"a {index}", f"b {index}"], [[0], [1]])  # type: ignore[arg-type]
+
+
+def test_split_eval_keeps_each_prompt_on_one_side() -> None:
+    """Three rankings of each of ten prompts (one a chat equal in content to another copy):
+    a prompt's rankings all land on one side, and the split is seeded."""
+    prompts: list[object] = [f"Prompt {i}?" for i in range(9)]
+    prompts.append([{"role": "user", "content": "A chat."}])
+    examples = [_prompted(p, i) for i in range(3) for p in prompts]
+    examples.append(_prompted([{"content": "A chat.", "role": "user"}], 3))  # same content
+    random.Random(1).shuffle(examples)
+    train, held_out = split_eval(examples, 0.3, seed=5)
+
+    def key(example: RankedExample) -> str:
+        return json.dumps(example.prompt, sort_keys=True)
+
+    assert {key(e) for e in train}.isdisjoint({key(e) for e in held_out})
+    assert len({key(e) for e in held_out}) == 3 and len(train) + len(held_out) == 31
+    assert split_eval(examples, 0.3, seed=5) == (train, held_out)
+    assert split_eval(examples, 0.3, seed=6) != (train, held_out)
+    assert len(split_eval(examples, 0.01, seed=0)[1]) >= 3  # at least one prompt held out
+    everything, none = split_eval(examples, 0.0, seed=0)
+    assert none == [] and sorted(map(id, everything)) == sorted(map(id, examples))
+
+
+def test_the_step_plan_is_the_one_plan_steps_counts(rm: RewardModel, tokenizer) -> None:
+    config = RMConfig(batch_size=3, max_length=32, epochs=1.5)
+    steps: list[int] = []
+    result = train_reward_model(
+        rm, tokenizer, banana_rankings(7, seed=4), config=config,
+        on_metrics=lambda step, values: steps.append(values["total_steps"]),
+    )  # fmt: skip
+    assert plan_steps(7, config) == round(1.5 * 3) == result["steps"] == len(steps) == steps[0]
+    assert plan_steps(0, config) == 1

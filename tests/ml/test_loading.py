@@ -1,3 +1,6 @@
+"""From a `--model` spec to a model: tiny, saved folders, refused and broken ones, and
+the tokenizer cache."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,20 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.ml.models import (
-    ModelLoadError,
-    apply_lora,
-    chat_text,
-    count_trainable,
-    decoder_layers,
-    encode_prompt,
-    freeze_all_but_top_layers,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    save_pretrained_atomic,
-)
+from training.ml.chat import chat_text, encode_prompt
+from training.ml.loading import load_causal_lm, load_tokenizer
+from training.ml.model_files import ModelLoadError
+from training.ml.saving import save_pretrained_atomic
 
 
 def _logits(model, tokenizer) -> torch.Tensor:
@@ -62,25 +55,6 @@ def test_folder_roundtrip_through_save_pretrained_atomic(tiny_lm, tmp_path):
     assert chat_text(loaded_tok, "hi") == chat_text(tokenizer, "hi")
 
 
-def test_save_replaces_an_existing_folder(tiny_lm, tmp_path):
-    model, tokenizer = tiny_lm
-    target = tmp_path / "policy"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
-    save_pretrained_atomic(model, tokenizer, target)
-    assert not (target / "stale.txt").exists()
-    assert (target / "model.safetensors").is_file()
-
-
-def test_failed_save_leaves_the_old_folder_in_place(tiny_lm, tmp_path):
-    model, tokenizer = tiny_lm
-    target = save_pretrained_atomic(model, tokenizer, tmp_path / "policy")
-    with pytest.raises(TypeError):
-        save_pretrained_atomic(model, tokenizer, target, extra_files={"bad": 123})  # type: ignore[dict-item]
-    assert (target / "model.safetensors").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["policy"]
-
-
 def test_pickled_checkpoint_folder_is_refused(tiny_lm, tmp_path):
     model, _ = tiny_lm
     folder = tmp_path / "pickled"
@@ -103,64 +77,15 @@ def test_missing_and_corrupt_checkpoints_name_the_path(tiny_lm, tmp_path):
         load_causal_lm("tiny:abc")
 
 
-def test_resolve_device_and_dtype():
-    cpu = resolve_device("cpu")
-    assert cpu == torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32
-    assert resolve_dtype("bf16", cpu) == torch.bfloat16 == resolve_dtype("bfloat16", cpu)
-    assert resolve_dtype("fp32", cpu) == torch.float32
-    with pytest.raises(ModelLoadError):
-        resolve_dtype("int3", cpu)
-
-
 def test_load_honours_dtype():
     model, _ = load_causal_lm("tiny", device="cpu", dtype="bf16")
     assert next(model.parameters()).dtype == torch.bfloat16
-
-
-def test_freeze_all_but_top_layers(fresh_tiny_lm):
-    model, _ = fresh_tiny_lm
-    n = freeze_all_but_top_layers(model, 1)
-    top, bottom = decoder_layers(model)[1], decoder_layers(model)[0]
-    expected = sum(p.numel() for p in top.parameters()) + model.model.norm.weight.numel()
-    assert n == expected == count_trainable(model)
-    assert all(p.requires_grad for p in top.parameters())
-    assert not any(p.requires_grad for p in bottom.parameters())
-    assert not model.model.embed_tokens.weight.requires_grad  # tied lm_head stays frozen
-    every_block = freeze_all_but_top_layers(model, 5)
-    assert all(p.requires_grad for p in decoder_layers(model).parameters())
-    assert every_block == count_trainable(model) > n
-    assert freeze_all_but_top_layers(model, 0) == model.model.norm.weight.numel()
-
-
-def test_chat_prompt_and_left_truncation(tiny_lm):
-    _, tokenizer = tiny_lm
-    text = chat_text(tokenizer, "What is 2+2?")
-    assert text == chat_text(tokenizer, [{"role": "user", "content": "What is 2+2?"}])
-    assert "What is 2+2?" in text and text.endswith("<|im_start|>assistant\n")
-    full = encode_prompt(tokenizer, "What is 2+2?", 10_000)
-    assert encode_prompt(tokenizer, "What is 2+2?", 5) == full[-5:]
 
 
 def test_load_tokenizer_of_a_folder(tiny_lm, tmp_path: Path):
     model, tokenizer = tiny_lm
     folder = save_pretrained_atomic(model, tokenizer, tmp_path / "m")
     assert load_tokenizer(str(folder)).get_vocab() == tokenizer.get_vocab()
-
-
-def test_lora_trains_adapters_only_and_saves_merged(fresh_tiny_lm, tmp_path):
-    model, tokenizer = fresh_tiny_lm
-    wrapped = apply_lora(model, r=4, alpha=8)
-    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    with torch.no_grad():  # make the adapters do something
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.05)
-    expected = _logits(wrapped, tokenizer)
-    out = save_pretrained_atomic(wrapped, tokenizer, tmp_path / "lora")
-    reloaded, _ = load_causal_lm(str(out))
-    assert torch.allclose(_logits(reloaded, tokenizer), expected, atol=1e-4)
 
 
 def test_tiny_tokenizer_cache_is_built_from_the_gguf(tiny_lm, tmp_path, monkeypatch):

@@ -4,11 +4,12 @@ Each step takes B prompts, forwards each of their K responses ONCE as one flat b
 and forms all pairs between tie groups from the (B, K) scores: the paper's guard against
 over-fitting, and why it needs K forwards per prompt where pairwise trainers need
 2 x C(K, 2). One epoch, cosine decay to 10% of the lr; afterwards an offset makes SFT
-samples score 0 on average.
+samples score 0 on average (``training.ml.reward.evaluate.calibrate_offset``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -17,76 +18,62 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.ml import models
 from training.ml.configs import RMConfig
 from training.ml.losses import correct_pairs, kwise_ranking_loss
+from training.ml.memory import MemoryConfig, prepare_for_training
 from training.ml.precision import FP32, Precision, master_weights
-from training.ml.preferences import Prompt, RankedExample
-from training.ml.reward_model import (
-    OFFSET_KEY,
-    RewardModel,
-    is_reward_model_folder,
-    load_reward_model,
-    save_reward_model,
-)
-from training.ml.rm_batches import (
+from training.ml.preferences import RankedExample
+from training.ml.reward.batches import (
     EncodedRanking,
-    RankingBatch,
     collate_rankings,
     encode_rankings,
-    encode_sequence,
     length_bucketed_batches,
     micro_batches,
-    pad_right,
+    score_rankings,
 )
-
-__all__ = [
-    "OFFSET_KEY",
-    "RMConfig",
-    "RewardModel",
-    "calibrate_offset",
-    "evaluate_reward_model",
-    "is_reward_model_folder",
-    "load_reward_model",
-    "save_reward_model",
-    "score_texts",
-    "split_eval",
-    "train_reward_model",
-]
+from training.ml.reward.evaluate import evaluate_reward_model
+from training.ml.reward.model import RewardModel
+from training.ml.schedules import cosine_with_warmup
 
 Tally = defaultdict[str, float]  # summed step figures: loss, correct, pairs, tokens...
 MetricsCallback = Callable[[int, dict[str, Any]], None]
 
 
-def score_rankings(model: RewardModel, batch: RankingBatch) -> Tensor:
-    """(B, K) scores: every response forwarded once in ONE flat batch, then regrouped."""
-    flat = model(batch.input_ids, batch.attention_mask)  # (N,)
-    b, k = batch.prefer.shape[:2]
-    grid = flat.new_zeros(b * k).index_copy(0, batch.slots, flat)  # padding slots stay 0
-    return grid.view(b, k)
-
-
 def split_eval(
     examples: Sequence[RankedExample], fraction: float, seed: int
 ) -> tuple[list[RankedExample], list[RankedExample]]:
-    """A seeded random (train, eval) split of rankings; whole prompts stay on one side."""
-    order = list(examples)
-    random.Random(seed).shuffle(order)
-    n_eval = round(len(order) * fraction)
+    """A seeded random (train, eval) split by prompt: every ranking of one prompt (same
+    content) lands on the same side, so eval measures prompts the model never trained on.
+
+    ``fraction`` is the share of distinct prompts held out (at least one when > 0).
+    """
+    groups: dict[str, list[RankedExample]] = {}
+    for example in examples:
+        groups.setdefault(_prompt_key(example.prompt), []).append(example)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_eval = round(len(keys) * fraction)
     if fraction > 0 and n_eval == 0:
         n_eval = 1
-    return order[n_eval:], order[:n_eval]
+    held_out = set(keys[:n_eval])
+    train = [e for key in keys[n_eval:] for e in groups[key]]
+    eval_ = [e for key in keys if key in held_out for e in groups[key]]
+    return train, eval_
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
-    """lr multiplier: linear warmup, then cosine from 1 down to ``floor`` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup - 1)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+def _prompt_key(prompt: Any) -> str:
+    """A prompt's content as text: a string itself, a chat its canonical JSON."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def plan_steps(n_rankings: int, config: RMConfig) -> int:
+    """Optimizer steps of a run on ``n_rankings`` rankings with pairs: ``epochs`` passes of
+    ``batch_size`` prompts (a fraction cuts the last pass short), at least one."""
+    per_epoch = math.ceil(n_rankings / config.batch_size)
+    return max(1, round(config.epochs * per_epoch))
 
 
 def _optimizer(model: nn.Module, config: RMConfig) -> torch.optim.AdamW:
@@ -99,14 +86,15 @@ def _optimizer(model: nn.Module, config: RMConfig) -> torch.optim.AdamW:
 
 
 def _prepare(model: RewardModel, config: RMConfig) -> None:
-    memory = models.MemoryConfig(
+    memory = MemoryConfig(
         train_top_layers=config.train_top_layers,
         gradient_checkpointing=config.gradient_checkpointing,
         lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
         lora_modules_to_save=["score"] if config.lora_r else None,
     )
     if memory.lora_r or memory.train_top_layers is not None or memory.gradient_checkpointing:
-        model.seq = models.prepare_for_training(model._base(), memory)
+        model.seq = prepare_for_training(model._base(), memory)
 
 
 def _step(
@@ -171,7 +159,12 @@ def train_reward_model(
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: cosine_with_warmup(s, len(plan), config.warmup_steps, config.min_lr_ratio),
+        lambda s: cosine_with_warmup(
+            s,
+            warmup=config.warmup_steps,
+            decay_steps=len(plan) - config.warmup_steps - 1,  # the last step at the floor
+            floor=config.min_lr_ratio,
+        ),
     )
     model.train()
     totals: Tally = defaultdict(float)
@@ -254,7 +247,6 @@ def _plan_batches(
 ) -> list[list[EncodedRanking]]:
     """The step plan: ``epochs`` passes (a fraction cuts the last one short)."""
     plan: list[list[EncodedRanking]] = []
-    per_epoch = math.ceil(len(rankings) / config.batch_size)
     for _ in range(math.ceil(config.epochs)):
         if config.length_bucketing:
             plan += length_bucketed_batches(rankings, config.batch_size, rng)
@@ -264,7 +256,7 @@ def _plan_batches(
             plan += [
                 order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
             ]
-    return plan[: max(1, round(config.epochs * per_epoch))]
+    return plan[: plan_steps(len(rankings), config)]
 
 
 def _eval_accuracy(
@@ -278,92 +270,3 @@ def _eval_accuracy(
             model, tokenizer, eval, max_length=config.max_length, batch_size=config.batch_size
         )["accuracy"]
     )
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_reward_model(
-    model: RewardModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[RankedExample],
-    *,
-    max_length: int = 512,
-    batch_size: int = 8,
-) -> dict[str, Any]:
-    """Held-out pairwise accuracy (strict wins), K-wise loss, and both split by labeler."""
-    was_training = model.training
-    model.eval()
-    rankings = encode_rankings(tokenizer, examples, max_length)
-    per_labeler: dict[str | None, list[float]] = {}
-    loss_sum, prompts_with_pairs = 0.0, 0
-    for start in range(0, len(rankings), batch_size):
-        part = rankings[start : start + batch_size]
-        batch = collate_rankings(part, tokenizer.pad_token_id, model.device)
-        scores = score_rankings(model, batch)  # (B, K)
-        correct = correct_pairs(scores, batch.prefer).tolist()  # (B,)
-        with_pairs = sum(1 for r in part if r.pair_count)
-        if with_pairs:
-            loss_sum += kwise_ranking_loss(scores, batch.prefer).item() * with_pairs
-            prompts_with_pairs += with_pairs
-        for ranking, right in zip(part, correct, strict=True):
-            tally = per_labeler.setdefault(ranking.labeler, [0, 0])
-            tally[0] += right
-            tally[1] += ranking.pair_count
-    model.train(was_training)
-    right = sum(t[0] for t in per_labeler.values())
-    pairs = int(sum(t[1] for t in per_labeler.values()))
-    return {
-        "accuracy": right / pairs if pairs else float("nan"),
-        "pairs": pairs,
-        "loss": loss_sum / prompts_with_pairs if prompts_with_pairs else float("nan"),
-        "by_labeler": {
-            name: {"accuracy": t[0] / t[1] if t[1] else float("nan"), "pairs": int(t[1])}
-            for name, t in per_labeler.items()
-            if name is not None
-        },
-    }
-
-
-@torch.no_grad()
-def score_texts(
-    model: RewardModel,
-    tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[tuple[Prompt, str]],
-    *,
-    max_length: int = 512,
-    batch_size: int = 32,
-) -> Tensor:
-    """(N,) rewards of (prompt, response) pairs, tokenised exactly as in training."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(samples), batch_size):
-        flat = [
-            encode_sequence(tokenizer, models.encode_prompt(tokenizer, prompt, 0), text, max_length)
-            for prompt, text in samples[start : start + batch_size]
-        ]
-        input_ids, attention_mask = pad_right(flat, tokenizer.pad_token_id, model.device)
-        scores.append(model(input_ids, attention_mask).cpu())
-    model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0)
-
-
-def calibrate_offset(
-    model: RewardModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts_and_sft_samples: Sequence[tuple[Prompt, str]],
-    *,
-    max_length: int = 512,
-    batch_size: int = 32,
-) -> float:
-    """Set the offset so the given SFT samples score 0 on average (InstructGPT 3.5);
-    returns the new offset."""
-    if not prompts_and_sft_samples:
-        raise ValueError("calibration needs at least one (prompt, SFT sample) pair")
-    raw = score_texts(
-        model, tokenizer, prompts_and_sft_samples, max_length=max_length, batch_size=batch_size
-    )
-    model.reward_offset = model.reward_offset - float(raw.double().mean())
-    return model.reward_offset

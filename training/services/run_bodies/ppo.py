@@ -1,0 +1,142 @@
+"""The PPO run: the policy against the round's new RM, KL to the frozen reference,
+resuming from the checkpoints of a failed attempt (training.ml.ppo_checkpoint)."""
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from core.exceptions import ApplicationError
+from training.models import ModelVersion, Round, TrainingRun
+from training.services import training_data
+from training.services.config_schema import PPO_INIT_CHOICES
+from training.services.registry import model_version_create, reference_policy
+from training.services.run_bodies.common import (
+    TRAINED_DTYPE,
+    device_and_dtype,
+    known_fields,
+    precision,
+    publish,
+    required,
+    round_of,
+    saver,
+    scalar_metrics,
+)
+from training.services.runs import RunCancelled, RunReporter
+
+
+def ppo_checkpoints(round_: Round, start: ModelVersion, rules: Any = ()) -> Path:
+    """The round's checkpoint folder under RLHF_ARTIFACT_DIR/checkpoints (named by
+    `training.ml.ppo_checkpoint.run_checkpoint_dir`)."""
+    from training.ml.ppo_checkpoint import run_checkpoint_dir
+
+    return run_checkpoint_dir(
+        Path(settings.RLHF_ARTIFACT_DIR) / "checkpoints",
+        round_id=round_.pk,
+        reward_model_id=round_.reward_model_id,
+        init_id=start.pk,
+        rules=rules,
+    )
+
+
+def ppo_init_version(round_: Round, config: dict[str, Any]) -> ModelVersion:
+    """The weights a round's PPO starts from: `init_from` in training_config["ppo"].
+
+    "reference" (the default) starts every round's PPO from the SFT reference, as iterated
+    online RLHF does (Bai et al. 2022 retrain each week's policy from the same snapshot):
+    the rounds improve the reward model and the data, and each PPO run moves at most its
+    KL budget away from SFT. "policy" continues from the policy that sampled the round,
+    so the KL to SFT accumulates over rounds (the controller's target is then exceeded
+    unless beta is raised).
+    """
+    init_from = config.get("init_from", "reference")
+    if init_from not in PPO_INIT_CHOICES:
+        raise ApplicationError(
+            f"training_config.ppo.init_from must be one of {', '.join(PPO_INIT_CHOICES)}, "
+            f"not {init_from!r}."
+        )
+    if init_from == "policy":
+        return required(round_.sampling_policy, "a sampling policy")
+    return reference_policy(project=round_.project)
+
+
+def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
+    """PPO against the round's new RM, KL to the frozen SFT reference, starting from the
+    reference or the round's policy (`ppo_init_version`).
+
+    Checkpoints every `checkpoint_every` steps (default: a quarter of the run) and resumes
+    from the newest one when the stage is retried after a failure (a killed worker). An
+    unreadable checkpoint is moved aside (`.corrupt-...`, kept for inspection) and the run
+    goes on from the one before it, or from the start.
+    """
+    from training.ml.devices import release_memory
+    from training.ml.loading import load_causal_lm
+    from training.ml.ppo import PPOConfig, train_ppo
+    from training.ml.ppo_checkpoint import (
+        CheckpointError,
+        remove_checkpoints,
+        set_aside_foreign_checkpoints,
+        set_aside_newest_checkpoint,
+    )
+    from training.ml.reward.model import load_reward_model
+    from training.ml.rules import parse_rules
+
+    round_ = round_of(run, "project", "sampling_policy", "reward_model")
+    project = run.project
+    start = ppo_init_version(round_, run.config)
+    rm_version = required(round_.reward_model, "a reward model")
+    device, dtype = device_and_dtype()
+
+    def load_trained() -> tuple[Any, Any, Any]:
+        """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
+        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=TRAINED_DTYPE)
+        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=TRAINED_DTYPE)
+        return policy, tokenizer, critic
+
+    policy, tokenizer, critic = load_trained()
+    ref_version = reference_policy(project=project)
+    ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
+    reward_model, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
+    values = {"max_new_tokens": project.max_new_tokens, "temperature": project.temperature,
+              "top_p": project.top_p, **run.config}  # fmt: skip
+    config = PPOConfig(**known_fields(PPOConfig, values))
+    if "checkpoint_every" not in run.config:
+        config.checkpoint_every = max(1, config.steps // 4)
+    rules = parse_rules(run.config.get("rules", []))
+    prompts = training_data.training_prompts(project=project)
+    ptx = training_data.demonstration_pairs(project=project) if config.ptx_coef else None
+    checkpoints = ppo_checkpoints(round_, start, run.config.get("rules"))
+    set_aside_foreign_checkpoints(checkpoints, config, reporter.log)
+    reporter.progress(0, config.steps)
+
+    def on_metrics(step: int, values: dict[str, Any]) -> None:
+        reporter.metrics(step, values)
+        reporter.progress(step, config.steps)
+
+    while True:
+        try:
+            result = train_ppo(
+                policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
+                rules=rules, ptx_texts=ptx, on_metrics=on_metrics,
+                should_stop=reporter.should_stop, checkpoint_dir=str(checkpoints),
+                precision=precision(),
+            )  # fmt: skip
+            break
+        except CheckpointError as exc:
+            set_aside_newest_checkpoint(checkpoints, exc, reporter.log)
+        # The failed load may have half-written policy and critic: load them again, after
+        # letting go of the old ones (and of the traceback that held them) to fit in memory.
+        del policy, critic
+        release_memory()
+        policy, tokenizer, critic = load_trained()
+    if result.get("resumed_from"):
+        reporter.log(f"resumed from the checkpoint of step {result['resumed_from']}")
+    if result.get("status") == "cancelled":
+        raise RunCancelled()
+    metrics = scalar_metrics(result)
+    version = model_version_create(
+        project=project, kind=ModelVersion.Kind.PPO, parent=start, metrics=metrics
+    )
+    published = publish(run, version, saver(policy, tokenizer), metrics)
+    remove_checkpoints(checkpoints)  # the published version is the final state
+    return published
