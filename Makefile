@@ -48,8 +48,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	# Types of the product code (tests are not type-checked yet: factories are untyped).
+	# Types of the product code (why not the tests: pyproject.toml [tool.mypy]), then the layers.
 	$(VENV)/bin/mypy config core formats labeling training frontend bench
+	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: $(STAMP)

@@ -268,17 +268,24 @@ def _seed_comparisons(rows: int) -> str:
         for p in prompts
     )
     responses = Response.objects.bulk_create(
-        (Response(task=t, position=j, text=f"Exported answer {j} " * 15) for t in tasks
-         for j in range(4)), batch_size=5000,
-    )  # fmt: skip
+        (
+            Response(task=t, position=j, text=f"Exported answer {j} " * 15)
+            for t in tasks
+            for j in range(4)
+        ),
+        batch_size=5000,
+    )
     by_task = [responses[i : i + 4] for i in range(0, len(responses), 4)]
     rankings = Ranking.objects.bulk_create(
-        (Ranking(task=t, tie_groups=[[r.pk] for r in rs], source="imported")
-         for t, rs in zip(tasks, by_task, strict=True)), batch_size=5000,
-    )  # fmt: skip
+        (
+            Ranking(task=t, tie_groups=[[r.pk] for r in rs], source="imported")
+            for t, rs in zip(tasks, by_task, strict=True)
+        ),
+        batch_size=5000,
+    )
     pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
-    def comparisons():  # type: ignore[no-untyped-def]
+    def comparisons():
         made = 0
         for ranking, task, rs in zip(rankings, tasks, by_task, strict=True):
             for w, lo in pairs:
@@ -286,9 +293,14 @@ def _seed_comparisons(rows: int) -> str:
                     return
                 made += 1
                 yield Comparison(
-                    project=project, ranking=ranking, task=task, prompt_id=task.prompt_id,
-                    chosen=rs[w], rejected=rs[lo], margin=lo - w,
-                )  # fmt: skip
+                    project=project,
+                    ranking=ranking,
+                    task=task,
+                    prompt_id=task.prompt_id,
+                    chosen=rs[w],
+                    rejected=rs[lo],
+                    margin=lo - w,
+                )
 
     Comparison.objects.bulk_create(comparisons(), batch_size=5000)
     _analyze()
@@ -338,8 +350,10 @@ def export_bench(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         with requests.get(
             f"http://127.0.0.1:{port}/api/v1/projects/{slug}/comparisons/?format=jsonl",
-            headers={"Authorization": f"Token {key}"}, stream=True, timeout=600,
-        ) as resp:  # fmt: skip
+            headers={"Authorization": f"Token {key}"},
+            stream=True,
+            timeout=600,
+        ) as resp:
             resp.raise_for_status()
             lines = sum(chunk.count(b"\n") for chunk in resp.iter_content(1 << 16))
         elapsed = time.perf_counter() - started

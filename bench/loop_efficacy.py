@@ -183,10 +183,12 @@ def evaluate(
     from training.ml.synthetic import make_preference
 
     policy, tokenizer = load_causal_lm(policy_spec, device=args.device, dtype="float32")
-    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0,
-                             seed=args.seed + 1000)  # fmt: skip
-    samples = sample_responses(policy, tokenizer, prompts, k=args.eval_samples, settings=gen,
-                               batch_size=16)  # fmt: skip
+    gen = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=args.seed + 1000
+    )
+    samples = sample_responses(
+        policy, tokenizer, prompts, k=args.eval_samples, settings=gen, batch_size=16
+    )
     del policy
     ref, _ = load_causal_lm(ref_spec, device=args.device, dtype="float32")
     score = make_preference(args.preference)
@@ -227,9 +229,13 @@ def run_round(project: Any, args: argparse.Namespace, number: int) -> dict[str, 
     round_.refresh_from_db()
     if round_.stage != Round.Stage.LABELING:
         raise SystemExit(f"round {number} did not reach labeling: {round_.stage} {round_.error}")
-    labeling = labelers_simulate(project=project, preference=args.preference,
-                                 labelers=args.labelers, noise=args.noise,
-                                 seed=args.seed + number)  # fmt: skip
+    labeling = labelers_simulate(
+        project=project,
+        preference=args.preference,
+        labelers=args.labelers,
+        noise=args.noise,
+        seed=args.seed + number,
+    )
     round_.refresh_from_db()  # the last ranking moved it through pairs, RM and PPO
     if round_.stage != Round.Stage.DONE:
         raise SystemExit(f"round {number} ended {round_.stage}: {round_.error}")
@@ -254,8 +260,10 @@ def run_round(project: Any, args: argparse.Namespace, number: int) -> dict[str, 
 
 
 def summary(e: dict[str, Any]) -> str:
-    return (f"{e['score_mean']:.2f} ± {e['score_se']:.2f}, EOS rate {e['eos_rate']:.2f}, "
-            f"{e['response_tokens']:.1f} tokens, KL {e['kl_to_ref']:.2f}")  # fmt: skip
+    return (
+        f"{e['score_mean']:.2f} ± {e['score_se']:.2f}, EOS rate {e['eos_rate']:.2f}, "
+        f"{e['response_tokens']:.1f} tokens, KL {e['kl_to_ref']:.2f}"
+    )
 
 
 def z_scores(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
@@ -289,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {number}: {json.dumps(rounds[-1]['stage_seconds'])}", flush=True)
         rounds[-1]["eval"] = evaluate(rounds[-1]["policy"], ref, eval_prompts, args)
         rounds[-1].update(z_scores(before, rounds[-1]["eval"]))
-        print(f"after round {number}: {summary(rounds[-1]['eval'])}, z {rounds[-1]['z']:.2f} "
-              f"(paired {rounds[-1]['z_paired']:.2f})", flush=True)  # fmt: skip
+        print(
+            f"after round {number}: {summary(rounds[-1]['eval'])}, z {rounds[-1]['z']:.2f} "
+            f"(paired {rounds[-1]['z_paired']:.2f})",
+            flush=True,
+        )
     after = rounds[-1]["eval"]
     result = {
         "machine": machine(),
@@ -316,16 +327,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(r: dict[str, Any]) -> str:
     b, a = r["before"], r["after"]
-    return "\n".join([
-        f"{r['args']['preference']} on {r['eval_prompts']} held-out prompts "
-        f"x {r['args']['eval_samples']} samples:",
-        f"  before {b['score_mean']:.2f} ± {b['score_se']:.2f}   "
-        f"after {a['score_mean']:.2f} ± {a['score_se']:.2f}",
-        f"  rise {r['rise']:.2f}  z {r['z']:.2f}  (paired z {r['z_paired']:.2f})",
-        f"  KL to SFT on held-out samples {a['kl_to_ref']:.2f} ± {a['kl_to_ref_se']:.2f} nats "
-        f"(PPO's last step {r['ppo_kl_last_step']}; target {r['kl_target']})",
-        f"  total {r['seconds']:.0f} s",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{r['args']['preference']} on {r['eval_prompts']} held-out prompts "
+            f"x {r['args']['eval_samples']} samples:",
+            f"  before {b['score_mean']:.2f} ± {b['score_se']:.2f}   "
+            f"after {a['score_mean']:.2f} ± {a['score_se']:.2f}",
+            f"  rise {r['rise']:.2f}  z {r['z']:.2f}  (paired z {r['z_paired']:.2f})",
+            f"  KL to SFT on held-out samples {a['kl_to_ref']:.2f} ± {a['kl_to_ref_se']:.2f} nats "
+            f"(PPO's last step {r['ppo_kl_last_step']}; target {r['kl_target']})",
+            f"  total {r['seconds']:.0f} s",
+        ]
+    )
 
 
 if __name__ == "__main__":

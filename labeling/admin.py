@@ -25,13 +25,13 @@ class ProjectForm(forms.ModelForm):
         model = models.Project
         fields = ["base_model", "training_config"]
 
-    def clean_base_model(self):  # type: ignore[no-untyped-def]
+    def clean_base_model(self):
         project = self.instance if self.instance.pk else None
         return _as_form_error(
             check_base_model, project=project, base_model=self.cleaned_data["base_model"]
         )
 
-    def clean_training_config(self):  # type: ignore[no-untyped-def]
+    def clean_training_config(self):
         return _as_form_error(seams.check_training_config, self.cleaned_data["training_config"])
 
 
@@ -82,8 +82,13 @@ class ResponseInline(admin.TabularInline):
     model = models.Response
     extra = 0
     fields = readonly_fields = (
-        "position", "text", "token_count", "finished", "policy_version", "seed"
-    )  # fmt: skip
+        "position",
+        "text",
+        "token_count",
+        "finished",
+        "policy_version",
+        "seed",
+    )
 
 
 @admin.register(models.RankingTask)
@@ -99,7 +104,7 @@ class AssignmentForm(forms.ModelForm):
         model = models.Assignment
         fields = ["expires_at"]
 
-    def clean_expires_at(self):  # type: ignore[no-untyped-def]
+    def clean_expires_at(self):
         value = self.cleaned_data["expires_at"]
         if self.instance.pk and value > self.instance.expires_at:
             # A revived lease could take a slot given to someone else meanwhile.
@@ -120,16 +125,16 @@ class AssignmentAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     readonly_fields = ["task", "labeler", "status"]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False  # leases are taken through tasks/next, never made by hand
 
-    def delete_view(self, request, object_id, extra_context=None):  # type: ignore[no-untyped-def]
+    def delete_view(self, request, object_id, extra_context=None):
         obj = self.get_object(request, object_id)
         if obj is not None and obj.status == models.Assignment.Status.SUBMITTED:
             raise PermissionDenied("A submitted assignment goes with its ranking.")
         return super().delete_view(request, object_id, extra_context)
 
-    def delete_queryset(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
+    def delete_queryset(self, request, queryset) -> None:
         if queryset.filter(status=models.Assignment.Status.SUBMITTED).exists():
             raise PermissionDenied("Submitted assignments go with their rankings.")
         super().delete_queryset(request, queryset)
@@ -143,7 +148,7 @@ class RankingAdmin(admin.ModelAdmin):
     list_filter = ["source", "all_unacceptable"]
     raw_id_fields = ["task", "assignment", "labeler"]
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -153,7 +158,7 @@ class ComparisonAdmin(admin.ModelAdmin):
     list_filter = ["project"]
     raw_id_fields = ["ranking", "task", "prompt", "chosen", "rejected", "round"]
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 

@@ -68,7 +68,7 @@ class Project(TimeStampedModel):
         blank=True,
         help_text="Overrides for RM/PPO hyper-parameters and reward rules.",
     )
-    members = models.ManyToManyField(  # type: ignore[var-annotated]
+    members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
 

@@ -19,10 +19,16 @@ def ranking_records(*, project: Project) -> list[RankingRecord]:
         Ranking.objects.filter(task__project=project, labeler__isnull=False)
         .order_by("id")
         .values_list(
-            "labeler_id", "task_id", "tie_groups", "time_spent_ms", "created_at",
-            "all_unacceptable", "task__is_gold", "task__gold_order",
+            "labeler_id",
+            "task_id",
+            "tie_groups",
+            "time_spent_ms",
+            "created_at",
+            "all_unacceptable",
+            "task__is_gold",
+            "task__gold_order",
         )
-    )  # fmt: skip
+    )
     return [
         RankingRecord(
             labeler=labeler,

@@ -31,22 +31,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def project(db):  # type: ignore[no-untyped-def]
+def project(db):
     return ProjectFactory()
 
 
 @pytest.fixture
-def labeler(project):  # type: ignore[no-untyped-def]
+def labeler(project):
     return MembershipFactory(project=project, role="labeler").user
 
 
 @pytest.fixture
-def project_admin(project):  # type: ignore[no-untyped-def]
+def project_admin(project):
     return MembershipFactory(project=project, role="admin").user
 
 
 @pytest.fixture
-def outsider(db):  # type: ignore[no-untyped-def]
+def outsider(db):
     """A user who is a member of another project only."""
     return MembershipFactory(project=ProjectFactory(), role="admin").user
 
@@ -57,19 +57,19 @@ def api_client() -> APIClient:
 
 
 @pytest.fixture
-def labeler_client(labeler) -> APIClient:  # type: ignore[no-untyped-def]
+def labeler_client(labeler) -> APIClient:
     client = APIClient()
     client.force_authenticate(labeler)
     return client
 
 
 @pytest.fixture
-def admin_client_api(project_admin) -> APIClient:  # type: ignore[no-untyped-def]
+def admin_client_api(project_admin) -> APIClient:
     client = APIClient()
     client.force_authenticate(project_admin)
     return client
 
 
 @pytest.fixture
-def make_user(db):  # type: ignore[no-untyped-def]
+def make_user(db):
     return UserFactory

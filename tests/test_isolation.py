@@ -175,12 +175,12 @@ MISSING = {
 
 
 @pytest.fixture
-def a(db) -> World:  # type: ignore[no-untyped-def]
+def a(db) -> World:
     return _world("alpha")
 
 
 @pytest.fixture
-def b(db) -> World:  # type: ignore[no-untyped-def]
+def b(db) -> World:
     return _world("bravo")
 
 
@@ -212,7 +212,7 @@ def test_every_path_parameter_can_be_filled() -> None:
     assert not unknown, f"teach _world() and MISSING how to fill: {sorted(unknown)}"
 
 
-def test_every_route_is_classified(a) -> None:  # type: ignore[no-untyped-def]
+def test_every_route_is_classified(a) -> None:
     """Each (route, method) is admin-only or open to members. A function view's POST may be
     left out only if the view refuses it (405) to the project's admin."""
     known = ADMIN_ONLY | MEMBER_ROUTES
@@ -234,7 +234,7 @@ def test_every_route_is_classified(a) -> None:  # type: ignore[no-untyped-def]
     [(r, m) for r, m in ROUTE_METHODS if r.params],
     ids=lambda value: value.name if isinstance(value, Route) else value,
 )
-def test_objects_of_another_project_are_404(a, b, route, method, role) -> None:  # type: ignore[no-untyped-def]
+def test_objects_of_another_project_are_404(a, b, route, method, role) -> None:
     if any(p not in MISSING for p in route.params):
         pytest.fail(f"{route.route}: no way to fill {route.params}")
     client = _client(getattr(a, role))
@@ -252,7 +252,7 @@ def test_objects_of_another_project_are_404(a, b, route, method, role) -> None: 
     assert _snapshot() == before
 
 
-def test_each_function_view_finds_nothing_of_another_project(a, b) -> None:  # type: ignore[no-untyped-def]
+def test_each_function_view_finds_nothing_of_another_project(a, b) -> None:
     """GET or POST of a function view must reach the object lookup at least once (a 405 on
     both methods would make the parametrized test above vacuous)."""
     client = _client(a.admin)
@@ -262,7 +262,7 @@ def test_each_function_view_finds_nothing_of_another_project(a, b) -> None:  # t
 
 
 @pytest.mark.parametrize("route", WITHOUT_PARAMS, ids=lambda r: r.name)
-def test_lists_do_not_show_another_project(a, b, route) -> None:  # type: ignore[no-untyped-def]
+def test_lists_do_not_show_another_project(a, b, route) -> None:
     for user in (a.labeler, a.admin):
         response = _client(user).get(route.url({}))
         body = b"".join(response.streaming_content) if response.streaming else response.content
@@ -275,7 +275,7 @@ def test_lists_do_not_show_another_project(a, b, route) -> None:  # type: ignore
     [(r, m) for r, m in ROUTE_METHODS if (r.name, m) in ADMIN_ONLY],
     ids=lambda value: value.name if isinstance(value, Route) else value,
 )
-def test_admin_only_routes_refuse_labelers(a, route, method) -> None:  # type: ignore[no-untyped-def]
+def test_admin_only_routes_refuse_labelers(a, route, method) -> None:
     before = _snapshot()
     response = _call(_client(a.labeler), method, route.url(a.objects))
     assert response.status_code in (403, 404), (route.route, method, response.status_code)
@@ -285,7 +285,7 @@ def test_admin_only_routes_refuse_labelers(a, route, method) -> None:  # type: i
         assert allowed.status_code == 200, (route.route, allowed.status_code)
 
 
-def test_member_routes_are_open_to_labelers(a) -> None:  # type: ignore[no-untyped-def]
+def test_member_routes_are_open_to_labelers(a) -> None:
     """The reads of MEMBER_ROUTES answer 200 (204 for no task, 302 for the home redirect) to a
     labeler of the project."""
     client = _client(a.labeler)
@@ -298,7 +298,7 @@ def test_member_routes_are_open_to_labelers(a) -> None:  # type: ignore[no-untyp
 # --- The OpenAPI schema ----------------------------------------------------------------------
 
 
-def test_schema_is_served_and_valid_openapi_3(a) -> None:  # type: ignore[no-untyped-def]
+def test_schema_is_served_and_valid_openapi_3(a) -> None:
     response = _client(a.labeler).get(
         "/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
     )
@@ -310,6 +310,6 @@ def test_schema_is_served_and_valid_openapi_3(a) -> None:  # type: ignore[no-unt
     assert "/api/v1/tasks/{task_id}/rankings/" in schema["paths"]
 
 
-def test_schema_generates_without_warnings(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_schema_generates_without_warnings(db, tmp_path) -> None:
     # `manage.py spectacular --fail-on-warn` raises on any warning or error.
     call_command("spectacular", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))

@@ -9,7 +9,7 @@ from labeling.selectors import access_project
 from training.models import MetricPoint, ModelVersion, Round, TrainingRun
 
 
-def access_round(*, user, round_id: int, admin: bool = True) -> Round:  # type: ignore[no-untyped-def]
+def access_round(*, user, round_id: int, admin: bool = True) -> Round:
     """The round, if `user` may see it (404 otherwise; 403 for a labeler on admin routes)."""
     round_ = Round.objects.select_related("project").filter(pk=round_id).first()
     if round_ is None:
@@ -18,7 +18,7 @@ def access_round(*, user, round_id: int, admin: bool = True) -> Round:  # type: 
     return round_
 
 
-def access_run(*, user, run_id: int, admin: bool = True) -> TrainingRun:  # type: ignore[no-untyped-def]
+def access_run(*, user, run_id: int, admin: bool = True) -> TrainingRun:
     run = TrainingRun.objects.select_related("project").filter(pk=run_id).first()
     if run is None:
         raise Http404("No such run.")

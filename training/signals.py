@@ -10,7 +10,7 @@ from labeling.models import Ranking
 
 
 @receiver(post_save, sender=Ranking, dispatch_uid="training.round_progress")
-def _ranking_saved(sender, instance: Ranking, created: bool, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _ranking_saved(sender, instance: Ranking, created: bool, **kwargs) -> None:
     if not created or instance.task.round_id is None:
         return
     from training.services.rounds import round_on_ranking_submitted

@@ -10,13 +10,14 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
+from training import dispatch
 from training.models import Round, TrainingRun
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="training.tasks.gpu_execute_run", acks_late=True, bind=True)
-def gpu_execute_run(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
+@shared_task(name=dispatch.GPU_EXECUTE_RUN, acks_late=True, bind=True)
+def gpu_execute_run(self, run_id: int) -> None:
     from training.services import rounds, run_bodies
     from training.services.runs import run_execute
 
@@ -30,7 +31,7 @@ def gpu_execute_run(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
     rounds.round_on_run_finished(run=run)
 
 
-@shared_task(name="training.tasks.round_build_pairs", acks_late=True)
+@shared_task(name=dispatch.ROUND_BUILD_PAIRS, acks_late=True)
 def round_build_pairs(round_id: int) -> None:
     from training.services import rounds
 
@@ -39,7 +40,7 @@ def round_build_pairs(round_id: int) -> None:
         rounds.round_build_pairs(round_=round_)
 
 
-@shared_task(name="training.tasks.reap_stale_runs")
+@shared_task(name=dispatch.REAP_STALE_RUNS)
 def reap_stale_runs(dead_worker: str | None = None) -> list[int]:
     """Fail abandoned runs (and their rounds). Celery beat runs it every
     RLHF_REAP_INTERVAL seconds; a starting worker runs it for its own node name."""
@@ -52,7 +53,7 @@ def reap_stale_runs(dead_worker: str | None = None) -> list[int]:
 
 
 @worker_ready.connect
-def _recover_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _recover_on_start(sender=None, **kwargs) -> None:
     """A worker that (re)starts fails the runs its previous process (same node name) or any
     dead worker left behind; a `gpu` worker also re-sends the messages of queued runs, in
     case the broker lost them (run_execute ignores the copies of a message it already ran)."""
@@ -70,7 +71,7 @@ def _recover_on_start(sender=None, **kwargs) -> None:  # type: ignore[no-untyped
         logger.exception("recovering runs at worker start failed")
 
 
-@shared_task(name="training.tasks.playground_reply", acks_late=True)
+@shared_task(name=dispatch.PLAYGROUND_REPLY, acks_late=True)
 def playground_reply(reply_id: int) -> None:
     """A playground reply, on the `default` queue: a person is waiting for it, so it must
     not queue behind hours of training on `gpu`."""
@@ -82,10 +83,3 @@ def playground_reply(reply_id: int) -> None:
         logger.warning("playground reply %s does not exist (deleted?)", reply_id)
         return
     playground_reply_generate(reply=reply)
-
-
-@shared_task(name="training.tasks.gpu_playground_reply", acks_late=True)
-def gpu_playground_reply(reply_id: int) -> None:
-    """The playground task's name before 0.2 (on the `gpu` queue): messages queued under it
-    before an upgrade still get their reply, from a `default` worker. Remove in 0.3."""
-    playground_reply.delay(reply_id)

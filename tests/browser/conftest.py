@@ -56,15 +56,15 @@ class PageProblems:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def on_console(self, message) -> None:  # type: ignore[no-untyped-def]
+    def on_console(self, message) -> None:
         if message.type == "error" and "Content Security Policy" in message.text:
             self.errors.append(f"CSP: {message.text}")
 
-    def on_page_error(self, error) -> None:  # type: ignore[no-untyped-def]
+    def on_page_error(self, error) -> None:
         self.errors.append(f"page error: {error}")
 
 
-def _new_page(chromium, live_server, problems: PageProblems, **context_args):  # type: ignore[no-untyped-def]
+def _new_page(chromium, live_server, problems: PageProblems, **context_args):
     context = chromium.new_context(base_url=live_server.url, **context_args)
     context.set_default_timeout(10_000)
     page = context.new_page()
@@ -74,7 +74,7 @@ def _new_page(chromium, live_server, problems: PageProblems, **context_args):  #
 
 
 @pytest.fixture
-def page(chromium, live_server) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def page(chromium, live_server) -> Iterator[object]:
     """A desktop-sized page; fails the test if a script error or CSP violation happened."""
     problems = PageProblems()
     context, page = _new_page(chromium, live_server, problems, viewport=DESKTOP)
@@ -84,7 +84,7 @@ def page(chromium, live_server) -> Iterator[object]:  # type: ignore[no-untyped-
 
 
 @pytest.fixture
-def phone_page(chromium, live_server) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def phone_page(chromium, live_server) -> Iterator[object]:
     """A phone-sized touch page (tap, no mouse drag)."""
     problems = PageProblems()
     context, page = _new_page(
@@ -101,7 +101,7 @@ def phone_page(chromium, live_server) -> Iterator[object]:  # type: ignore[no-un
     assert not problems.errors, problems.errors
 
 
-def log_in(page, username: str, password: str = PASSWORD) -> None:  # type: ignore[no-untyped-def]
+def log_in(page, username: str, password: str = PASSWORD) -> None:
     """Log in through Django's login form, as a person would."""
     page.goto("/accounts/login/")
     page.fill("input[name=username]", username)

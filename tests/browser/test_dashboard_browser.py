@@ -29,16 +29,16 @@ SCREENSHOT_DIR = os.environ.get("RLHF_SCREENSHOT_DIR")
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 
-def screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def screenshot(page, name: str) -> None:
     if SCREENSHOT_DIR:
         page.screenshot(path=str(Path(SCREENSHOT_DIR) / name), full_page=True)
 
 
-def points(page, chart_id: str) -> int:  # type: ignore[no-untyped-def]
+def points(page, chart_id: str) -> int:
     return int(page.get_attribute(f"#{chart_id} svg.chart__svg", "data-points") or 0)
 
 
-def rm_steps(run, steps: range) -> None:  # type: ignore[no-untyped-def]
+def rm_steps(run, steps: range) -> None:
     for step in steps:
         MetricPointFactory(
             run=run,
@@ -55,7 +55,7 @@ def rm_steps(run, steps: range) -> None:  # type: ignore[no-untyped-def]
         )
 
 
-def ppo_steps(run, steps: range) -> None:  # type: ignore[no-untyped-def]
+def ppo_steps(run, steps: range) -> None:
     for step in steps:
         kl = 6.0 * (1 - math.exp(-step / 12))
         MetricPointFactory(
@@ -72,21 +72,36 @@ def ppo_steps(run, steps: range) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def busy_project(project):  # type: ignore[no-untyped-def]
+def busy_project(project):
     """Two finished rounds with curves, models and labelers; a third round in labeling."""
     base = ModelVersionFactory(project=project, version=1, kind="base", role="policy")
     rm = ModelVersionFactory(
-        project=project, version=2, kind="rm", role="reward", parent=base, is_current=True,
+        project=project,
+        version=2,
+        kind="rm",
+        role="reward",
+        parent=base,
+        is_current=True,
         metrics={"rm/eval_accuracy": 0.685, "heldout_labeler_accuracy": 0.66},
-    )  # fmt: skip
+    )
     ppo = ModelVersionFactory(
-        project=project, version=3, kind="ppo", role="policy", parent=base, is_current=True,
+        project=project,
+        version=3,
+        kind="ppo",
+        role="policy",
+        parent=base,
+        is_current=True,
         metrics={"env/score_mean": 0.74, "objective/kl": 5.6},
-    )  # fmt: skip
+    )
     done = RoundFactory(
-        project=project, number=1, stage="done", num_prompts=16, sampling_policy=base,
-        reward_model=rm, policy=ppo,
-    )  # fmt: skip
+        project=project,
+        number=1,
+        stage="done",
+        num_prompts=16,
+        sampling_policy=base,
+        reward_model=rm,
+        policy=ppo,
+    )
     rm_steps(
         TrainingRunFactory(project=project, round=done, kind="rm", status="succeeded"), range(1, 61)
     )
@@ -103,13 +118,18 @@ def busy_project(project):  # type: ignore[no-untyped-def]
             ranking = RankingFactory(task=task, labeler=user, tie_groups=[[i] for i in order])
             comparisons_from_ranking(ranking=ranking)
     current = RoundFactory(
-        project=project, number=2, stage="labeling", num_prompts=8, sampling_policy=ppo,
-        progress_done=5, progress_total=8,
-    )  # fmt: skip
+        project=project,
+        number=2,
+        stage="labeling",
+        num_prompts=8,
+        sampling_policy=ppo,
+        progress_done=5,
+        progress_total=8,
+    )
     return project, current
 
 
-def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: ignore[no-untyped-def]
+def test_the_dashboard_plots_metric_points_and_follows_a_running_run(
     page, busy_project, project_admin
 ):
     project, current = busy_project
@@ -137,9 +157,13 @@ def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: i
     # A running RM run in the current round: the curves switch to it by themselves and
     # new points appear without a reload.
     run = TrainingRunFactory(
-        project=project, round=current, kind="rm", status="running",
-        progress_done=3, progress_total=20,
-    )  # fmt: skip
+        project=project,
+        round=current,
+        kind="rm",
+        status="running",
+        progress_done=3,
+        progress_total=20,
+    )
     current.stage = Round.Stage.TRAINING_RM
     current.save()
     rm_steps(run, range(1, 4))
@@ -156,7 +180,7 @@ def test_the_dashboard_plots_metric_points_and_follows_a_running_run(  # type: i
     screenshot(page, "dashboard-running.png")
 
 
-def test_start_creates_a_round_that_samples_with_tiny(page, project, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_start_creates_a_round_that_samples_with_tiny(page, project, project_admin) -> None:
     project.k, project.max_new_tokens = 2, 6
     project.save()
     PromptFactory.create_batch(2, project=project)
@@ -179,7 +203,7 @@ def test_start_creates_a_round_that_samples_with_tiny(page, project, project_adm
     assert "base-v1" in page.text_content("#models-table")
 
 
-def test_a_failed_round_shows_its_error_as_text(page, project, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_round_shows_its_error_as_text(page, project, project_admin) -> None:
     RoundFactory(
         project=project, number=1, stage="failed", failed_stage="training_rm", error=HOSTILE
     )
@@ -191,7 +215,7 @@ def test_a_failed_round_shows_its_error_as_text(page, project, project_admin) ->
     assert page.title() != "pwned"
 
 
-def test_the_playground_chat_with_thumbs_and_a_better_answer(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_the_playground_chat_with_thumbs_and_a_better_answer(page, project, labeler) -> None:
     project.max_new_tokens = 10
     project.save()
     log_in(page, labeler.username)

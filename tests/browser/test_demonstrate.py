@@ -9,7 +9,7 @@ from tests.factories import PromptFactory
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_demonstration_is_written_and_stored(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_demonstration_is_written_and_stored(page, project, labeler) -> None:
     first = PromptFactory(project=project, text="Explain <em>tides</em> to a child.")
     second = PromptFactory(project=project, text="Name three prime numbers.")
     log_in(page, labeler.username)
@@ -24,7 +24,7 @@ def test_demonstration_is_written_and_stored(page, project, labeler) -> None:  #
     assert page.text_content(".message__content") == second.text  # the next prompt
 
 
-def test_another_prompt_link(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_another_prompt_link(page, project, labeler) -> None:
     PromptFactory(project=project, text="First prompt")
     PromptFactory(project=project, text="Second prompt")
     log_in(page, labeler.username)
@@ -34,7 +34,7 @@ def test_another_prompt_link(page, project, labeler) -> None:  # type: ignore[no
     assert not Demonstration.objects.exists()
 
 
-def test_login_error_and_logout(page, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_login_error_and_logout(page, labeler) -> None:
     page.goto("/projects/")
     page.wait_for_url("**/accounts/login/?next=/projects/")
     page.fill("input[name=username]", labeler.username)
@@ -48,7 +48,7 @@ def test_login_error_and_logout(page, labeler) -> None:  # type: ignore[no-untyp
     page.wait_for_url("**/accounts/login/?next=/projects/")
 
 
-def test_empty_ranking_queue(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_empty_ranking_queue(page, project, labeler) -> None:
     log_in(page, labeler.username)
     page.click(f"a[href='/projects/{project.slug}/label/']")
     page.wait_for_selector("#empty:not([hidden])")

@@ -16,14 +16,14 @@ HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 SCREENSHOT_DIR = os.environ.get("RLHF_SCREENSHOT_DIR")
 
 
-def open_label_page(page, project) -> int:  # type: ignore[no-untyped-def]
+def open_label_page(page, project) -> int:
     page.goto(f"/projects/{project.slug}/label/")
     page.wait_for_selector("#task:not([hidden]) .card")
     page.wait_for_load_state("networkidle")  # the background prefetch has settled
     return int(page.get_attribute("#task", "data-task-id"))
 
 
-def numbering(page) -> dict[int, int]:  # type: ignore[no-untyped-def]
+def numbering(page) -> dict[int, int]:
     """On-screen card number -> response id."""
     pairs = page.eval_on_selector_all(
         ".card", "cards => cards.map(c => [Number(c.dataset.number), Number(c.dataset.responseId)])"
@@ -31,7 +31,7 @@ def numbering(page) -> dict[int, int]:  # type: ignore[no-untyped-def]
     return dict(pairs)
 
 
-def wait_for_next_task(page, old_id: int) -> int:  # type: ignore[no-untyped-def]
+def wait_for_next_task(page, old_id: int) -> int:
     page.wait_for_function(
         """old => { const t = document.getElementById('task');
                     return !t.hidden && t.dataset.taskId && t.dataset.taskId !== old; }""",
@@ -47,7 +47,7 @@ def normalised(groups: list[list[int]]) -> list[list[int]]:
 
 def test_keyboard_ranking_with_a_tie_is_stored_and_next_task_appears(
     page, project, labeler
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     tasks = [RankingTaskFactory(project=project) for _ in range(2)]
     log_in(page, labeler.username)
     first = open_label_page(page, project)
@@ -77,7 +77,7 @@ def test_keyboard_ranking_with_a_tie_is_stored_and_next_task_appears(
 
 def test_backspace_removes_the_last_placed_card_and_enter_waits_for_all(
     page, project, labeler
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
     task_id = open_label_page(page, project)
@@ -93,7 +93,7 @@ def test_backspace_removes_the_last_placed_card_and_enter_waits_for_all(
     assert normalised(ranking.tie_groups) == [[ids[3]], [ids[4]], sorted([ids[2], ids[1]])]
 
 
-def test_numbering_is_stable_per_labeler_and_task(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_numbering_is_stable_per_labeler_and_task(page, project, labeler) -> None:
     RankingTaskFactory(project=project, responses=[f"answer {i}" for i in range(6)])
     log_in(page, labeler.username)
     open_label_page(page, project)
@@ -104,7 +104,7 @@ def test_numbering_is_stable_per_labeler_and_task(page, project, labeler) -> Non
     assert page.text_content(".card[data-number='1'] [data-role=text]").startswith("answer ")
 
 
-def test_hostile_response_is_shown_as_text_and_runs_nothing(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_response_is_shown_as_text_and_runs_nothing(page, project, labeler) -> None:
     task = RankingTaskFactory(project=project, responses=[HOSTILE, "b", "c", "d"])
     task.prompt.text = "<script>document.title='pwned-prompt'</script><b>bold?</b>"
     task.prompt.save()
@@ -123,7 +123,7 @@ def test_hostile_response_is_shown_as_text_and_runs_nothing(page, project, label
     assert page.title() == title and "pwned" not in page.title()
 
 
-def test_chat_context_is_shown_message_by_message(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_chat_context_is_shown_message_by_message(page, project, labeler) -> None:
     task = RankingTaskFactory(project=project)
     task.prompt.chat = [
         {"role": "system", "content": "You answer in one sentence."},
@@ -142,13 +142,13 @@ def test_chat_context_is_shown_message_by_message(page, project, labeler) -> Non
     assert page.locator("#prompt b").count() == 0
 
 
-def test_drag_and_drop_ranking_with_a_tie(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_drag_and_drop_ranking_with_a_tie(page, project, labeler) -> None:
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
     task_id = open_label_page(page, project)
     ids = numbering(page)
 
-    def card(number: int):  # type: ignore[no-untyped-def]
+    def card(number: int):
         return page.locator(f".card[data-number='{number}']")
 
     card(3).drag_to(page.locator(".gap--end"))
@@ -164,7 +164,7 @@ def test_drag_and_drop_ranking_with_a_tie(page, project, labeler) -> None:  # ty
     assert normalised(ranking.tie_groups) == normalised([[ids[3]], [ids[1], ids[2]], [ids[4]]])
 
 
-def test_skip_with_the_s_key_and_the_button(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_skip_with_the_s_key_and_the_button(page, project, labeler) -> None:
     for _ in range(3):
         RankingTaskFactory(project=project)
     log_in(page, labeler.username)
@@ -178,7 +178,7 @@ def test_skip_with_the_s_key_and_the_button(page, project, labeler) -> None:  # 
     assert not Ranking.objects.exists()
 
 
-def test_flags_and_all_unacceptable(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_flags_and_all_unacceptable(page, project, labeler) -> None:
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
     task_id = open_label_page(page, project)
@@ -195,7 +195,7 @@ def test_flags_and_all_unacceptable(page, project, labeler) -> None:  # type: ig
     assert not Comparison.objects.filter(ranking=ranking).exists()
 
 
-def test_api_error_detail_is_announced(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_api_error_detail_is_announced(page, project, labeler) -> None:
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
     task_id = open_label_page(page, project)
@@ -209,7 +209,7 @@ def test_api_error_detail_is_announced(page, project, labeler) -> None:  # type:
     assert not Ranking.objects.exists()
 
 
-def test_typing_in_a_text_field_does_not_rank(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_typing_in_a_text_field_does_not_rank(page, project, labeler) -> None:
     RankingTaskFactory(project=project)
     log_in(page, labeler.username)
     open_label_page(page, project)
@@ -223,7 +223,7 @@ def test_typing_in_a_text_field_does_not_rank(page, project, labeler) -> None:  
     assert page.locator("#task").is_visible()
 
 
-def test_phone_tap_to_place(phone_page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_phone_tap_to_place(phone_page, project, labeler) -> None:
     page = phone_page
     RankingTaskFactory(project=project, responses=[_long_text(i) for i in range(4)])
     log_in(page, labeler.username)
@@ -239,7 +239,7 @@ def test_phone_tap_to_place(phone_page, project, labeler) -> None:  # type: igno
     assert ranking.tie_groups == [[ids[4]], [ids[2]], [ids[1]], [ids[3]]]
 
 
-def test_desktop_screenshot_with_long_responses(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_desktop_screenshot_with_long_responses(page, project, labeler) -> None:
     RankingTaskFactory(project=project, responses=[_long_text(i) for i in range(4)])
     log_in(page, labeler.username)
     open_label_page(page, project)
@@ -263,12 +263,12 @@ def _long_text(i: int) -> str:
     return "\n\n".join([paragraph] * (3 + i))
 
 
-def _screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def _screenshot(page, name: str) -> None:
     if SCREENSHOT_DIR:
         page.screenshot(path=str(Path(SCREENSHOT_DIR) / name), full_page=False)
 
 
-def test_prefetched_task_is_shown_at_once_after_submitting(page, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_prefetched_task_is_shown_at_once_after_submitting(page, project, labeler) -> None:
     """While the labeler ranks, the page asks for the next task (`?exclude=` the current one)
     and shows it as soon as the submission is stored, with no further request."""
     task = RankingTaskFactory(project=project)
@@ -280,7 +280,7 @@ def test_prefetched_task_is_shown_at_once_after_submitting(page, project, labele
     }
     plain_fetches: list[str] = []
 
-    def next_task(route) -> None:  # type: ignore[no-untyped-def]
+    def next_task(route) -> None:
         url = route.request.url
         if f"exclude={task.pk}" in url:
             route.fulfill(status=200, json=upcoming)

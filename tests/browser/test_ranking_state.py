@@ -31,7 +31,7 @@ SCENARIOS = """async () => {
 }"""
 
 
-def test_ranking_state_and_shuffle(page) -> None:  # type: ignore[no-untyped-def]
+def test_ranking_state_and_shuffle(page) -> None:
     page.goto("/accounts/login/")
     result = page.evaluate(SCENARIOS)
     assert result["keys"] == {"order": [[20, 10], [30], [40]], "complete": True, "tieNext": False}

@@ -54,7 +54,7 @@ def _rest(project: Project, data: bytes, filename: str) -> str:
     return str(response.json()["detail"])
 
 
-def _ml(read, path: Path) -> str:  # type: ignore[no-untyped-def]
+def _ml(read, path: Path) -> str:
     try:
         read(path)
     except FormatError as error:
@@ -73,7 +73,7 @@ def _expect(outcomes: dict[str, str], refusal: str | None) -> None:
 
 
 @pytest.mark.parametrize("entry", PROMPTS, ids=lambda e: e.name)
-def test_prompt_doors_agree(db, tmp_path: Path, entry: Entry) -> None:  # type: ignore[no-untyped-def]
+def test_prompt_doors_agree(db, tmp_path: Path, entry: Entry) -> None:
     data = FIRST_PROMPT + entry.raw + b"\n"
     path = tmp_path / "p.jsonl"
     path.write_bytes(data)
@@ -94,7 +94,7 @@ def test_prompt_doors_agree(db, tmp_path: Path, entry: Entry) -> None:  # type: 
 
 
 @pytest.mark.parametrize(("name", "text", "refusal"), PROMPT_CSV, ids=lambda v: str(v)[:20])
-def test_prompt_doors_agree_on_csv(db, tmp_path: Path, name: str, text: str, refusal) -> None:  # type: ignore[no-untyped-def]
+def test_prompt_doors_agree_on_csv(db, tmp_path: Path, name: str, text: str, refusal) -> None:
     path = tmp_path / "p.csv"
     path.write_bytes(text.encode())
     outcomes = {
@@ -106,7 +106,7 @@ def test_prompt_doors_agree_on_csv(db, tmp_path: Path, name: str, text: str, ref
 
 
 @pytest.mark.parametrize("entry", PREFERENCES, ids=lambda e: e.name)
-def test_preference_doors_agree(db, tmp_path: Path, entry: Entry) -> None:  # type: ignore[no-untyped-def]
+def test_preference_doors_agree(db, tmp_path: Path, entry: Entry) -> None:
     path = tmp_path / "prefs.jsonl"
     path.write_bytes(FIRST_PAIR + entry.raw + b"\n")
     project = ProjectFactory()
@@ -132,7 +132,7 @@ def test_preference_doors_agree(db, tmp_path: Path, entry: Entry) -> None:  # ty
     ] == trained
 
 
-def test_an_all_unacceptable_ranking_is_imported_without_pairs(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_all_unacceptable_ranking_is_imported_without_pairs(db, tmp_path: Path) -> None:
     [entry] = [e for e in PREFERENCES if e.name == "kwise_all_unacceptable"]
     path = tmp_path / "prefs.jsonl"
     path.write_bytes(entry.raw + b"\n")
@@ -151,12 +151,12 @@ NUL_BYTE_TOKEN = "Ā"  # byte-level BPE's symbol for the byte 0x00
 
 def test_import_responses_takes_what_generate_wrote(
     db, tmp_path: Path, monkeypatch, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A policy that emits the byte token decoding to NUL: `generate` writes U+FFFD (and
     counts it), so `import_responses` takes the file instead of refusing a NUL."""
     load = loading.load_causal_lm
 
-    def load_nul_policy(spec, **kwargs):  # type: ignore[no-untyped-def]
+    def load_nul_policy(spec, **kwargs):
         model, tokenizer = load(spec, **kwargs)
         token = tokenizer.convert_tokens_to_ids(NUL_BYTE_TOKEN)
         assert isinstance(token, int) and tokenizer.decode([token]) == "\x00"

@@ -10,7 +10,7 @@ from tests.security.corpus import BENIGN_JSON, HOSTILE_JSON, UNSTORABLE_TEXTS
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_JSON, ids=lambda h: h.name)
-def test_every_hostile_value_is_refused_at_its_path(hostile) -> None:  # type: ignore[no-untyped-def]
+def test_every_hostile_value_is_refused_at_its_path(hostile) -> None:
     with pytest.raises(JsonRefused) as refused:
         loads(f'{{"rows": [1, {{"note": {hostile.json}}}]}}')
     error = refused.value

@@ -42,7 +42,7 @@ def _directives(header: str) -> dict[str, list[str]]:
     return directives
 
 
-def assert_enforcing_csp(response) -> None:  # type: ignore[no-untyped-def]
+def assert_enforcing_csp(response) -> None:
     assert "Content-Security-Policy-Report-Only" not in response.headers
     header = response.headers.get("Content-Security-Policy")
     assert header, f"no Content-Security-Policy on {response.request['PATH_INFO']}"
@@ -82,7 +82,7 @@ def test_every_page_route_is_checked_and_served_by_the_frontend() -> None:
 
 
 @pytest.mark.django_db
-def test_every_page_has_an_enforcing_csp(labeler, project_admin, project) -> None:  # type: ignore[no-untyped-def]
+def test_every_page_has_an_enforcing_csp(labeler, project_admin, project) -> None:
     PromptFactory(project=project)
     RankingTaskFactory(project=project)
     anonymous, member, admin = Client(), Client(), Client()
@@ -100,7 +100,7 @@ def test_every_page_has_an_enforcing_csp(labeler, project_admin, project) -> Non
 
 
 @pytest.mark.django_db
-def test_login_post_and_demonstration_post_carry_csp(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_login_post_and_demonstration_post_carry_csp(labeler, project) -> None:
     client = Client()
     response = client.post("/accounts/login/", {"username": labeler.username, "password": "no"})
     assert response.status_code == 200

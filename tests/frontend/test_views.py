@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def labeler_web(labeler) -> Client:  # type: ignore[no-untyped-def]
+def labeler_web(labeler) -> Client:
     client = Client()
     client.force_login(labeler)
     return client
@@ -38,7 +38,7 @@ def test_root_redirects_to_projects(client: Client) -> None:
 @pytest.mark.parametrize(
     "path", ["/projects/", "/projects/{slug}/label/", "/projects/{slug}/demonstrate/"]
 )
-def test_pages_need_login(client: Client, project, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_pages_need_login(client: Client, project, path: str) -> None:
     response = client.get(path.format(slug=project.slug))
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/?next=")
@@ -49,7 +49,7 @@ def test_login_page_has_django_form_fields(client: Client) -> None:
     assert 'name="username"' in body and 'name="password"' in body
 
 
-def test_login_then_projects(client: Client, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_login_then_projects(client: Client, labeler, project) -> None:
     response = client.post(
         "/accounts/login/", {"username": labeler.username, "password": "pw-for-tests"}
     )
@@ -59,7 +59,7 @@ def test_login_then_projects(client: Client, labeler, project) -> None:  # type:
 
 def test_project_list_shows_own_projects_with_role_and_counts(
     labeler_web, labeler, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     other = ProjectFactory(name="Secret Other Project")
     MembershipFactory(project=other)  # someone else's project
     RankingTaskFactory(project=project)
@@ -73,12 +73,12 @@ def test_project_list_shows_own_projects_with_role_and_counts(
 
 
 @pytest.mark.parametrize("page", ["project-label", "project-demonstrate"])
-def test_project_pages_404_for_non_members(labeler_web, page: str) -> None:  # type: ignore[no-untyped-def]
+def test_project_pages_404_for_non_members(labeler_web, page: str) -> None:
     other = ProjectFactory()
     assert labeler_web.get(reverse(page, kwargs={"slug": other.slug})).status_code == 404
 
 
-def test_label_page_passes_settings_through_json_script(labeler_web, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_label_page_passes_settings_through_json_script(labeler_web, labeler, project) -> None:
     response = labeler_web.get(reverse("project-label", kwargs={"slug": project.slug}))
     assert response.status_code == 200
     config = response.context["rank_config"]
@@ -89,7 +89,7 @@ def test_label_page_passes_settings_through_json_script(labeler_web, labeler, pr
     assert 'type="module" src="/static/labeling/rank.js"' in body
 
 
-def test_guidelines_are_markdown_with_html_escaped(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_guidelines_are_markdown_with_html_escaped(labeler_web, project) -> None:
     project.guidelines = "Be **kind**.\n\n<script>alert(1)</script> [x](javascript:alert(2))"
     project.save()
     body = labeler_web.get(reverse("project-label", kwargs={"slug": project.slug})).content.decode()
@@ -99,7 +99,7 @@ def test_guidelines_are_markdown_with_html_escaped(labeler_web, project) -> None
     assert "javascript:" not in body
 
 
-def test_hostile_project_name_is_escaped(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_project_name_is_escaped(labeler_web, project) -> None:
     project.name = '<img src=x onerror="alert(1)">'
     project.save()
     body = labeler_web.get(reverse("project-label", kwargs={"slug": project.slug})).content.decode()
@@ -107,7 +107,7 @@ def test_hostile_project_name_is_escaped(labeler_web, project) -> None:  # type:
     assert "&lt;img src=x" in body
 
 
-def test_demonstrate_shows_a_prompt_without_demonstration(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_shows_a_prompt_without_demonstration(labeler_web, project) -> None:
     done = PromptFactory(project=project, text="Already answered")
     DemonstrationFactory(project=project, prompt=done)
     todo = PromptFactory(project=project, text="Explain <b>tides</b>.")
@@ -118,14 +118,14 @@ def test_demonstrate_shows_a_prompt_without_demonstration(labeler_web, project) 
     assert "Already answered" not in body
 
 
-def test_demonstrate_skips_to_another_prompt_and_wraps(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_skips_to_another_prompt_and_wraps(labeler_web, project) -> None:
     first, second = PromptFactory(project=project), PromptFactory(project=project)
     url = reverse("project-demonstrate", kwargs={"slug": project.slug})
     assert labeler_web.get(f"{url}?after={first.pk}").context["prompt"] == second
     assert labeler_web.get(f"{url}?after={second.pk}").context["prompt"] == first
 
 
-def test_demonstrate_renders_chat_context(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_renders_chat_context(labeler_web, project) -> None:
     chat = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Hi <there>"},
@@ -137,7 +137,7 @@ def test_demonstrate_renders_chat_context(labeler_web, project) -> None:  # type
     assert "You are terse." in body and "Hi &lt;there&gt;" in body
 
 
-def test_demonstrate_post_stores_and_moves_on(labeler_web, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_post_stores_and_moves_on(labeler_web, labeler, project) -> None:
     prompt = PromptFactory(project=project)
     url = reverse("project-demonstrate", kwargs={"slug": project.slug})
     response = labeler_web.post(url, {"prompt_id": prompt.pk, "response": "The ideal answer."})
@@ -147,7 +147,7 @@ def test_demonstrate_post_stores_and_moves_on(labeler_web, labeler, project) -> 
     assert (demo.prompt, demo.author, demo.response) == (prompt, labeler, "The ideal answer.")
 
 
-def test_demonstrate_post_needs_csrf(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_post_needs_csrf(labeler, project) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(labeler)
     prompt = PromptFactory(project=project)
@@ -156,7 +156,7 @@ def test_demonstrate_post_needs_csrf(labeler, project) -> None:  # type: ignore[
     assert not Demonstration.objects.exists()
 
 
-def test_demonstrate_rejects_prompt_of_another_project(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_rejects_prompt_of_another_project(labeler_web, project) -> None:
     foreign = PromptFactory(project=ProjectFactory(), text="Foreign secret prompt")
     url = reverse("project-demonstrate", kwargs={"slug": project.slug})
     response = labeler_web.post(url, {"prompt_id": foreign.pk, "response": "x"})
@@ -167,7 +167,7 @@ def test_demonstrate_rejects_prompt_of_another_project(labeler_web, project) -> 
     assert "no prompt" in body
 
 
-def test_demonstrate_rejects_empty_answer(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrate_rejects_empty_answer(labeler_web, project) -> None:
     prompt = PromptFactory(project=project)
     url = reverse("project-demonstrate", kwargs={"slug": project.slug})
     response = labeler_web.post(url, {"prompt_id": prompt.pk, "response": "   "})
@@ -176,7 +176,7 @@ def test_demonstrate_rejects_empty_answer(labeler_web, project) -> None:  # type
     assert not Demonstration.objects.exists()
 
 
-def test_rank_config_is_valid_json_even_with_hostile_flags(labeler_web, project) -> None:  # type: ignore[no-untyped-def]
+def test_rank_config_is_valid_json_even_with_hostile_flags(labeler_web, project) -> None:
     project.flag_vocabulary = ["</script><script>alert(1)</script>"]
     project.save()
     body = labeler_web.get(reverse("project-label", kwargs={"slug": project.slug})).content.decode()
@@ -185,7 +185,7 @@ def test_rank_config_is_valid_json_even_with_hostile_flags(labeler_web, project)
     assert json.loads(payload)["flags"] == project.flag_vocabulary
 
 
-def test_project_nav_links_rounds_for_admins_only(labeler_web, project, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_project_nav_links_rounds_for_admins_only(labeler_web, project, project_admin) -> None:
     url = reverse("project-label", kwargs={"slug": project.slug})
     rounds = reverse("project-rounds", kwargs={"slug": project.slug})
     playground = reverse("project-playground", kwargs={"slug": project.slug})
@@ -202,7 +202,7 @@ def _queries(client: Client, url: str) -> int:
     return len(queries.captured_queries)
 
 
-def _project_with_work(user, *, open_tasks: int, member: bool = True):  # type: ignore[no-untyped-def]
+def _project_with_work(user, *, open_tasks: int, member: bool = True):
     """A project where `user` has skipped one task and holds a lease on another."""
     project = ProjectFactory()
     if member:
@@ -218,7 +218,7 @@ PROJECT_LIST_QUERIES = 6
 
 
 @pytest.mark.parametrize("superuser", [False, True])
-def test_the_project_list_takes_the_same_queries_for_one_project_or_many(superuser) -> None:  # type: ignore[no-untyped-def]
+def test_the_project_list_takes_the_same_queries_for_one_project_or_many(superuser) -> None:
     user = UserFactory(is_superuser=superuser)
     client = Client()
     client.force_login(user)

@@ -8,7 +8,7 @@ from labeling.services.rankings import ranking_submit
 from tests.factories import RankingTaskFactory
 
 
-def _submitted_and_active(project, labeler):  # type: ignore[no-untyped-def]
+def _submitted_and_active(project, labeler):
     submitted_task = RankingTaskFactory(project=project)
     leased_task = RankingTaskFactory(project=project)
     lease = task_lease_next(project=project, labeler=labeler)
@@ -20,7 +20,7 @@ def _submitted_and_active(project, labeler):  # type: ignore[no-untyped-def]
     return Assignment.objects.get(task=submitted_task), active
 
 
-def test_assignments_are_read_only_but_leases_can_be_ended(admin_client, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_assignments_are_read_only_but_leases_can_be_ended(admin_client, project, labeler) -> None:
     submitted, active = _submitted_and_active(project, labeler)
     page = admin_client.get(f"/admin/labeling/assignment/{submitted.pk}/change/")
     assert page.status_code == 200
@@ -37,13 +37,15 @@ def test_assignments_are_read_only_but_leases_can_be_ended(admin_client, project
     assert bulk.status_code == 403 and Assignment.objects.filter(pk=submitted.pk).exists()
 
 
-def test_a_lease_can_be_shortened_not_extended(admin_client, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_a_lease_can_be_shortened_not_extended(admin_client, project, labeler) -> None:
     _, active = _submitted_and_active(project, labeler)
     url = f"/admin/labeling/assignment/{active.pk}/change/"
 
-    def post(when):  # type: ignore[no-untyped-def]
-        return admin_client.post(url, {"expires_at_0": when.strftime("%Y-%m-%d"),
-                                       "expires_at_1": when.strftime("%H:%M:%S")})  # fmt: skip
+    def post(when):
+        return admin_client.post(
+            url,
+            {"expires_at_0": when.strftime("%Y-%m-%d"), "expires_at_1": when.strftime("%H:%M:%S")},
+        )
 
     later = active.expires_at + timedelta(hours=2)
     response = post(later)
@@ -53,12 +55,16 @@ def test_a_lease_can_be_shortened_not_extended(admin_client, project, labeler) -
     assert active.expires_at < later - timedelta(hours=1)
 
 
-def test_deleting_a_task_with_rankings_still_cascades(admin_client, project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_a_task_with_rankings_still_cascades(admin_client, project, labeler) -> None:
     submitted, _ = _submitted_and_active(project, labeler)
     task_id = submitted.task_id
     page = admin_client.get(f"/admin/labeling/rankingtask/{task_id}/delete/")
     assert page.status_code == 200 and "permission" not in page.content.decode().lower()
-    assert admin_client.post(f"/admin/labeling/rankingtask/{task_id}/delete/",
-                             {"post": "yes"}).status_code == 302  # fmt: skip
+    assert (
+        admin_client.post(
+            f"/admin/labeling/rankingtask/{task_id}/delete/", {"post": "yes"}
+        ).status_code
+        == 302
+    )
     assert not RankingTask.objects.filter(pk=task_id).exists()
     assert not Assignment.objects.filter(pk=submitted.pk).exists()

@@ -41,7 +41,7 @@ def test_mid_ranks_share_the_mean_rank_of_a_tie() -> None:
         ([[1], [2], [3]], [[9], [1], [2], [3]], 1.0),
     ],
 )
-def test_kendall_tau_b(a, b, expected) -> None:  # type: ignore[no-untyped-def]
+def test_kendall_tau_b(a, b, expected) -> None:
     assert kendall_tau_b(a, b) == pytest.approx(expected)
     assert kendall_tau_b(b, a) == pytest.approx(expected)  # symmetric
 
@@ -98,7 +98,7 @@ def test_active_seconds_leave_out_long_pauses() -> None:
     assert active_seconds([]) == 0.0
 
 
-def _rec(labeler: int, task: int, groups, minute: int = 0, **kw) -> RankingRecord:  # type: ignore[no-untyped-def]
+def _rec(labeler: int, task: int, groups, minute: int = 0, **kw) -> RankingRecord:
     at = T0 + timedelta(minutes=minute)
     return RankingRecord(labeler, task, groups, 60_000, at, **kw)
 
@@ -150,7 +150,7 @@ def test_project_agreement_by_hand() -> None:
 
 
 @pytest.mark.django_db
-def test_project_labeler_stats_reads_rankings(project) -> None:  # type: ignore[no-untyped-def]
+def test_project_labeler_stats_reads_rankings(project) -> None:
     project.k = 3
     project.save()
     alice = MembershipFactory(project=project, role="labeler")

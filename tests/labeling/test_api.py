@@ -68,7 +68,7 @@ def assert_error(response: object, status: int) -> dict:
 # --- Projects --------------------------------------------------------------------------------
 
 
-def test_project_list_shows_only_my_projects(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_project_list_shows_only_my_projects(labeler_client, project) -> None:
     ProjectFactory()
     response = labeler_client.get(f"{API}/projects/")
     assert response.status_code == 200
@@ -76,7 +76,7 @@ def test_project_list_shows_only_my_projects(labeler_client, project) -> None:  
     assert {"slug", "name", "k", "overlap", "guidelines", "base_model"} <= set(response.json()[0])
 
 
-def test_staff_create_a_project_and_become_its_admin(db) -> None:  # type: ignore[no-untyped-def]
+def test_staff_create_a_project_and_become_its_admin(db) -> None:
     staff = UserFactory(is_staff=True)
     body = {"slug": "chat", "name": "Chat", "k": 3, "overlap": 2, "guidelines": "Be *kind*.",
             "base_model": "tiny"}  # fmt: skip
@@ -96,22 +96,22 @@ def test_staff_create_a_project_and_become_its_admin(db) -> None:  # type: ignor
         {},
     ],
 )
-def test_project_create_validation(db, body) -> None:  # type: ignore[no-untyped-def]
+def test_project_create_validation(db, body) -> None:
     response = client_for(UserFactory(is_staff=True)).post(f"{API}/projects/", body, format="json")
     assert_error(response, 400)
     assert not Project.objects.filter(slug="x").exists()
 
 
-def test_project_create_needs_staff(labeler_client) -> None:  # type: ignore[no-untyped-def]
+def test_project_create_needs_staff(labeler_client) -> None:
     assert_error(labeler_client.post(f"{API}/projects/", {"slug": "mine"}, format="json"), 403)
 
 
-def test_duplicate_slug_is_a_400(project) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_slug_is_a_400(project) -> None:
     client = client_for(UserFactory(is_staff=True))
     assert_error(client.post(f"{API}/projects/", {"slug": project.slug}, format="json"), 400)
 
 
-def test_project_detail_and_patch(labeler_client, admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_project_detail_and_patch(labeler_client, admin_client_api, project) -> None:
     url = f"{API}/projects/{project.slug}/"
     assert labeler_client.get(url).json()["slug"] == project.slug
     response = admin_client_api.patch(url, {"overlap": 3, "name": "Renamed"}, format="json")
@@ -130,7 +130,7 @@ def test_project_detail_and_patch(labeler_client, admin_client_api, project) -> 
 
 def test_members_list_hides_pseudonyms_from_labelers(
     labeler_client, admin_client_api, labeler, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url = f"{API}/projects/{project.slug}/members/"
     as_labeler = {m["username"]: m for m in labeler_client.get(url).json()}
     assert as_labeler[labeler.username]["role"] == "labeler"
@@ -140,7 +140,7 @@ def test_members_list_hides_pseudonyms_from_labelers(
     assert as_admin[labeler.username]["pseudonym"] == pseudonym
 
 
-def test_admin_adds_a_member(admin_client_api, labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_admin_adds_a_member(admin_client_api, labeler_client, project) -> None:
     url = f"{API}/projects/{project.slug}/members/"
     response = admin_client_api.post(url, {"username": "bob", "role": "labeler"}, format="json")
     assert response.status_code == 201
@@ -157,7 +157,7 @@ def test_admin_adds_a_member(admin_client_api, labeler_client, project) -> None:
 # --- Prompts ---------------------------------------------------------------------------------
 
 
-def test_import_prompts_as_a_json_list(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_import_prompts_as_a_json_list(admin_client_api, project) -> None:
     body = [{"prompt": "Name three birds."}, {"prompt": [{"role": "user", "content": "Hi"}]},
             "Name three birds."]  # fmt: skip
     response = admin_client_api.post(
@@ -169,7 +169,7 @@ def test_import_prompts_as_a_json_list(admin_client_api, project) -> None:  # ty
 
 
 @pytest.mark.parametrize("suffix", ["import", "import/"])
-def test_import_prompts_from_a_file(admin_client_api, project, suffix) -> None:  # type: ignore[no-untyped-def]
+def test_import_prompts_from_a_file(admin_client_api, project, suffix) -> None:
     upload = SimpleUploadedFile("p.csv", b"prompt,split\nHello?,eval\n<b>Bold</b>,train\n")
     url = f"{API}/projects/{project.slug}/prompts/{suffix}"
     response = admin_client_api.post(url, {"file": upload}, format="multipart")
@@ -178,7 +178,7 @@ def test_import_prompts_from_a_file(admin_client_api, project, suffix) -> None: 
     assert Prompt.objects.filter(text="<b>Bold</b>").exists()  # stored as text
 
 
-def test_import_is_all_or_nothing_with_the_line(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_import_is_all_or_nothing_with_the_line(admin_client_api, project) -> None:
     data = b'{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": 7}\n'
     upload = SimpleUploadedFile("p.jsonl", data)
     url = f"{API}/projects/{project.slug}/prompts/import"
@@ -194,7 +194,7 @@ def test_import_is_all_or_nothing_with_the_line(admin_client_api, project) -> No
 
 def test_import_size_limit_and_admin_only(
     admin_client_api, labeler_client, project, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings.RLHF_IMPORT_MAX_BYTES = 10
     upload = SimpleUploadedFile("p.jsonl", b'{"prompt": "too long for the limit"}\n')
     url = f"{API}/projects/{project.slug}/prompts/import"
@@ -210,7 +210,7 @@ def test_import_size_limit_and_admin_only(
     assert_error(labeler_client.post(url, [{"prompt": "x"}], format="json"), 403)
 
 
-def test_prompt_list_is_cursor_paginated_and_filtered(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_prompt_list_is_cursor_paginated_and_filtered(labeler_client, project) -> None:
     for i in range(5):
         PromptFactory(project=project, split="eval" if i == 4 else "train", source=f"s{i % 2}")
     PromptFactory()  # another project's prompt
@@ -230,14 +230,24 @@ def test_prompt_list_is_cursor_paginated_and_filtered(labeler_client, project) -
 # --- Labeling --------------------------------------------------------------------------------
 
 
-def test_next_task_leases_and_returns_the_same_task(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_next_task_leases_and_returns_the_same_task(labeler_client, project) -> None:
     task = RankingTaskFactory(project=project)
     url = f"{API}/projects/{project.slug}/tasks/next/"
     response = labeler_client.get(url)
     assert response.status_code == 200
     data = response.json()
-    assert {"id", "prompt", "responses", "expires_at", "chat", "k", "flag_vocabulary",
-            "guidelines", "counts", "round"} <= set(data)  # fmt: skip
+    assert {
+        "id",
+        "prompt",
+        "responses",
+        "expires_at",
+        "chat",
+        "k",
+        "flag_vocabulary",
+        "guidelines",
+        "counts",
+        "round",
+    } <= set(data)
     assert data["id"] == task.pk and data["k"] == 4 and data["prompt"] == task.prompt.text
     assert [r["id"] for r in data["responses"]] == list(
         task.responses.order_by("position").values_list("id", flat=True)
@@ -247,7 +257,7 @@ def test_next_task_leases_and_returns_the_same_task(labeler_client, project) -> 
     assert labeler_client.get(url).json()["id"] == task.pk  # the lease holds
 
 
-def test_next_and_submit_queries_do_not_grow_with_the_queue(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_next_and_submit_queries_do_not_grow_with_the_queue(labeler_client, project) -> None:
     """The hot path of the ranking screen: a constant number of queries per task."""
 
     def next_and_submit() -> tuple[int, int]:
@@ -272,7 +282,7 @@ def test_next_and_submit_queries_do_not_grow_with_the_queue(labeler_client, proj
     assert next_and_submit() == small
 
 
-def test_next_task_with_chat_context_and_round(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_next_task_with_chat_context_and_round(labeler_client, project) -> None:
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     prompt = PromptFactory(project=project, chat=chat, text="Hi")
     RankingTaskFactory(
@@ -282,12 +292,12 @@ def test_next_task_with_chat_context_and_round(labeler_client, project) -> None:
     assert (data["chat"], data["round"]) == (chat, 2)
 
 
-def test_next_task_is_204_when_none(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_next_task_is_204_when_none(labeler_client, project) -> None:
     response = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/")
     assert response.status_code == 204 and not response.content
 
 
-def test_submit_a_ranking_with_ties_and_flags(labeler_client, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_submit_a_ranking_with_ties_and_flags(labeler_client, labeler, project) -> None:
     RankingTaskFactory(project=project)
     task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     a, b, c, d = (r["id"] for r in task["responses"])
@@ -327,7 +337,7 @@ INVALID_RANKINGS = {
 
 
 @pytest.mark.parametrize("case", INVALID_RANKINGS)
-def test_invalid_rankings_are_400_and_store_nothing(labeler_client, project, case) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_rankings_are_400_and_store_nothing(labeler_client, project, case) -> None:
     RankingTaskFactory(project=project)
     task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     body = INVALID_RANKINGS[case]([r["id"] for r in task["responses"]])
@@ -336,7 +346,7 @@ def test_invalid_rankings_are_400_and_store_nothing(labeler_client, project, cas
     assert not Ranking.objects.exists()
 
 
-def test_all_unacceptable_needs_no_order(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_all_unacceptable_needs_no_order(labeler_client, project) -> None:
     RankingTaskFactory(project=project)
     task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     body = {"order": [], "all_unacceptable": True, "time_spent_ms": 10}
@@ -345,14 +355,14 @@ def test_all_unacceptable_needs_no_order(labeler_client, project) -> None:  # ty
     assert not Ranking.objects.get(pk=response.json()["id"]).comparisons.exists()
 
 
-def test_ranking_without_a_lease_is_409(labeler_client, project) -> None:  # type: ignore[no-untyped-def]
+def test_ranking_without_a_lease_is_409(labeler_client, project) -> None:
     task = RankingTaskFactory(project=project)
     ids = list(task.responses.values_list("id", flat=True))
     body = {"order": [[i] for i in ids], "time_spent_ms": 1}
     assert_error(labeler_client.post(f"{API}/tasks/{task.pk}/rankings/", body, format="json"), 409)
 
 
-def test_skip(labeler_client, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_skip(labeler_client, labeler, project) -> None:
     RankingTaskFactory(project=project)
     task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     response = labeler_client.post(f"{API}/tasks/{task['id']}/skip/")
@@ -361,7 +371,7 @@ def test_skip(labeler_client, labeler, project) -> None:  # type: ignore[no-unty
     assert labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").status_code == 204
 
 
-def test_demonstrations(labeler_client, admin_client_api, labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_demonstrations(labeler_client, admin_client_api, labeler, project) -> None:
     prompt = PromptFactory(project=project)
     url = f"{API}/projects/{project.slug}/demonstrations/"
     response = labeler_client.post(
@@ -389,7 +399,7 @@ def test_demonstrations(labeler_client, admin_client_api, labeler, project) -> N
 
 
 @pytest.fixture
-def ranked(labeler_client, project) -> Project:  # type: ignore[no-untyped-def]
+def ranked(labeler_client, project) -> Project:
     """Three tasks ranked by the labeler, one in round 2: 3 x 6 comparisons."""
     round_ = RoundFactory(project=project, number=2)
     RankingTaskFactory(project=project)
@@ -402,7 +412,7 @@ def ranked(labeler_client, project) -> Project:  # type: ignore[no-untyped-def]
 
 def test_comparisons_jsonl_is_trl_rows_readable_by_datasets(
     admin_client_api, ranked, labeler
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     response = admin_client_api.get(f"{API}/projects/{ranked.slug}/comparisons/?format=jsonl")
     assert response.status_code == 200 and response["Content-Type"] == "application/jsonl"
     assert response.streaming
@@ -419,7 +429,7 @@ def test_comparisons_jsonl_is_trl_rows_readable_by_datasets(
     assert len(round_rows) == 6 and {row["round"] for row in round_rows} == {2}
 
 
-def test_comparisons_json_pages_hold_the_same_rows(admin_client_api, ranked) -> None:  # type: ignore[no-untyped-def]
+def test_comparisons_json_pages_hold_the_same_rows(admin_client_api, ranked) -> None:
     url = f"{API}/projects/{ranked.slug}/comparisons/"
     streamed = lines(admin_client_api.get(url, {"format": "jsonl"}))
     page = admin_client_api.get(url, {"page_size": 10}).json()
@@ -428,7 +438,7 @@ def test_comparisons_json_pages_hold_the_same_rows(admin_client_api, ranked) -> 
     assert rows == streamed
 
 
-def test_comparisons_parquet(admin_client_api, ranked) -> None:  # type: ignore[no-untyped-def]
+def test_comparisons_parquet(admin_client_api, ranked) -> None:
     response = admin_client_api.get(f"{API}/projects/{ranked.slug}/comparisons/?format=parquet")
     assert response.status_code == 200
     assert "attachment" in response["Content-Disposition"]
@@ -436,7 +446,7 @@ def test_comparisons_parquet(admin_client_api, ranked) -> None:  # type: ignore[
     assert table.num_rows == 18 and set(table.column_names) == COMPARISON_KEYS
 
 
-def test_export_query_count_is_constant(admin_client_api, labeler_client, ranked) -> None:  # type: ignore[no-untyped-def]
+def test_export_query_count_is_constant(admin_client_api, labeler_client, ranked) -> None:
     def queries() -> int:
         with CaptureQueriesContext(connection) as ctx:
             lines(admin_client_api.get(f"{API}/projects/{ranked.slug}/comparisons/?format=jsonl"))
@@ -450,16 +460,16 @@ def test_export_query_count_is_constant(admin_client_api, labeler_client, ranked
 
 
 @pytest.mark.parametrize("query", ["format=csv", "round=zero", "round=0", "sort=id"])
-def test_export_parameters_are_checked(admin_client_api, project, query) -> None:  # type: ignore[no-untyped-def]
+def test_export_parameters_are_checked(admin_client_api, project, query) -> None:
     assert_error(admin_client_api.get(f"{API}/projects/{project.slug}/comparisons/?{query}"), 400)
 
 
-def test_exports_are_for_admins(labeler_client, ranked) -> None:  # type: ignore[no-untyped-def]
+def test_exports_are_for_admins(labeler_client, ranked) -> None:
     for what in ("comparisons", "rankings"):
         assert_error(labeler_client.get(f"{API}/projects/{ranked.slug}/{what}/?format=jsonl"), 403)
 
 
-def test_rankings_export_raw_and_consensus(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_rankings_export_raw_and_consensus(admin_client_api, project) -> None:
     project.overlap = 2
     project.save()
     RankingTaskFactory(project=project)
@@ -478,7 +488,7 @@ def test_rankings_export_raw_and_consensus(admin_client_api, project) -> None:  
     assert_error(admin_client_api.get(url, {"consensus": "kemeny"}), 400)
 
 
-def test_rankings_json_pages_keep_a_task_together(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_rankings_json_pages_keep_a_task_together(admin_client_api, project) -> None:
     project.overlap = 2
     project.save()
     for _ in range(3):
@@ -499,7 +509,7 @@ def test_rankings_json_pages_keep_a_task_together(admin_client_api, project) -> 
 # --- Authentication --------------------------------------------------------------------------
 
 
-def test_token_auth_and_revocation(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_token_auth_and_revocation(labeler, project) -> None:
     client = APIClient()
     assert_error(client.get(f"{API}/projects/"), 401)
     key = api_token_create(username=labeler.username)
@@ -511,7 +521,7 @@ def test_token_auth_and_revocation(labeler, project) -> None:  # type: ignore[no
     assert response["WWW-Authenticate"] == "Token"
 
 
-def test_session_auth_needs_the_csrf_token(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_session_auth_needs_the_csrf_token(labeler, project) -> None:
     RankingTaskFactory(project=project)
     client = APIClient(enforce_csrf_checks=True)
     client.login(request=HttpRequest(), username=labeler.username, password="pw-for-tests")
@@ -522,7 +532,7 @@ def test_session_auth_needs_the_csrf_token(labeler, project) -> None:  # type: i
 
 
 @pytest.mark.django_db
-def test_next_task_exclude_prefetches_another_task(project, labeler_client) -> None:  # type: ignore[no-untyped-def]
+def test_next_task_exclude_prefetches_another_task(project, labeler_client) -> None:
     from tests.factories import RankingTaskFactory
 
     RankingTaskFactory.create_batch(2, project=project)

@@ -65,12 +65,12 @@ def test_create_project_errors(args: list, fragment: str) -> None:
     assert not Project.objects.exists()
 
 
-def test_create_project_twice_is_an_error(project) -> None:  # type: ignore[no-untyped-def]
+def test_create_project_twice_is_an_error(project) -> None:
     with pytest.raises(CommandError, match="slug"):
         run("create_project", project.slug)
 
 
-def test_add_member_creates_the_user(project) -> None:  # type: ignore[no-untyped-def]
+def test_add_member_creates_the_user(project) -> None:
     out = run(
         "add_member", project.slug, "carol", "--role", "labeler", "--password", "s3cret-Pass-99"
     )
@@ -86,7 +86,7 @@ def test_add_member_creates_the_user(project) -> None:  # type: ignore[no-untype
     assert Membership.objects.filter(user__username="carol").count() == 1
 
 
-def test_add_member_without_password_cannot_log_in(project) -> None:  # type: ignore[no-untyped-def]
+def test_add_member_without_password_cannot_log_in(project) -> None:
     out = run("add_member", project.slug, "dave", "--role", "labeler")
     assert not User.objects.get(username="dave").has_usable_password()
     assert "--password" in out
@@ -102,13 +102,13 @@ def test_add_member_without_password_cannot_log_in(project) -> None:  # type: ig
         (["{slug}", "bad name!", "--role", "labeler"], "username:"),
     ],
 )
-def test_add_member_errors(project, args: list, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_add_member_errors(project, args: list, fragment: str) -> None:
     with pytest.raises(CommandError, match=fragment):
         run("add_member", *[a.format(slug=project.slug) for a in args])
     assert not User.objects.filter(username__in=["erin", "bad name!"]).exists()
 
 
-def test_create_api_token_prints_and_revokes(labeler) -> None:  # type: ignore[no-untyped-def]
+def test_create_api_token_prints_and_revokes(labeler) -> None:
     key = run("create_api_token", labeler.username).strip()
     assert Token.objects.get(user=labeler).key == key
     assert run("create_api_token", labeler.username).strip() == key
@@ -122,7 +122,7 @@ def test_create_api_token_prints_and_revokes(labeler) -> None:  # type: ignore[n
 # --- Imports ---------------------------------------------------------------------------
 
 
-def test_import_prompts_jsonl_and_csv(project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_prompts_jsonl_and_csv(project, tmp_path) -> None:
     chat = [{"role": "user", "content": "Hi <b>there</b>"}]
     jsonl = write(tmp_path / "p.jsonl", {"prompt": "one"}, {"prompt": chat}, {"prompt": "one"})
     out = run("import_prompts", project.slug, jsonl)
@@ -136,7 +136,7 @@ def test_import_prompts_jsonl_and_csv(project, tmp_path) -> None:  # type: ignor
     assert Prompt.objects.get(text="two, with comma").source == "p.csv"
 
 
-def test_import_prompts_bad_line_saves_nothing(project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_prompts_bad_line_saves_nothing(project, tmp_path) -> None:
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "a"}\n{"prompt": "b"}\n\n{"prompt": 5}\n')
     with pytest.raises(CommandError, match="line 4: 'prompt' must be a string or a chat list"):
@@ -144,7 +144,7 @@ def test_import_prompts_bad_line_saves_nothing(project, tmp_path) -> None:  # ty
     assert not Prompt.objects.exists()
 
 
-def test_import_errors(project, tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_import_errors(project, tmp_path, settings) -> None:
     with pytest.raises(CommandError, match="No such file"):
         run("import_prompts", project.slug, tmp_path / "missing.jsonl")
     with pytest.raises(CommandError, match="No project"):
@@ -155,7 +155,7 @@ def test_import_errors(project, tmp_path, settings) -> None:  # type: ignore[no-
     assert not Prompt.objects.exists()
 
 
-def test_import_responses(project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_responses(project, tmp_path) -> None:
     generated = {
         "prompt": "Q",
         "responses": [
@@ -172,7 +172,7 @@ def test_import_responses(project, tmp_path) -> None:  # type: ignore[no-untyped
     assert RankingTask.objects.count() == 2
 
 
-def test_import_preferences_all_formats(project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_preferences_all_formats(project, tmp_path) -> None:
     path = write(
         tmp_path / "prefs.jsonl",
         {"prompt": "P", "chosen": "good", "rejected": "bad"},
@@ -199,7 +199,7 @@ def test_import_preferences_all_formats(project, tmp_path) -> None:  # type: ign
     assert "3 duplicates skipped" in run("import_preferences", project.slug, path)
 
 
-def test_import_preferences_bad_line(project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_preferences_bad_line(project, tmp_path) -> None:
     path = tmp_path / "prefs.jsonl"
     path.write_text(
         json.dumps({"prompt": "P", "chosen": "a", "rejected": "b"})
@@ -216,7 +216,7 @@ def test_import_preferences_bad_line(project, tmp_path) -> None:  # type: ignore
 
 
 @pytest.fixture
-def ranked(project, labeler):  # type: ignore[no-untyped-def]
+def ranked(project, labeler):
     """Two ranked tasks: one in round 1 (6 pairs), one without a round (3 pairs, one tie)."""
     first = RankingTaskFactory(project=project, round=RoundFactory(project=project, number=1))
     second = RankingTaskFactory(project=project)
@@ -228,7 +228,7 @@ def ranked(project, labeler):  # type: ignore[no-untyped-def]
     return project
 
 
-def test_export_comparisons_jsonl(ranked, tmp_path, capfd) -> None:  # type: ignore[no-untyped-def]
+def test_export_comparisons_jsonl(ranked, tmp_path, capfd) -> None:
     rows = [json.loads(line) for line in run("export_comparisons", ranked.slug).splitlines()]
     assert len(rows) == 9
     assert {"prompt", "chosen", "rejected", "labeler", "round"} <= set(rows[0])
@@ -239,7 +239,7 @@ def test_export_comparisons_jsonl(ranked, tmp_path, capfd) -> None:  # type: ign
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_export_comparisons_parquet(ranked, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_export_comparisons_parquet(ranked, tmp_path) -> None:
     import pyarrow.parquet as pq
 
     run("export_comparisons", ranked.slug, "--format", "parquet", "-o", tmp_path / "c.parquet")

@@ -63,11 +63,11 @@ def export(project: Project, **kwargs: object) -> list[dict]:
 
 
 @pytest.fixture
-def k3_project(db) -> Project:  # type: ignore[no-untyped-def]
+def k3_project(db) -> Project:
     return ProjectFactory(k=3)
 
 
-def test_text_prompt_rows_are_trl_explicit_preferences(k3_project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_text_prompt_rows_are_trl_explicit_preferences(k3_project, labeler) -> None:
     MembershipFactory(project=k3_project, user=labeler)
     task = RankingTaskFactory(project=k3_project, responses=["first", "second", "third é"])
     _, ranking = rank(k3_project, labeler, [[2], [0, 1]])  # third > first = second
@@ -98,7 +98,7 @@ def test_text_prompt_rows_are_trl_explicit_preferences(k3_project, labeler) -> N
     assert labeler.username not in json.dumps(rows)
 
 
-def test_chat_prompts_are_in_trls_conversational_form(k3_project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_chat_prompts_are_in_trls_conversational_form(k3_project, labeler) -> None:
     prompt = PromptFactory(project=k3_project, chat=CHAT, text="Name a bird.")
     RankingTaskFactory(project=k3_project, prompt=prompt, responses=["Robin.", "A bird.", "Tree."])
     rank(k3_project, labeler, [[0], [1], [2]])
@@ -110,7 +110,7 @@ def test_chat_prompts_are_in_trls_conversational_form(k3_project, labeler) -> No
     assert rows[2]["margin"] == 1 and rows[1]["margin"] == 2
 
 
-def test_one_chat_prompt_makes_the_whole_export_conversational(k3_project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_one_chat_prompt_makes_the_whole_export_conversational(k3_project, labeler) -> None:
     RankingTaskFactory(project=k3_project, responses=["a", "b", "c"])
     chat_prompt = PromptFactory(project=k3_project, chat=CHAT, text="Name a bird.")
     RankingTaskFactory(project=k3_project, prompt=chat_prompt, responses=["d", "e", "f"])
@@ -128,7 +128,7 @@ def test_one_chat_prompt_makes_the_whole_export_conversational(k3_project, label
     assert isinstance(export(k3_project, conversational=True)[0]["prompt"], list)
 
 
-def test_round_and_policy_version_provenance(k3_project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_round_and_policy_version_provenance(k3_project, labeler) -> None:
     round_ = RoundFactory(project=k3_project, number=3)
     task = RankingTaskFactory(project=k3_project, round=round_, responses=["a", "b", "c"])
     ppo = ModelVersionFactory(project=k3_project, kind="ppo", version=7)
@@ -143,7 +143,7 @@ def test_round_and_policy_version_provenance(k3_project, labeler) -> None:  # ty
     assert list(comparison_rows(comparisons_for_project(project=k3_project, round_number=4))) == []
 
 
-def test_rows_are_readable_by_the_rm_trainer(k3_project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_rows_are_readable_by_the_rm_trainer(k3_project, labeler) -> None:
     RankingTaskFactory(project=k3_project, responses=["good", "ok", "bad"])
     rank(k3_project, labeler, [[0], [1], [2]])
     for line, row in enumerate(export(k3_project), start=1):
@@ -152,7 +152,7 @@ def test_rows_are_readable_by_the_rm_trainer(k3_project, labeler) -> None:  # ty
         assert example.labeler == row["labeler"]
 
 
-def test_query_count_is_constant_in_the_row_count(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_query_count_is_constant_in_the_row_count(project, labeler) -> None:
     def queries() -> tuple[int, int]:
         with CaptureQueriesContext(connection) as ctx:
             rows = comparison_rows(comparisons_for_project(project=project))
@@ -182,7 +182,7 @@ def test_jsonl_stream_chunks_lines() -> None:
 
 
 @pytest.mark.parametrize("chat", [None, CHAT])
-def test_parquet_roundtrip(k3_project, labeler, tmp_path, chat) -> None:  # type: ignore[no-untyped-def]
+def test_parquet_roundtrip(k3_project, labeler, tmp_path, chat) -> None:
     for i in range(3):
         prompt = PromptFactory(project=k3_project, chat=chat, text=f"Prompt {i}")
         RankingTaskFactory(project=k3_project, prompt=prompt, responses=["x", "y", "z"])
@@ -197,7 +197,7 @@ def test_parquet_roundtrip(k3_project, labeler, tmp_path, chat) -> None:  # type
     assert pq.read_table(io.BytesIO(buffer.getvalue())).to_pylist() == rows
 
 
-def test_empty_parquet_export_is_readable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_empty_parquet_export_is_readable(tmp_path) -> None:
     path = tmp_path / "empty.parquet"
     assert write_parquet(iter([]), str(path)) == 0
     table = pq.read_table(path)
@@ -223,7 +223,7 @@ def test_iso_from_db_text() -> None:
 
 
 @pytest.fixture
-def overlap_project(db) -> Project:  # type: ignore[no-untyped-def]
+def overlap_project(db) -> Project:
     return ProjectFactory(k=3, overlap=3)
 
 
@@ -231,7 +231,7 @@ def _members(project: Project, n: int) -> list:
     return [MembershipFactory(project=project).user for _ in range(n)]
 
 
-def test_raw_ranking_rows(overlap_project) -> None:  # type: ignore[no-untyped-def]
+def test_raw_ranking_rows(overlap_project) -> None:
     (alice,) = _members(overlap_project, 1)
     task = RankingTaskFactory(project=overlap_project, responses=["a", "b", "c"])
     ids = list(task.responses.order_by("position").values_list("id", flat=True))
@@ -262,7 +262,7 @@ def test_raw_ranking_rows(overlap_project) -> None:  # type: ignore[no-untyped-d
     assert example.tie_groups == [[1], [0, 2]] and example.responses == ["a", "b", "c"]
 
 
-def test_consensus_rows_follow_the_raw_rows_of_their_task(overlap_project) -> None:  # type: ignore[no-untyped-def]
+def test_consensus_rows_follow_the_raw_rows_of_their_task(overlap_project) -> None:
     labelers = _members(overlap_project, 3)
     first = RankingTaskFactory(project=overlap_project, responses=["a", "b", "c"])
     second = RankingTaskFactory(project=overlap_project, responses=["d", "e", "f"])
@@ -301,7 +301,7 @@ def test_consensus_rows_follow_the_raw_rows_of_their_task(overlap_project) -> No
     assert table.num_rows == 8
 
 
-def test_ranking_export_query_count_is_constant(overlap_project) -> None:  # type: ignore[no-untyped-def]
+def test_ranking_export_query_count_is_constant(overlap_project) -> None:
     labelers = _members(overlap_project, 2)
 
     def queries() -> tuple[int, int]:
@@ -322,6 +322,6 @@ def test_ranking_export_query_count_is_constant(overlap_project) -> None:  # typ
     assert small[1] == large[1] == 4  # chat check, pseudonyms, rankings, responses
 
 
-def test_unknown_consensus_method_is_refused(overlap_project) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_consensus_method_is_refused(overlap_project) -> None:
     with pytest.raises(ValueError, match="unknown consensus"):
         list(ranking_rows(rankings_for_project(project=overlap_project), "kemeny"))

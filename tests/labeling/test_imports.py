@@ -104,7 +104,7 @@ def test_unknown_extension_and_empty_file_are_rejected() -> None:
         parse_prompt_file(b"\n\n", "p.jsonl")
 
 
-def test_size_limit(settings) -> None:  # type: ignore[no-untyped-def]
+def test_size_limit(settings) -> None:
     settings.RLHF_IMPORT_MAX_BYTES = 100
     with pytest.raises(ImportFileError, match="the limit is 100 bytes"):
         parse_prompt_file(jsonl(*[{"prompt": "x" * 10}] * 10), "p.jsonl")
@@ -163,7 +163,7 @@ def test_bad_response_rows(row: dict, fragment: str) -> None:
 # --- Storing ---------------------------------------------------------------------------
 
 
-def test_prompts_import_dedups_within_file_and_against_stored(project) -> None:  # type: ignore[no-untyped-def]
+def test_prompts_import_dedups_within_file_and_against_stored(project) -> None:
     items = parse_prompt_file(jsonl({"prompt": "a"}, {"prompt": CHAT}, {"prompt": "a"}), "p.jsonl")
     result = prompts_import(project=project, items=items, source="first.jsonl")
     assert (result.created, result.duplicates, result.duplicate_lines) == (2, 1, [3])
@@ -178,21 +178,21 @@ def test_prompts_import_dedups_within_file_and_against_stored(project) -> None: 
     assert stored[1].content_hash == content_hash(CHAT)
 
 
-def test_same_prompt_in_two_projects_is_not_a_duplicate(project, outsider) -> None:  # type: ignore[no-untyped-def]
+def test_same_prompt_in_two_projects_is_not_a_duplicate(project, outsider) -> None:
     other = outsider.memberships.get().project
     items = parse_prompt_file(jsonl({"prompt": "a"}), "p.jsonl")
     assert prompts_import(project=project, items=items).created == 1
     assert prompts_import(project=other, items=items).created == 1
 
 
-def test_malformed_file_saves_nothing(project) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_file_saves_nothing(project) -> None:
     data = jsonl({"prompt": "good"}, {"prompt": "also good"}) + b'\n{"prompt": 7}\n'
     with pytest.raises(ImportFileError, match="line 3"):
         prompts_import(project=project, items=parse_prompt_file(data, "p.jsonl"))
     assert not Prompt.objects.exists()
 
 
-def test_html_is_stored_verbatim(project) -> None:  # type: ignore[no-untyped-def]
+def test_html_is_stored_verbatim(project) -> None:
     prompts_import(project=project, items=parse_prompt_file(jsonl({"prompt": HOSTILE}), "p.jsonl"))
     rows = parse_response_file(jsonl({"prompt": "Q", "responses": [HOSTILE, "plain"]}), "r.jsonl")
     tasks_import_responses(project=project, items=rows, source="r.jsonl")
@@ -200,7 +200,7 @@ def test_html_is_stored_verbatim(project) -> None:  # type: ignore[no-untyped-de
     assert Response.objects.get(position=0).text == HOSTILE
 
 
-def test_response_import_makes_open_tasks_with_provenance(project) -> None:  # type: ignore[no-untyped-def]
+def test_response_import_makes_open_tasks_with_provenance(project) -> None:
     project.overlap = 3
     project.save()
     rows = parse_response_file(
@@ -225,7 +225,7 @@ def test_response_import_makes_open_tasks_with_provenance(project) -> None:  # t
     assert (again.created, again.duplicates) == (0, 4)
 
 
-def test_preferences_import_makes_closed_tasks_rankings_and_comparisons(project) -> None:  # type: ignore[no-untyped-def]
+def test_preferences_import_makes_closed_tasks_rankings_and_comparisons(project) -> None:
     examples = [
         RankedExample("Q", ["good", "bad"], [[0], [1]], labeler="ann"),
         RankedExample(CHAT, ["w", "x", "y", "z"], [[3], [2], [0, 1]], prompt_id="p-9"),
@@ -259,7 +259,7 @@ def test_preferences_import_makes_closed_tasks_rankings_and_comparisons(project)
     assert (again.created, again.duplicates) == (0, 4)
 
 
-def test_preferences_import_rejects_a_bad_prompt_and_saves_nothing(project) -> None:  # type: ignore[no-untyped-def]
+def test_preferences_import_rejects_a_bad_prompt_and_saves_nothing(project) -> None:
     examples = [
         RankedExample("Q", ["a", "b"], [[0], [1]]),
         RankedExample(

@@ -13,7 +13,7 @@ from tests.factories import MembershipFactory, RankingTaskFactory
 
 
 @pytest.fixture
-def labelers(project):  # type: ignore[no-untyped-def]
+def labelers(project):
     return [MembershipFactory(project=project).user for _ in range(4)]
 
 
@@ -22,7 +22,7 @@ def submit(task: RankingTask, labeler: object) -> None:
     ranking_submit(task=task, labeler=labeler, order=[ids], flags=None, time_spent_ms=1)
 
 
-def test_lease_has_expiry_from_project(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_lease_has_expiry_from_project(project, labeler) -> None:
     project.lease_seconds = 90
     project.save()
     task = RankingTaskFactory(project=project)
@@ -33,11 +33,11 @@ def test_lease_has_expiry_from_project(project, labeler) -> None:  # type: ignor
     assert assignment.expires_at == now + timedelta(seconds=90)
 
 
-def test_no_task_gives_none(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_no_task_gives_none(project, labeler) -> None:
     assert task_lease_next(project=project, labeler=labeler) is None
 
 
-def test_current_lease_is_returned_again(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_current_lease_is_returned_again(project, labeler) -> None:
     RankingTaskFactory.create_batch(3, project=project)
     first = task_lease_next(project=project, labeler=labeler)
     again = task_lease_next(project=project, labeler=labeler)
@@ -46,7 +46,7 @@ def test_current_lease_is_returned_again(project, labeler) -> None:  # type: ign
     assert Assignment.objects.count() == 1
 
 
-def test_oldest_open_task_first_and_gold_offered_like_others(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_oldest_open_task_first_and_gold_offered_like_others(project, labelers) -> None:
     gold = RankingTaskFactory(project=project, is_gold=True)
     RankingTaskFactory(project=project, status=RankingTask.Status.CLOSED)
     later = RankingTaskFactory(project=project)
@@ -55,13 +55,13 @@ def test_oldest_open_task_first_and_gold_offered_like_others(project, labelers) 
     assert task_lease_next(project=project, labeler=labelers[2]) is None  # closed is never offered
 
 
-def test_overlap_is_honoured(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_overlap_is_honoured(project, labelers) -> None:
     task = RankingTaskFactory(project=project, overlap=2)
     leases = [task_lease_next(project=project, labeler=user) for user in labelers]
     assert [lease.task if lease else None for lease in leases] == [task, task, None, None]
 
 
-def test_submitted_rankings_hold_their_slots(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_submitted_rankings_hold_their_slots(project, labelers) -> None:
     task = RankingTaskFactory(project=project, overlap=2)
     later = timezone.now() + timedelta(days=1)  # every lease has expired by then
     for user in labelers[:2]:
@@ -72,7 +72,7 @@ def test_submitted_rankings_hold_their_slots(project, labelers) -> None:  # type
     assert task_lease_next(project=project, labeler=labelers[2], now=later) is None
 
 
-def test_never_twice_to_one_labeler(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_never_twice_to_one_labeler(project, labelers) -> None:
     ranked, skipped = RankingTaskFactory.create_batch(2, project=project, overlap=3)
     me = labelers[0]
     task_lease_next(project=project, labeler=me)
@@ -85,7 +85,7 @@ def test_never_twice_to_one_labeler(project, labelers) -> None:  # type: ignore[
     assert Assignment.objects.filter(labeler=me).count() == 2  # one row per (task, labeler)
 
 
-def test_expired_lease_goes_to_another_labeler(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_expired_lease_goes_to_another_labeler(project, labelers) -> None:
     project.lease_seconds = 60
     project.save()
     task = RankingTaskFactory(project=project)
@@ -99,7 +99,7 @@ def test_expired_lease_goes_to_another_labeler(project, labelers) -> None:  # ty
     assert task_lease_next(project=project, labeler=labelers[0], now=after_expiry) is None
 
 
-def test_own_expired_lease_is_renewed(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_own_expired_lease_is_renewed(project, labeler) -> None:
     project.lease_seconds = 60
     project.save()
     RankingTaskFactory(project=project)
@@ -113,7 +113,7 @@ def test_own_expired_lease_is_renewed(project, labeler) -> None:  # type: ignore
     assert Assignment.objects.count() == 1
 
 
-def test_skipping_frees_the_slot(project, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_skipping_frees_the_slot(project, labelers) -> None:
     task = RankingTaskFactory(project=project)
     task_lease_next(project=project, labeler=labelers[0])
     assert task_lease_next(project=project, labeler=labelers[1]) is None
@@ -122,7 +122,7 @@ def test_skipping_frees_the_slot(project, labelers) -> None:  # type: ignore[no-
     assert task_lease_next(project=project, labeler=labelers[1]).task == task  # type: ignore[union-attr]
 
 
-def test_skip_without_lease_and_twice(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_skip_without_lease_and_twice(project, labeler) -> None:
     task = RankingTaskFactory(project=project)
     task_skip(task=task, labeler=labeler)
     task_skip(task=task, labeler=labeler)
@@ -130,7 +130,7 @@ def test_skip_without_lease_and_twice(project, labeler) -> None:  # type: ignore
     assert task_lease_next(project=project, labeler=labeler) is None
 
 
-def test_skip_after_ranking_is_a_conflict(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_skip_after_ranking_is_a_conflict(project, labeler) -> None:
     task = RankingTaskFactory(project=project)
     task_lease_next(project=project, labeler=labeler)
     submit(task, labeler)
@@ -139,12 +139,12 @@ def test_skip_after_ranking_is_a_conflict(project, labeler) -> None:  # type: ig
     assert Assignment.objects.get().status == "submitted"
 
 
-def test_tasks_of_other_projects_are_not_offered(project, labeler, outsider) -> None:  # type: ignore[no-untyped-def]
+def test_tasks_of_other_projects_are_not_offered(project, labeler, outsider) -> None:
     RankingTaskFactory(project=outsider.memberships.get().project)
     assert task_lease_next(project=project, labeler=labeler) is None
 
 
-def test_prefetch_leases_the_task_after_the_one_on_screen(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_prefetch_leases_the_task_after_the_one_on_screen(project, labeler) -> None:
     RankingTaskFactory.create_batch(3, project=project)
     on_screen = task_lease_next(project=project, labeler=labeler)
     assert on_screen is not None
@@ -162,7 +162,7 @@ def test_prefetch_leases_the_task_after_the_one_on_screen(project, labeler) -> N
     assert following is not None and following.pk == prefetched.pk
 
 
-def test_prefetch_on_the_last_task_gives_none(project, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_prefetch_on_the_last_task_gives_none(project, labeler) -> None:
     RankingTaskFactory(project=project)
     only = task_lease_next(project=project, labeler=labeler)
     assert only is not None
@@ -170,7 +170,7 @@ def test_prefetch_on_the_last_task_gives_none(project, labeler) -> None:  # type
 
 
 @pytest.mark.parametrize("finish", ["skip", "submit"])
-def test_a_stale_candidate_the_labeler_finished_is_passed_over(  # type: ignore[no-untyped-def]
+def test_a_stale_candidate_the_labeler_finished_is_passed_over(
     project, labeler, monkeypatch, finish
 ):
     """The candidate query reads a snapshot that can miss the labeler's own skip or
@@ -194,7 +194,7 @@ def test_a_stale_candidate_the_labeler_finished_is_passed_over(  # type: ignore[
     )
 
 
-def test_the_labelers_counters(project, labeler, labelers) -> None:  # type: ignore[no-untyped-def]
+def test_the_labelers_counters(project, labeler, labelers) -> None:
     """done today / in total, skipped, remaining: each of the four can be told apart."""
     from labeling.models import Ranking
     from labeling.selectors import labeler_counts
@@ -213,9 +213,11 @@ def test_the_labelers_counters(project, labeler, labelers) -> None:  # type: ign
     assert lease is not None and lease.task == tasks[0]
     submit(tasks[0], labelers[0])
     Assignment.objects.create(
-        task=tasks[4], labeler=labelers[1], status="active",
+        task=tasks[4],
+        labeler=labelers[1],
+        status="active",
         expires_at=timezone.now() + timedelta(minutes=5),
-    )  # fmt: skip
+    )
     tasks[3].status = RankingTask.Status.COMPLETE  # closed by an admin
     tasks[3].save(update_fields=["status"])
     counts = labeler_counts(project=project, user=labeler)

@@ -13,17 +13,17 @@ from tests.factories import MembershipFactory, RankingTaskFactory
 
 
 @pytest.fixture
-def task(project):  # type: ignore[no-untyped-def]
+def task(project):
     return RankingTaskFactory(project=project)
 
 
 @pytest.fixture
-def ids(task) -> list[int]:  # type: ignore[no-untyped-def]
+def ids(task) -> list[int]:
     return list(task.responses.order_by("position").values_list("id", flat=True))
 
 
 @pytest.fixture
-def leased(task, labeler):  # type: ignore[no-untyped-def]
+def leased(task, labeler):
     return task_lease_next(project=task.project, labeler=labeler)
 
 
@@ -33,7 +33,7 @@ def submit(task: RankingTask, labeler: object, order: object, **kwargs: object) 
     return ranking_submit(task=task, labeler=labeler, order=order, **kwargs)  # type: ignore[arg-type]
 
 
-def test_submission_stores_ranking_and_pairs(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_submission_stores_ranking_and_pairs(task, ids, labeler, leased) -> None:
     a, b, c, d = ids
     ranking = submit(task, labeler, [[d], [c], [a, b]], flags={str(a): ["harmful"], b: []})
     assert ranking.tie_groups == [[d], [c], [a, b]]
@@ -52,7 +52,7 @@ def test_submission_stores_ranking_and_pairs(task, ids, labeler, leased) -> None
     assert (task.rankings_count, task.status) == (1, "complete")
 
 
-def test_no_ties_gives_six_pairs(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_no_ties_gives_six_pairs(task, ids, labeler, leased) -> None:
     ranking = submit(task, labeler, [[i] for i in ids])
     assert ranking.comparisons.count() == 6
 
@@ -69,7 +69,7 @@ def test_no_ties_gives_six_pairs(task, ids, labeler, leased) -> None:  # type: i
         (lambda ids: [], "is missing"),
     ],
 )
-def test_invalid_order_is_rejected(task, ids, labeler, leased, make_order, fragment) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_order_is_rejected(task, ids, labeler, leased, make_order, fragment) -> None:
     with pytest.raises(ApplicationError) as caught:
         submit(task, labeler, make_order(ids))
     assert not isinstance(caught.value, ConflictError)
@@ -78,7 +78,7 @@ def test_invalid_order_is_rejected(task, ids, labeler, leased, make_order, fragm
     assert not Ranking.objects.exists()
 
 
-def test_foreign_response_id_is_rejected(task, ids, labeler, leased, project) -> None:  # type: ignore[no-untyped-def]
+def test_foreign_response_id_is_rejected(task, ids, labeler, leased, project) -> None:
     other = RankingTaskFactory(project=project)
     foreign = other.responses.first().pk
     with pytest.raises(ApplicationError, match="not a response of this task"):
@@ -94,7 +94,7 @@ def test_foreign_response_id_is_rejected(task, ids, labeler, leased, project) ->
         (lambda ids: ["harmful"], "must be an object"),
     ],
 )
-def test_invalid_flags_are_rejected(task, ids, labeler, leased, make_flags, fragment) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_flags_are_rejected(task, ids, labeler, leased, make_flags, fragment) -> None:
     with pytest.raises(ApplicationError) as caught:
         submit(task, labeler, [ids], flags=make_flags(ids))
     assert fragment in caught.value.message
@@ -102,12 +102,12 @@ def test_invalid_flags_are_rejected(task, ids, labeler, leased, make_flags, frag
 
 
 @pytest.mark.parametrize("spent", [-1, "10", 2.5, True])
-def test_invalid_time_spent_is_rejected(task, ids, labeler, leased, spent) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_time_spent_is_rejected(task, ids, labeler, leased, spent) -> None:
     with pytest.raises(ApplicationError, match="time_spent_ms"):
         submit(task, labeler, [ids], time_spent_ms=spent)
 
 
-def test_resubmission_conflicts_and_changes_nothing(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_resubmission_conflicts_and_changes_nothing(task, ids, labeler, leased) -> None:
     first = submit(task, labeler, [[i] for i in ids])
     with pytest.raises(ConflictError, match="already ranked"):
         submit(task, labeler, [[i] for i in reversed(ids)])
@@ -118,7 +118,7 @@ def test_resubmission_conflicts_and_changes_nothing(task, ids, labeler, leased) 
     assert task.rankings_count == 1
 
 
-def test_all_unacceptable_is_kept_without_pairs(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_all_unacceptable_is_kept_without_pairs(task, ids, labeler, leased) -> None:
     ranking = submit(task, labeler, [], all_unacceptable=True, flags={ids[1]: ["harmful"]})
     assert ranking.all_unacceptable
     assert ranking.tie_groups == [ids]
@@ -128,12 +128,12 @@ def test_all_unacceptable_is_kept_without_pairs(task, ids, labeler, leased) -> N
     assert (task.rankings_count, task.status) == (1, "complete")
 
 
-def test_all_unacceptable_with_an_order_still_yields_no_pairs(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_all_unacceptable_with_an_order_still_yields_no_pairs(task, ids, labeler, leased) -> None:
     submit(task, labeler, [[i] for i in ids], all_unacceptable=True)
     assert not Comparison.objects.exists()
 
 
-def test_task_completes_at_overlap(project) -> None:  # type: ignore[no-untyped-def]
+def test_task_completes_at_overlap(project) -> None:
     task = RankingTaskFactory(project=project, overlap=3)
     users = [MembershipFactory(project=project).user for _ in range(3)]
     ids = list(task.responses.values_list("id", flat=True))
@@ -145,30 +145,30 @@ def test_task_completes_at_overlap(project) -> None:  # type: ignore[no-untyped-
         assert task.status == ("complete" if done == 3 else "open")
 
 
-def test_submission_needs_a_lease(task, ids, labeler) -> None:  # type: ignore[no-untyped-def]
+def test_submission_needs_a_lease(task, ids, labeler) -> None:
     with pytest.raises(ConflictError, match="not given to you"):
         submit(task, labeler, [ids])
 
 
-def test_skipped_task_cannot_be_ranked(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_skipped_task_cannot_be_ranked(task, ids, labeler, leased) -> None:
     task_skip(task=task, labeler=labeler)
     with pytest.raises(ConflictError, match="skipped"):
         submit(task, labeler, [ids])
 
 
-def test_closed_task_takes_no_ranking(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_closed_task_takes_no_ranking(task, ids, labeler, leased) -> None:
     RankingTask.objects.filter(pk=task.pk).update(status=RankingTask.Status.CLOSED)
     with pytest.raises(ConflictError, match="no longer takes rankings"):
         submit(task, labeler, [ids])
 
 
-def test_expired_lease_within_overlap_is_accepted(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_expired_lease_within_overlap_is_accepted(task, ids, labeler, leased) -> None:
     Assignment.objects.filter(pk=leased.pk).update(expires_at=timezone.now() - timedelta(hours=1))
     ranking = submit(task, labeler, [[i] for i in ids])
     assert ranking.comparisons.count() == 6
 
 
-def test_expired_lease_taken_by_others_is_a_conflict(project, task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_expired_lease_taken_by_others_is_a_conflict(project, task, ids, labeler, leased) -> None:
     Assignment.objects.filter(pk=leased.pk).update(expires_at=timezone.now() - timedelta(hours=1))
     other = MembershipFactory(project=project).user
     assert task_lease_next(project=project, labeler=other).task == task  # type: ignore[union-attr]
@@ -180,7 +180,7 @@ def test_expired_lease_taken_by_others_is_a_conflict(project, task, ids, labeler
     assert Ranking.objects.get().labeler == other
 
 
-def test_comparisons_from_ranking_backfills_once(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_comparisons_from_ranking_backfills_once(task, ids, labeler, leased) -> None:
     ranking = submit(task, labeler, [[i] for i in ids])
     Comparison.objects.all().delete()
     assert len(comparisons_from_ranking(ranking=ranking)) == 6
@@ -188,7 +188,7 @@ def test_comparisons_from_ranking_backfills_once(task, ids, labeler, leased) -> 
     assert Comparison.objects.count() == 6
 
 
-def test_source_is_recorded_and_checked(task, ids, labeler, leased) -> None:  # type: ignore[no-untyped-def]
+def test_source_is_recorded_and_checked(task, ids, labeler, leased) -> None:
     with pytest.raises(ApplicationError, match="source"):
         submit(task, labeler, [ids], source="robot")
     assert submit(task, labeler, [ids], source="simulated").source == "simulated"

@@ -18,8 +18,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RLHF_STUDIO_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "training.ml", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def last_json_line(stdout: str) -> dict:
@@ -54,9 +58,22 @@ def test_help_lists_the_commands():
 def test_generate_writes_rows_for_import_responses(tmp_path, prompts_file):
     out = tmp_path / "samples.jsonl"
     result = run_cli(
-        "generate", "--model", "tiny", "--data", str(prompts_file), "--k", "3",
-        "--out", str(out), "--max-new-tokens", "4", "--seed", "5", "--device", "cpu",
-    )  # fmt: skip
+        "generate",
+        "--model",
+        "tiny",
+        "--data",
+        str(prompts_file),
+        "--k",
+        "3",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     metrics = last_json_line(result.stdout)
     assert metrics["prompts"] == 2 and metrics["responses"] == 6 and metrics["tokens_per_s"] > 0
@@ -75,10 +92,24 @@ def test_generate_writes_rows_for_import_responses(tmp_path, prompts_file):
 def test_sft_writes_a_folder_that_generate_can_load(tmp_path, demos_file, prompts_file):
     out = tmp_path / "sft-policy"
     result = run_cli(
-        "sft", "--model", "tiny", "--data", str(demos_file), "--out", str(out),
-        "--epochs", "2", "--batch-size", "2", "--lr", "1e-3", "--train-top-layers", "1",
-        "--seed", "1",
-    )  # fmt: skip
+        "sft",
+        "--model",
+        "tiny",
+        "--data",
+        str(demos_file),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--train-top-layers",
+        "1",
+        "--seed",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     metrics = last_json_line(result.stdout)
     assert metrics["status"] == "completed" and metrics["out"] == str(out)
@@ -87,9 +118,18 @@ def test_sft_writes_a_folder_that_generate_can_load(tmp_path, demos_file, prompt
     assert not list(tmp_path.glob(".sft-policy.*"))
     samples = tmp_path / "s.jsonl"
     again = run_cli(
-        "generate", "--model", str(out), "--data", str(prompts_file), "--k", "2",
-        "--out", str(samples), "--max-new-tokens", "2",
-    )  # fmt: skip
+        "generate",
+        "--model",
+        str(out),
+        "--data",
+        str(prompts_file),
+        "--k",
+        "2",
+        "--out",
+        str(samples),
+        "--max-new-tokens",
+        "2",
+    )
     assert again.returncode == 0, again.stderr
     assert len(samples.read_text().splitlines()) == 2
 
@@ -113,8 +153,13 @@ def test_a_pickled_checkpoint_is_refused(tmp_path, prompts_file, tiny_lm):
     model.config.save_pretrained(folder)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     result = run_cli(
-        "generate", "--model", str(folder), "--data", str(prompts_file),
-        "--out", str(tmp_path / "s.jsonl"),
-    )  # fmt: skip
+        "generate",
+        "--model",
+        str(folder),
+        "--data",
+        str(prompts_file),
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    )
     assert result.returncode == 2
     assert "pytorch_model.bin" in result.stderr and "Traceback" not in result.stderr

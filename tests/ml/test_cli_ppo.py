@@ -21,13 +21,41 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 def test_ppo_command_writes_the_policy_and_a_json_line(files, capsys) -> None:
     out = files["out"]
-    code = main([
-        "ppo", "--model", "tiny", "--reward-model", "tiny", "--data", str(files["prompts"]),
-        "--out", str(out), "--steps", "2", "--batch-size", "4", "--mini-batch-size", "2",
-        "--ppo-epochs", "1", "--max-new-tokens", "4", "--rule", "length:<=3:-1",
-        "--ptx-data", str(files["demos"]), "--ptx-coef", "0.1", "--checkpoint-every", "1",
-        "--kl-target", "none", "--device", "cpu",
-    ])  # fmt: skip
+    code = main(
+        [
+            "ppo",
+            "--model",
+            "tiny",
+            "--reward-model",
+            "tiny",
+            "--data",
+            str(files["prompts"]),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--mini-batch-size",
+            "2",
+            "--ppo-epochs",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--rule",
+            "length:<=3:-1",
+            "--ptx-data",
+            str(files["demos"]),
+            "--ptx-coef",
+            "0.1",
+            "--checkpoint-every",
+            "1",
+            "--kl-target",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["status"] == "completed" and result["step"] == 2

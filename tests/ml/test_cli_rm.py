@@ -48,10 +48,24 @@ def last_json_line(stdout: str) -> dict:
 def test_train_rm_then_eval_rm(kwise_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "rm"
     trained = cli(
-        "train-rm", "--model", "tiny", "--data", str(kwise_file), "--out", str(out),
-        "--batch-size", "4", "--lr", "1e-3", "--max-length", "48", "--device", "cpu",
-        "--eval-fraction", "0.25",
-    )  # fmt: skip
+        "train-rm",
+        "--model",
+        "tiny",
+        "--data",
+        str(kwise_file),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "48",
+        "--device",
+        "cpu",
+        "--eval-fraction",
+        "0.25",
+    )
     assert trained.returncode == 0, trained.stderr
     result = last_json_line(trained.stdout)
     assert result["status"] == "completed" and result["out"] == str(out)
@@ -75,10 +89,24 @@ def test_train_rm_lora_alpha_is_the_configs(kwise_file: Path, tmp_path: Path) ->
     """``--lora-alpha`` reaches the trainer's config (it was accepted and ignored)."""
     out = tmp_path / "rm"
     trained = cli(
-        "train-rm", "--model", "tiny", "--data", str(kwise_file), "--out", str(out),
-        "--batch-size", "6", "--max-length", "32", "--device", "cpu",
-        "--lora-r", "2", "--lora-alpha", "8",
-    )  # fmt: skip
+        "train-rm",
+        "--model",
+        "tiny",
+        "--data",
+        str(kwise_file),
+        "--out",
+        str(out),
+        "--batch-size",
+        "6",
+        "--max-length",
+        "32",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "2",
+        "--lora-alpha",
+        "8",
+    )
     assert trained.returncode == 0, trained.stderr
     summary = json.loads((out / "rm_metrics.json").read_text())
     assert summary["config"]["lora_r"] == 2 and summary["config"]["lora_alpha"] == 8
@@ -92,9 +120,20 @@ def test_train_rm_on_a_pair_file(tmp_path: Path) -> None:
     ]
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     trained = cli(
-        "train-rm", "--model", "tiny", "--data", str(pairs), "--out", str(tmp_path / "rm"),
-        "--batch-size", "2", "--max-length", "48", "--device", "cpu",
-    )  # fmt: skip
+        "train-rm",
+        "--model",
+        "tiny",
+        "--data",
+        str(pairs),
+        "--out",
+        str(tmp_path / "rm"),
+        "--batch-size",
+        "2",
+        "--max-length",
+        "48",
+        "--device",
+        "cpu",
+    )
     assert trained.returncode == 0, trained.stderr
     result = last_json_line(trained.stdout)
     assert result["pairs"] == 6 and result["steps"] == 3  # --batch-size counts pairs here

@@ -16,9 +16,12 @@ from training.ml.gpu_check import CheckFailed, CheckSettings, _check_trained, ru
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_without_cuda_it_says_so_in_one_line_and_exits_3() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "training.ml", "gpu-check"], capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "training.ml", "gpu-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 3
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "no CUDA" in done.stderr
@@ -50,6 +53,7 @@ def test_it_runs_without_django_or_gguf() -> None:
         "import training.ml.gpu_check, training.ml.commands.gpu_check\n"
         "print('ok')"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr

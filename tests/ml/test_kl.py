@@ -81,8 +81,13 @@ def test_default_ppo_run_can_move_beta_at_least_2x() -> None:
         for _ in range(config.steps):
             ctl.update(kl, config.batch_size)
         assert check(ctl.value / config.init_kl_coef), ctl.value
-        expected = reference_beta(config.init_kl_coef, config.kl_target, kl_horizon(config),
-                                  [kl] * config.steps, config.batch_size)  # fmt: skip
+        expected = reference_beta(
+            config.init_kl_coef,
+            config.kl_target,
+            kl_horizon(config),
+            [kl] * config.steps,
+            config.batch_size,
+        )
         assert ctl.value == pytest.approx(expected, rel=1e-12)
 
 

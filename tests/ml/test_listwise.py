@@ -19,7 +19,7 @@ from training.ml.listwise import (
 )
 
 
-def trl_sigmoid_dpo_loss(pc, pr, rc, rr, beta):  # type: ignore[no-untyped-def]
+def trl_sigmoid_dpo_loss(pc, pr, rc, rr, beta):
     """TRL DPOTrainer's `loss_type="sigmoid"` (label_smoothing 0), from its formula:
     logits = (pi_c - pi_r) - (ref_c - ref_r); loss = -logsigmoid(beta * logits)."""
     logits = (pc - pr) - (rc - rr)

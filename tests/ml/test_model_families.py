@@ -50,19 +50,26 @@ def moved(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # type: ignore[no-untyped-def]
+def tokenizer():
     return load_tokenizer("tiny")  # the real SmolLM2 tokenizer and chat template
 
 
 @pytest.fixture(params=sorted(FAMILIES))
-def family_folder(request, tokenizer, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def family_folder(request, tokenizer, tmp_path: Path) -> Path:
     config_name, extra = FAMILIES[request.param]
     config = getattr(transformers, config_name)(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **extra,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     folder = tmp_path / request.param
@@ -101,8 +108,9 @@ def test_a_family_runs_the_whole_loop(family_folder: Path) -> None:
     ref_policy, _ = load_causal_lm(str(family_folder), dtype="float32")
     critic = RewardModel.from_causal_lm(policy)
     before = snapshot(policy)
-    config = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1,
-                       max_new_tokens=4, lr=1e-3)  # fmt: skip
+    config = PPOConfig(
+        steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, lr=1e-3
+    )
     ppo = train_ppo(policy, ref_policy, critic, scorer, tokenizer, PROMPTS, config)
     assert ppo["status"] == "completed" and torch.isfinite(torch.tensor(ppo["objective/kl"]))
     assert moved(policy, before) == []

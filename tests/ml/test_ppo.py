@@ -151,16 +151,32 @@ def test_kl_is_zero_at_the_first_step_and_every_trainable_parameter_changes() ->
     }
     seen: list[tuple[int, dict]] = []
     result = train_ppo(
-        policy, ref_policy, critic, None, tokenizer, PROMPTS, PPOConfig(steps=1, **SMALL),
-        reward_fn=spaces, on_metrics=lambda step, m: seen.append((step, m)),
-    )  # fmt: skip
+        policy,
+        ref_policy,
+        critic,
+        None,
+        tokenizer,
+        PROMPTS,
+        PPOConfig(steps=1, **SMALL),
+        reward_fn=spaces,
+        on_metrics=lambda step, m: seen.append((step, m)),
+    )
     assert result["status"] == "completed" and result["step"] == 1
     assert [step for step, _ in seen] == [1]
     metrics = seen[0][1]
     assert metrics["objective/kl"] == 0.0  # policy == reference, same forward passes
-    for key in ("losses/policy_loss", "losses/value_loss", "losses/clipfrac", "losses/approx_kl",
-                "objective/entropy", "objective/kl_coef", "env/reward_mean", "env/response_length",
-                "env/eos_rate", "charts/tokens_per_s"):  # fmt: skip
+    for key in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/clipfrac",
+        "losses/approx_kl",
+        "objective/entropy",
+        "objective/kl_coef",
+        "env/reward_mean",
+        "env/response_length",
+        "env/eos_rate",
+        "charts/tokens_per_s",
+    ):
         assert math.isfinite(metrics[key]), key
     unchanged = [
         f"{who}.{name}"
@@ -191,9 +207,15 @@ def test_frozen_trunk_cache_is_verified_and_changes_nothing() -> None:
         config.cache_frozen_trunk = cache
         seen: list[dict] = []
         train_ppo(
-            policy, ref_policy, critic, reward_model, tokenizer, PROMPTS, config,
+            policy,
+            ref_policy,
+            critic,
+            reward_model,
+            tokenizer,
+            PROMPTS,
+            config,
             on_metrics=lambda _, m: seen.append(m),  # noqa: B023  # called within the loop
-        )  # fmt: skip
+        )
         results.append(([p.detach() for m in (policy, critic) for p in m.parameters()], seen))
     (cached, cached_metrics), (full, full_metrics) = results
     for a, b in zip(cached, full, strict=True):
@@ -244,14 +266,28 @@ def test_ppo_raises_a_synthetic_reward_while_kl_stays_bounded() -> None:
     torch.manual_seed(0)
     critic = RewardModel.from_causal_lm(sft)
     config = PPOConfig(
-        steps=8, batch_size=16, mini_batch_size=8, ppo_epochs=2, lr=5e-3, max_new_tokens=8,
-        init_kl_coef=0.05, kl_target=2.0, kl_horizon=160,
-    )  # fmt: skip
+        steps=8,
+        batch_size=16,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        lr=5e-3,
+        max_new_tokens=8,
+        init_kl_coef=0.05,
+        kl_target=2.0,
+        kl_horizon=160,
+    )
     history: list[dict] = []
     result = train_ppo(
-        policy, ref_policy, critic, None, tokenizer, PROMPTS, config,
-        reward_fn=the_count, on_metrics=lambda _, m: history.append(m),
-    )  # fmt: skip
+        policy,
+        ref_policy,
+        critic,
+        None,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=the_count,
+        on_metrics=lambda _, m: history.append(m),
+    )
     scores = [m["env/score_mean"] for m in history]
     kls = [m["objective/kl"] for m in history]
     assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 3.0, scores  # of at most 8
@@ -276,10 +312,18 @@ def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -
     policy_b, ref_b, critic_b, _ = build()
     steps: list[int] = []
     first = train_ppo(
-        policy_b, ref_b, critic_b, None, tokenizer, PROMPTS, config, reward_fn=spaces,
-        on_metrics=lambda step, _: steps.append(step), should_stop=lambda: len(steps) >= 2,
+        policy_b,
+        ref_b,
+        critic_b,
+        None,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step),
+        should_stop=lambda: len(steps) >= 2,
         checkpoint_dir=tmp_path,
-    )  # fmt: skip
+    )
     assert first["status"] == "cancelled" and first["step"] == 2 and steps == [1, 2]
     assert latest_checkpoint(tmp_path) == tmp_path / "step-000002"
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
@@ -287,9 +331,17 @@ def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -
     # resumed in fresh objects (a new worker process)
     policy_c, ref_c, critic_c, _ = build(seed=123)
     second = train_ppo(
-        policy_c, ref_c, critic_c, None, tokenizer, PROMPTS, config, reward_fn=spaces,
-        on_metrics=lambda step, _: steps.append(step), checkpoint_dir=tmp_path,
-    )  # fmt: skip
+        policy_c,
+        ref_c,
+        critic_c,
+        None,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step),
+        checkpoint_dir=tmp_path,
+    )
     assert second["status"] == "completed" and second["resumed_from"] == 2
     assert steps == [1, 2, 3]
     for (name, a), c in zip(policy_a.named_parameters(), policy_c.parameters(), strict=True):
@@ -300,9 +352,17 @@ def test_cancel_then_resume_continues_exactly_where_it_stopped(tmp_path: Path) -
     # a retry after the end resumes at the end: no step runs, the last metrics come back
     policy_d, ref_d, critic_d, _ = build()
     third = train_ppo(
-        policy_d, ref_d, critic_d, None, tokenizer, PROMPTS, config, reward_fn=spaces,
-        on_metrics=lambda step, _: steps.append(step), checkpoint_dir=tmp_path,
-    )  # fmt: skip
+        policy_d,
+        ref_d,
+        critic_d,
+        None,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=spaces,
+        on_metrics=lambda step, _: steps.append(step),
+        checkpoint_dir=tmp_path,
+    )
     assert third["resumed_from"] == 3 and steps == [1, 2, 3]
     assert third["objective/kl"] == second["objective/kl"]
 
@@ -313,10 +373,17 @@ def test_rm_rules_and_ptx_in_one_step() -> None:
     config = PPOConfig(steps=1, ptx_coef=0.5, ptx_batch_size=2, **SMALL)
     seen: list[dict] = []
     train_ppo(
-        policy, ref_policy, critic, reward_model, tokenizer, PROMPTS, config,
-        rules=[LengthRule(1.0, max_tokens=2)], ptx_texts=[("Hi?", "Hello!"), "Some text."],
+        policy,
+        ref_policy,
+        critic,
+        reward_model,
+        tokenizer,
+        PROMPTS,
+        config,
+        rules=[LengthRule(1.0, max_tokens=2)],
+        ptx_texts=[("Hi?", "Hello!"), "Some text."],
         on_metrics=lambda _, m: seen.append(m),
-    )  # fmt: skip
+    )
     metrics = seen[0]
     assert math.isfinite(metrics["env/rm_score"])
     assert metrics["losses/ptx_loss"] > 0.0
@@ -335,18 +402,32 @@ def test_bad_inputs_and_unreadable_checkpoints_fail_clearly(tmp_path: Path) -> N
     (broken / "state.json").write_text('{"step": 1, "kl_coef": 0.2}')
     with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*step-000001"):
         train_ppo(
-            policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+            policy,
+            ref_policy,
+            critic,
+            None,
+            tokenizer,
+            PROMPTS,
+            config,
+            reward_fn=spaces,
             checkpoint_dir=tmp_path,
-        )  # fmt: skip
+        )
     # A truncated safetensors file (a worker killed while copying a folder by hand) is a
     # CheckpointError too, not safetensors' own exception type.
     (broken / "policy").mkdir()
     (broken / "policy" / "model.safetensors").write_bytes(b"half a header")
     with pytest.raises(CheckpointError, match=r"cannot resume from checkpoint .*step-000001"):
         train_ppo(
-            policy, ref_policy, critic, None, tokenizer, PROMPTS, config, reward_fn=spaces,
+            policy,
+            ref_policy,
+            critic,
+            None,
+            tokenizer,
+            PROMPTS,
+            config,
+            reward_fn=spaces,
             checkpoint_dir=tmp_path,
-        )  # fmt: skip
+        )
 
 
 def test_default_config_with_kl_far_above_target_raises_beta_over_2x() -> None:
@@ -362,9 +443,16 @@ def test_default_config_with_kl_far_above_target_raises_beta_over_2x() -> None:
     config = PPOConfig(max_new_tokens=8)
     history: list[dict] = []
     result = train_ppo(
-        policy, ref_policy, critic, None, tokenizer, PROMPTS, config,
-        reward_fn=spaces, on_metrics=lambda _, m: history.append(m),
-    )  # fmt: skip
+        policy,
+        ref_policy,
+        critic,
+        None,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=spaces,
+        on_metrics=lambda _, m: history.append(m),
+    )
     assert config.kl_target is not None
     assert min(m["objective/kl"] for m in history) > 2 * config.kl_target
     betas = [m["objective/kl_coef"] for m in history] + [result["kl_coef"]]

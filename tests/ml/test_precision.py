@@ -77,9 +77,13 @@ def test_bf16_rm_at_lr_1e5_moves_every_weight_and_tracks_fp32() -> None:
     curves: dict[str, list[float]] = {"bf16": [], "fp32": []}
     for name, model, precision in (("bf16", mixed, BF16), ("fp32", fp32, FP32)):
         train_reward_model(
-            model, tokenizer, rankings(10), config=config, precision=precision,
+            model,
+            tokenizer,
+            rankings(10),
+            config=config,
+            precision=precision,
             on_metrics=lambda _s, m, name=name: curves[name].append(m["rm/loss"]),
-        )  # fmt: skip
+        )
     assert {p.dtype for p in mixed.parameters()} == {torch.float32}
     assert element_share_changed(mixed, before) > 0.95
     assert len(curves["bf16"]) == 5
@@ -109,9 +113,13 @@ def test_bf16_sft_moves_every_weight_and_tracks_fp32() -> None:
         model, tokenizer = load_causal_lm("tiny", dtype="bf16")
         before = snapshot(model)
         train_sft(
-            model, tokenizer, demos, config, precision=precision,
+            model,
+            tokenizer,
+            demos,
+            config,
+            precision=precision,
             on_metrics=lambda _s, m, name=name: curves[name].append(m["sft/loss"]),
-        )  # fmt: skip
+        )
         models[name] = (model, before)
     model, before = models["bf16"]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
@@ -131,9 +139,16 @@ def test_ppo_trains_fp32_masters_with_a_bf16_reference(precision: Precision) -> 
         steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, lr=1e-5
     )
     result = train_ppo(
-        policy, ref_policy, critic, None, tokenizer, [f"Topic {i}." for i in range(8)], config,
-        reward_fn=lambda texts, _p: [float(len(t)) for t in texts], precision=precision,
-    )  # fmt: skip
+        policy,
+        ref_policy,
+        critic,
+        None,
+        tokenizer,
+        [f"Topic {i}." for i in range(8)],
+        config,
+        reward_fn=lambda texts, _p: [float(len(t)) for t in texts],
+        precision=precision,
+    )
     assert result["status"] == "completed"
     assert next(ref_policy.parameters()).dtype == torch.bfloat16  # frozen: stays small
     for name, model in (("policy", policy), ("critic", critic)):

@@ -178,7 +178,7 @@ def _read_one(tmp_path: Path, record: dict[str, Any]) -> list[RankedExample]:
     return read_preferences(write_jsonl(tmp_path / "p.jsonl", [record]))
 
 
-def test_all_unacceptable_rankings_are_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_all_unacceptable_rankings_are_skipped(tmp_path) -> None:
     import json
 
     from training.ml.preferences import read_preferences

@@ -336,8 +336,11 @@ def test_the_step_plan_is_the_one_plan_steps_counts(rm: RewardModel, tokenizer) 
     config = RMConfig(batch_size=3, max_length=32, epochs=1.5)
     steps: list[int] = []
     result = train_reward_model(
-        rm, tokenizer, banana_rankings(7, seed=4), config=config,
+        rm,
+        tokenizer,
+        banana_rankings(7, seed=4),
+        config=config,
         on_metrics=lambda step, values: steps.append(values["total_steps"]),
-    )  # fmt: skip
+    )
     assert plan_steps(7, config) == round(1.5 * 3) == result["steps"] == len(steps) == steps[0]
     assert plan_steps(0, config) == 1

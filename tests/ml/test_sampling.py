@@ -162,9 +162,14 @@ def test_progress_counts_responses(tiny_lm):
     model, tokenizer = tiny_lm
     calls: list[tuple[int, int]] = []
     sample_responses(
-        model, tokenizer, PROMPTS, k=2, settings=GenerationSettings(max_new_tokens=2, seed=0),
-        batch_size=4, on_progress=lambda done, total: calls.append((done, total)),
-    )  # fmt: skip
+        model,
+        tokenizer,
+        PROMPTS,
+        k=2,
+        settings=GenerationSettings(max_new_tokens=2, seed=0),
+        batch_size=4,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(4, 6), (6, 6)]
 
 
@@ -198,8 +203,11 @@ def test_inverse_cdf_sampling_follows_the_probabilities():
 def test_bench_sampling_reports_tokens_per_second(tiny_lm):
     model, tokenizer = tiny_lm
     report = bench_sampling(
-        model, tokenizer, prompts=PROMPTS[:2], k=2,
+        model,
+        tokenizer,
+        prompts=PROMPTS[:2],
+        k=2,
         settings=GenerationSettings(max_new_tokens=4, seed=0),
-    )  # fmt: skip
+    )
     assert report["responses"] == 4 and report["new_tokens"] > 0
     assert report["tokens_per_s"] == pytest.approx(report["new_tokens"] / report["seconds"])

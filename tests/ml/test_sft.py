@@ -86,9 +86,13 @@ def test_explicit_eval_demos_and_gradient_checkpointing(fresh_tiny_lm):
     config = SFTConfig(epochs=1, batch_size=4, gradient_checkpointing=True)
     during: list[bool] = []
     result = train_sft(
-        model, tokenizer, DEMOS[:4], config, eval_demos=DEMOS[4:],
+        model,
+        tokenizer,
+        DEMOS[:4],
+        config,
+        eval_demos=DEMOS[4:],
         on_metrics=lambda step, values: during.append(is_gradient_checkpointing(model)),
-    )  # fmt: skip
+    )
     assert during == [True]
     assert result["sft/train_examples"] == 4 and result["sft/eval_examples"] == 4
     assert not is_gradient_checkpointing(model) and model.config.use_cache

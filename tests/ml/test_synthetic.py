@@ -115,7 +115,7 @@ def test_bad_temperature_and_scores() -> None:
         bradley_terry_ranking([1.0, float("nan")], 1.0, random.Random(0))
 
 
-def test_rm_preference_scores_like_the_saved_reward_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_rm_preference_scores_like_the_saved_reward_model(tmp_path) -> None:
     from training.ml.reward.evaluate import score_texts
     from training.ml.reward.model import load_reward_model, save_reward_model
 
@@ -131,7 +131,7 @@ def test_rm_preference_scores_like_the_saved_reward_model(tmp_path) -> None:  # 
     assert len(set(scores)) == 3  # a real model, not a constant
 
 
-def test_rm_preference_refuses_a_folder_that_is_not_a_reward_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_rm_preference_refuses_a_folder_that_is_not_a_reward_model(tmp_path) -> None:
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     with pytest.raises(PreferenceError, match="not a reward model folder"):
         make_preference(f"rm:{tmp_path}")

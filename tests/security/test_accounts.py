@@ -25,28 +25,28 @@ ACCOUNT_FIELDS = [
 ]
 
 
-def _members_url(project) -> str:  # type: ignore[no-untyped-def]
+def _members_url(project) -> str:
     return f"/api/v1/projects/{project.slug}/members/"
 
 
-def _account(user) -> dict:  # type: ignore[no-untyped-def]
+def _account(user) -> dict:
     user.refresh_from_db()
     return model_to_dict(user, fields=ACCOUNT_FIELDS)
 
 
 @pytest.fixture
-def superuser(db):  # type: ignore[no-untyped-def]
+def superuser(db):
     return UserFactory(is_superuser=True, is_staff=True, email="root@example.org")
 
 
 @pytest.fixture
-def fellow_admin(project):  # type: ignore[no-untyped-def]
+def fellow_admin(project):
     """Another admin of the same project."""
     return MembershipFactory(project=project, role="admin", user__email="ann@example.org").user
 
 
 @pytest.mark.parametrize("victim_name", ["superuser", "fellow_admin", "outsider"])
-def test_project_admin_cannot_set_an_existing_users_password(  # type: ignore[no-untyped-def]
+def test_project_admin_cannot_set_an_existing_users_password(
     request, admin_client_api: APIClient, project, victim_name: str
 ) -> None:
     victim = request.getfixturevalue(victim_name)
@@ -71,7 +71,7 @@ def test_project_admin_cannot_set_an_existing_users_password(  # type: ignore[no
         {"first_name": "Mallory"},
     ],
 )
-def test_account_fields_are_refused(admin_client_api, project, superuser, extra) -> None:  # type: ignore[no-untyped-def]
+def test_account_fields_are_refused(admin_client_api, project, superuser, extra) -> None:
     before = _account(superuser)
     body = {"username": superuser.username, "role": "labeler", **extra}
     response = admin_client_api.post(_members_url(project), body, format="json")
@@ -80,7 +80,7 @@ def test_account_fields_are_refused(admin_client_api, project, superuser, extra)
     assert not Membership.objects.filter(project=project, user=superuser).exists()
 
 
-def test_adding_an_existing_user_changes_only_the_membership(  # type: ignore[no-untyped-def]
+def test_adding_an_existing_user_changes_only_the_membership(
     admin_client_api, project, superuser, fellow_admin
 ) -> None:
     accounts = {user.pk: _account(user) for user in (superuser, fellow_admin)}
@@ -91,14 +91,14 @@ def test_adding_an_existing_user_changes_only_the_membership(  # type: ignore[no
     assert Membership.objects.get(project=project, user=fellow_admin).role == "labeler"
 
 
-def test_a_password_applies_to_the_user_the_request_creates(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_a_password_applies_to_the_user_the_request_creates(admin_client_api, project) -> None:
     body = {"username": "newbie", "role": "labeler", "password": "fresh-Start-2024"}
     response = admin_client_api.post(_members_url(project), body, format="json")
     assert response.status_code == 201
     assert User.objects.get(username="newbie").check_password("fresh-Start-2024")
 
 
-def test_an_all_digit_password_is_refused_by_the_api(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_an_all_digit_password_is_refused_by_the_api(admin_client_api, project) -> None:
     body = {"username": "digits", "role": "labeler", "password": "83749201"}
     response = admin_client_api.post(_members_url(project), body, format="json")
     assert response.status_code == 400
@@ -112,13 +112,13 @@ def _add_member(*args: str) -> str:
     return out.getvalue()
 
 
-def test_an_all_digit_password_is_refused_by_add_member(project) -> None:  # type: ignore[no-untyped-def]
+def test_an_all_digit_password_is_refused_by_add_member(project) -> None:
     with pytest.raises(CommandError, match="entirely numeric"):
         _add_member(project.slug, "digits", "--role", "labeler", "--password", "83749201")
     assert not User.objects.filter(username="digits").exists()
 
 
-def test_add_member_says_when_it_changes_an_existing_password(project, superuser) -> None:  # type: ignore[no-untyped-def]
+def test_add_member_says_when_it_changes_an_existing_password(project, superuser) -> None:
     out = _add_member(project.slug, superuser.username, "--role", "labeler")
     assert "password" not in out.lower()
     assert _account(superuser)["password"] == superuser.password

@@ -23,13 +23,13 @@ LOOKUPS = [
 
 @pytest.mark.parametrize("url", LISTS)
 @pytest.mark.parametrize("query", LOOKUPS, ids=lambda q: next(iter(q)))
-def test_unknown_query_parameters_are_refused(admin_client_api, project, url, query) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_query_parameters_are_refused(admin_client_api, project, url, query) -> None:
     response = admin_client_api.get(url.format(slug=project.slug), query)
     assert response.status_code == 400, response.content
     assert next(iter(query)) in response.json()["detail"]
 
 
-def test_a_lookup_cannot_widen_the_prompt_list(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_a_lookup_cannot_widen_the_prompt_list(admin_client_api, project) -> None:
     mine = PromptFactory(project=project)
     PromptFactory()  # another project's
     response = admin_client_api.get(f"/api/v1/projects/{project.slug}/prompts/")

@@ -109,7 +109,7 @@ def _seed_project(
 
 
 @pytest.fixture
-def fuzz_world(db, settings, tmp_path: Path) -> FuzzWorld:  # type: ignore[no-untyped-def]
+def fuzz_world(db, settings, tmp_path: Path) -> FuzzWorld:
     """`fuzz` is mid-round, `fuzz-idle` (same members) can start one, `fuzz-other` is
     another team's: its objects must stay out of reach."""
     settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
@@ -158,7 +158,7 @@ def role(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def api_schema(fuzz_world: FuzzWorld, wsgi_app: WSGIHandler, role: str):  # type: ignore[no-untyped-def]
+def api_schema(fuzz_world: FuzzWorld, wsgi_app: WSGIHandler, role: str):
     config = schemathesis.Config.from_dict(
         {
             "headers": {"Authorization": f"Token {fuzz_world.tokens[role]}"},
@@ -210,7 +210,7 @@ def _no_foreign_objects(world: FuzzWorld) -> CheckFunction:
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_answers_every_request_as_documented(  # type: ignore[no-untyped-def]
+def test_api_answers_every_request_as_documented(
     case, fuzz_world, server_errors, django_capture_on_commit_callbacks
 ):
     _aim_at_seeded_objects(case, fuzz_world)

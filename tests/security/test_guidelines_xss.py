@@ -68,7 +68,7 @@ FIVE_MB = "x" * (5 * 2**20)
 
 def test_a_5_mb_body_is_a_quick_400_from_create_and_update(
     admin_client_api, project_admin, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     project_admin.is_staff = True  # staff may create projects
     project_admin.save()
     started = time.monotonic()
@@ -87,7 +87,7 @@ def test_a_5_mb_body_is_a_quick_400_from_create_and_update(
 
 
 @override_settings(RLHF_GUIDELINES_MAX_BYTES=8)
-def test_the_limit_counts_utf8_bytes_in_the_services_and_the_model(project) -> None:  # type: ignore[no-untyped-def]
+def test_the_limit_counts_utf8_bytes_in_the_services_and_the_model(project) -> None:
     project_update(project=project, guidelines="12345678")
     with pytest.raises(ApplicationError, match="guidelines: at most 8 bytes"):
         project_update(project=project, guidelines="ééééé")  # 5 characters, 10 bytes

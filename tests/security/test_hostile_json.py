@@ -48,7 +48,7 @@ class World:
 
 
 @pytest.fixture
-def world(db) -> World:  # type: ignore[no-untyped-def]
+def world(db) -> World:
     project = ProjectFactory(k=2, training_config=TRAINING_CONFIG)
     admin = MembershipFactory(project=project, role="admin").user
     task = RankingTaskFactory(project=project)
@@ -96,12 +96,12 @@ JSON_DOORS: dict[str, JsonDoor] = {
 }
 
 
-def _send(client: APIClient, method: str, url: str, body: str | bytes, **extra: object):  # type: ignore[no-untyped-def]
+def _send(client: APIClient, method: str, url: str, body: str | bytes, **extra: object):
     content_type = extra.pop("content_type", "application/json")
     return getattr(client, method)(url, body, content_type=content_type, **extra)
 
 
-def _refused(response, status: int = 400) -> dict:  # type: ignore[no-untyped-def]
+def _refused(response, status: int = 400) -> dict:
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"].startswith("application/json")
     body = response.json()
@@ -111,7 +111,7 @@ def _refused(response, status: int = 400) -> dict:  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize("door", list(JSON_DOORS))
 @pytest.mark.parametrize("hostile", HOSTILE_JSON, ids=lambda h: h.name)
-def test_every_json_door_refuses_hostile_values(world, client, door, hostile: Hostile) -> None:  # type: ignore[no-untyped-def]
+def test_every_json_door_refuses_hostile_values(world, client, door, hostile: Hostile) -> None:
     method, url, template = JSON_DOORS[door](world)
     body = _refused(_send(client, method, url, splice(template, hostile.json)))
     [(path, [reason])] = body["errors"].items()
@@ -121,14 +121,14 @@ def test_every_json_door_refuses_hostile_values(world, client, door, hostile: Ho
 
 @pytest.mark.parametrize("door", ["prompt_import_list", "demonstration", "playground"])
 @pytest.mark.parametrize("benign", BENIGN_JSON[:3])
-def test_json_doors_take_legitimate_unicode(world, client, door, benign) -> None:  # type: ignore[no-untyped-def]
+def test_json_doors_take_legitimate_unicode(world, client, door, benign) -> None:
     method, url, template = JSON_DOORS[door](world)
     response = _send(client, method, url, splice(template, benign))
     assert response.status_code in (201, 202), response.content
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_JSON, ids=lambda h: h.name)
-def test_prompt_file_import_refuses_hostile_values_with_the_line(world, client, hostile) -> None:  # type: ignore[no-untyped-def]
+def test_prompt_file_import_refuses_hostile_values_with_the_line(world, client, hostile) -> None:
     line = splice(f'{{"prompt": "Two", "metadata": {{"note": "{HOLE}"}}}}', hostile.json)
     upload = SimpleUploadedFile("p.jsonl", f'{{"prompt": "One"}}\n{line}\n'.encode())
     url = f"{API}/projects/{world.project.slug}/prompts/import"
@@ -137,7 +137,7 @@ def test_prompt_file_import_refuses_hostile_values_with_the_line(world, client, 
     assert not world.saved_anything()
 
 
-def test_csv_import_refuses_a_nul(world, client) -> None:  # type: ignore[no-untyped-def]
+def test_csv_import_refuses_a_nul(world, client) -> None:
     upload = SimpleUploadedFile("p.csv", b"prompt,note\nfine,ok\nbad,a\x00b\n")
     url = f"{API}/projects/{world.project.slug}/prompts/import"
     body = _refused(client.post(url, {"file": upload}, format="multipart"))
@@ -147,7 +147,7 @@ def test_csv_import_refuses_a_nul(world, client) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("door", list(JSON_DOORS))
 @pytest.mark.parametrize("form", ["urlencoded", "multipart"])
-def test_bodies_that_are_not_json_are_refused(world, client, door, form) -> None:  # type: ignore[no-untyped-def]
+def test_bodies_that_are_not_json_are_refused(world, client, door, form) -> None:
     method, url, _ = JSON_DOORS[door](world)
     fields = {"prompt": "[" * 50_000, "response": "a\x00b", "training_config": "NaN"}
     if form == "urlencoded":
@@ -164,7 +164,7 @@ def test_bodies_that_are_not_json_are_refused(world, client, door, form) -> None
 
 
 @pytest.mark.parametrize("door", list(JSON_DOORS))
-def test_a_body_over_the_limit_is_a_json_413(world, client, door, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_over_the_limit_is_a_json_413(world, client, door, settings) -> None:
     settings.RLHF_IMPORT_MAX_BYTES = 1000
     method, url, template = JSON_DOORS[door](world)
     body = splice(template, json.dumps("x" * 2000))
@@ -173,7 +173,7 @@ def test_a_body_over_the_limit_is_a_json_413(world, client, door, settings) -> N
     assert not world.saved_anything()
 
 
-def test_djangos_own_size_check_answers_the_same_json_413(world, settings) -> None:  # type: ignore[no-untyped-def]
+def test_djangos_own_size_check_answers_the_same_json_413(world, settings) -> None:
     """With a session (the browser), Django reads the body itself and checks its own limit."""
     assert django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE == django_settings.RLHF_IMPORT_MAX_BYTES
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = settings.RLHF_IMPORT_MAX_BYTES = 1000
@@ -186,7 +186,7 @@ def test_djangos_own_size_check_answers_the_same_json_413(world, settings) -> No
     assert not world.saved_anything()
 
 
-def test_an_uploaded_file_over_the_limit_is_a_413(world, client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_uploaded_file_over_the_limit_is_a_413(world, client, settings) -> None:
     settings.RLHF_IMPORT_MAX_BYTES = 1000
     upload = SimpleUploadedFile("p.jsonl", b'{"prompt": "%s"}\n' % (b"x" * 1000))
     url = f"{API}/projects/{world.project.slug}/prompts/import"
@@ -222,7 +222,7 @@ def _nothing_imported(project: Project) -> bool:
 
 @pytest.mark.parametrize("command", list(CLI_LINES))
 @pytest.mark.parametrize("hostile", HOSTILE_JSON, ids=lambda h: h.name)
-def test_cli_imports_refuse_hostile_lines_with_the_line(db, tmp_path, command, hostile) -> None:  # type: ignore[no-untyped-def]
+def test_cli_imports_refuse_hostile_lines_with_the_line(db, tmp_path, command, hostile) -> None:
     project = ProjectFactory()
     good, bad = CLI_LINES[command]
     path = tmp_path / "data.jsonl"
@@ -236,7 +236,7 @@ def test_cli_imports_refuse_hostile_lines_with_the_line(db, tmp_path, command, h
     assert "Imported 1" in _import(command, project, path)
 
 
-def test_cli_prompt_import_refuses_a_nul_in_csv(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_prompt_import_refuses_a_nul_in_csv(db, tmp_path) -> None:
     project = ProjectFactory()
     path = tmp_path / "p.csv"
     path.write_bytes(b"prompt\nfine\na\x00b\n")
@@ -245,7 +245,7 @@ def test_cli_prompt_import_refuses_a_nul_in_csv(db, tmp_path) -> None:  # type: 
     assert _nothing_imported(project)
 
 
-def test_cli_preference_import_refuses_a_nul_in_parquet(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_preference_import_refuses_a_nul_in_parquet(db, tmp_path) -> None:
     project = ProjectFactory()
     path = tmp_path / "p.parquet"
     rows = [
@@ -258,7 +258,7 @@ def test_cli_preference_import_refuses_a_nul_in_parquet(db, tmp_path) -> None:  
     assert _nothing_imported(project)
 
 
-def test_benign_corpus_parses(db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_benign_corpus_parses(db, tmp_path) -> None:
     project = ProjectFactory()
     path = tmp_path / "p.jsonl"
     lines = [f'{{"prompt": "P{i}", "x": {value}}}' for i, value in enumerate(BENIGN_JSON)]

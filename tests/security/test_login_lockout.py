@@ -26,7 +26,7 @@ def test_the_documented_defaults_are_in_force() -> None:
     assert settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"]]
 
 
-def test_five_failures_lock_that_user_at_that_address(labeler) -> None:  # type: ignore[no-untyped-def]
+def test_five_failures_lock_that_user_at_that_address(labeler) -> None:
     attacker = Client(REMOTE_ADDR="203.0.113.7")
     statuses = [_log_in(attacker, labeler.username, f"guess-{n}") for n in range(5)]
     assert statuses[:4] == [200] * 4  # the form again, with its error
@@ -39,7 +39,7 @@ def test_five_failures_lock_that_user_at_that_address(labeler) -> None:  # type:
     assert _log_in(Client(REMOTE_ADDR="203.0.113.7"), other.username, PASSWORD) == 302
 
 
-def test_the_lock_lifts_after_the_cool_off(labeler) -> None:  # type: ignore[no-untyped-def]
+def test_the_lock_lifts_after_the_cool_off(labeler) -> None:
     client = Client(REMOTE_ADDR="203.0.113.8")
     for n in range(5):
         _log_in(client, labeler.username, f"guess-{n}")
@@ -51,7 +51,7 @@ def test_the_lock_lifts_after_the_cool_off(labeler) -> None:  # type: ignore[no-
     assert _log_in(client, labeler.username, PASSWORD) == 302
 
 
-def test_the_admin_login_is_locked_too(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_admin_login_is_locked_too(db) -> None:
     staff = UserFactory(is_staff=True, is_superuser=True)
     client = Client(REMOTE_ADDR="203.0.113.9")
     statuses = [_log_in(client, staff.username, f"guess-{n}", "/admin/login/") for n in range(5)]
@@ -59,7 +59,7 @@ def test_the_admin_login_is_locked_too(db) -> None:  # type: ignore[no-untyped-d
     assert _log_in(client, staff.username, PASSWORD, "/admin/login/") == 429
 
 
-def test_password_reset_is_404_without_a_mail_server(client: Client, db) -> None:  # type: ignore[no-untyped-def]
+def test_password_reset_is_404_without_a_mail_server(client: Client, db) -> None:
     assert client.get("/accounts/password_reset/").status_code == 404
     assert client.post("/accounts/password_reset/", {"email": "a@b.c"}).status_code == 404
     assert client.get("/accounts/reset/done/").status_code == 404
@@ -73,7 +73,7 @@ def urls_reloaded_after() -> object:
     clear_url_caches()
 
 
-def test_password_reset_exists_with_a_mail_server(urls_reloaded_after) -> None:  # type: ignore[no-untyped-def]
+def test_password_reset_exists_with_a_mail_server(urls_reloaded_after) -> None:
     with pytest.raises(NoReverseMatch):
         reverse("password_reset")
     with override_settings(EMAIL_HOST="smtp.example.org"):

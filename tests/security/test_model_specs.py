@@ -31,7 +31,7 @@ def model_folder(path: Path) -> Path:
 
 
 @pytest.fixture
-def layout(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, settings) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def layout(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, settings) -> dict[str, Path]:
     """A wide model root (tmp_path) holding the artifacts root (var/models) and models."""
     settings.RLHF_MODEL_ROOTS = [str(tmp_path)]
     settings.RLHF_ARTIFACT_DIR = tmp_path / "var" / "models"
@@ -74,7 +74,7 @@ def refused_payloads(layout: dict[str, Path]) -> dict[str, str]:
 
 def test_every_refused_spec_gets_the_same_400_and_no_path(
     layout, admin_client_api, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     ModelVersionFactory(project=ProjectFactory(slug="other"), version=1)
     url = f"{API}/projects/{project.slug}/"
     for name, spec in refused_payloads(layout).items():
@@ -87,7 +87,7 @@ def test_every_refused_spec_gets_the_same_400_and_no_path(
     assert project.base_model == "tiny"
 
 
-def test_refused_at_creation_too(layout, settings) -> None:  # type: ignore[no-untyped-def]
+def test_refused_at_creation_too(layout, settings) -> None:
     from labeling.services.projects import project_create
 
     for spec in ("/etc", str(layout["other_artifact"]), "version:1"):
@@ -97,7 +97,7 @@ def test_refused_at_creation_too(layout, settings) -> None:  # type: ignore[no-u
     assert not Project.objects.filter(slug="new").exists()
 
 
-def test_allowed_models_are_stored_as_typed(layout, admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_allowed_models_are_stored_as_typed(layout, admin_client_api, project) -> None:
     gguf = layout["root"] / "models" / "real.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))
     typed_through_dots = f"{layout['allowed']}/../good"
@@ -111,7 +111,7 @@ def test_allowed_models_are_stored_as_typed(layout, admin_client_api, project) -
 
 def test_version_spec_is_a_ready_policy_of_the_same_project(
     layout, admin_client_api, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     ModelVersionFactory(project=project, version=2, kind="rm", role="reward")
     ModelVersionFactory(project=project, version=4, kind="ppo", status="failed")
     url = f"{API}/projects/{project.slug}/"
@@ -120,13 +120,13 @@ def test_version_spec_is_a_ready_policy_of_the_same_project(
         assert response.json() == {"detail": MODEL_SPEC_REFUSED}, spec
 
 
-def test_first_policy_from_an_allowed_folder_is_its_resolved_path(layout) -> None:  # type: ignore[no-untyped-def]
+def test_first_policy_from_an_allowed_folder_is_its_resolved_path(layout) -> None:
     project = ProjectFactory(base_model=f"{layout['allowed']}/../good")
     policy = current_policy(project=project)
     assert (policy.kind, policy.artifact) == ("base", str(layout["allowed"].resolve()))
 
 
-def test_a_spec_stored_before_the_rules_is_refused_where_it_is_used(layout) -> None:  # type: ignore[no-untyped-def]
+def test_a_spec_stored_before_the_rules_is_refused_where_it_is_used(layout) -> None:
     for spec in ("/etc", str(layout["other_artifact"])):
         project = ProjectFactory(base_model=spec)  # as stored before the check existed
         with pytest.raises(ApplicationError) as error:
@@ -135,7 +135,7 @@ def test_a_spec_stored_before_the_rules_is_refused_where_it_is_used(layout) -> N
         assert not ModelVersion.objects.filter(project=project).exists()
 
 
-def test_a_base_version_registered_before_the_rules_is_not_loaded(layout) -> None:  # type: ignore[no-untyped-def]
+def test_a_base_version_registered_before_the_rules_is_not_loaded(layout) -> None:
     """Another project's PPO folder registered as this project's base (the old hole)."""
     project = ProjectFactory()
     ModelVersionFactory(
@@ -148,7 +148,7 @@ def test_a_base_version_registered_before_the_rules_is_not_loaded(layout) -> Non
 
 def test_the_roots_are_resolved_and_an_empty_list_allows_no_path(
     layout, settings, admin_client_api, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     link = layout["root"].parent / f"{layout['root'].name}-link"
     os.symlink(layout["root"], link)
     settings.RLHF_MODEL_ROOTS = [str(link)]
@@ -160,7 +160,7 @@ def test_the_roots_are_resolved_and_an_empty_list_allows_no_path(
     assert refused.json() == {"detail": MODEL_SPEC_REFUSED}
 
 
-def test_labeling_alone_allows_only_builtin_models_and_no_training_config(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_labeling_alone_allows_only_builtin_models_and_no_training_config(monkeypatch) -> None:
     monkeypatch.setattr(seams, "_checks", {})
     assert seams.check_model_spec(None, "tiny") == "tiny"
     for spec in ("version:1", "/models/x"):

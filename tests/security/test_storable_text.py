@@ -23,12 +23,12 @@ NUL_BYTE_TOKEN = "Ā"  # byte-level BPE's symbol for the byte 0x00
 
 
 @pytest.fixture
-def nul_policy(monkeypatch):  # type: ignore[no-untyped-def]
+def nul_policy(monkeypatch):
     """Every model the workers load is the `tiny` one with an lm_head bias that makes the
     token decoding to "\\x00" win every step (as a policy that learnt it would)."""
     load = ml_loading.load_causal_lm
 
-    def load_nul_policy(spec, **kwargs):  # type: ignore[no-untyped-def]
+    def load_nul_policy(spec, **kwargs):
         model, tokenizer = load(spec, **kwargs)
         token = tokenizer.convert_tokens_to_ids(NUL_BYTE_TOKEN)
         assert tokenizer.decode([token]) == "\x00"
@@ -42,7 +42,7 @@ def nul_policy(monkeypatch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def tiny_project(db, settings, tmp_path):  # type: ignore[no-untyped-def]
+def tiny_project(db, settings, tmp_path):
     settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
     project = ProjectFactory(base_model="tiny", k=2, overlap=1, max_new_tokens=4)
     PromptFactory.create_batch(2, project=project)
@@ -51,7 +51,7 @@ def tiny_project(db, settings, tmp_path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_round_whose_policy_emits_nul_reaches_labeling(  # type: ignore[no-untyped-def]
+def test_a_round_whose_policy_emits_nul_reaches_labeling(
     tiny_project, nul_policy, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
@@ -65,7 +65,7 @@ def test_a_round_whose_policy_emits_nul_reaches_labeling(  # type: ignore[no-unt
     assert "replaced 16" in run.logs
 
 
-def test_a_playground_reply_that_is_all_nul_is_stored_replaced(  # type: ignore[no-untyped-def]
+def test_a_playground_reply_that_is_all_nul_is_stored_replaced(
     tiny_project, nul_policy, django_capture_on_commit_callbacks
 ):
     user = MembershipFactory(project=tiny_project).user
@@ -76,7 +76,7 @@ def test_a_playground_reply_that_is_all_nul_is_stored_replaced(  # type: ignore[
     assert reply.text == "\ufffd" * 4
 
 
-def test_exports_carry_storable_text_and_import_again(project, labeler, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_exports_carry_storable_text_and_import_again(project, labeler, tmp_path) -> None:
     if connection.vendor == "postgresql":
         pytest.skip("PostgreSQL never stored a NUL; SQLite kept those stored before the rules")
     texts = ["fine", "\x00", "ends with NUL\x00", "a\x00b"]  # SQLite stores no surrogate
@@ -86,9 +86,14 @@ def test_exports_carry_storable_text_and_import_again(project, labeler, tmp_path
     ranking_submit(task=task, labeler=labeler, order=[[i] for i in ids], flags={}, time_spent_ms=1)
     path = tmp_path / "pairs.jsonl"
     call_command(
-        "export_comparisons", project.slug, "--format", "jsonl", "-o", str(path),
+        "export_comparisons",
+        project.slug,
+        "--format",
+        "jsonl",
+        "-o",
+        str(path),
         stdout=io.StringIO(),
-    )  # fmt: skip
+    )
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     exported = {row[key] for row in rows for key in ("chosen", "rejected")}
     assert exported == {"fine", "\ufffd", "ends with NUL\ufffd", "a\ufffdb"}

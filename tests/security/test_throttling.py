@@ -33,7 +33,7 @@ def _fresh_address() -> str:
     return f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
 
 
-def _assert_throttled(response) -> None:  # type: ignore[no-untyped-def]
+def _assert_throttled(response) -> None:
     assert response.status_code == 429, response.content
     assert 1 <= int(response["Retry-After"]) <= 60
 
@@ -42,7 +42,7 @@ def _assert_throttled(response) -> None:  # type: ignore[no-untyped-def]
 
 
 @_rates(token_failure="3/min")
-def test_bad_tokens_from_one_address_are_throttled(labeler, project) -> None:  # type: ignore[no-untyped-def]
+def test_bad_tokens_from_one_address_are_throttled(labeler, project) -> None:
     address = _fresh_address()
     url = f"{API}/projects/"
     guesser = APIClient(REMOTE_ADDR=address, HTTP_AUTHORIZATION="Token wrong-guess")
@@ -62,7 +62,7 @@ def test_bad_tokens_from_one_address_are_throttled(labeler, project) -> None:  #
 
 
 @_rates(token_failure="3/min")
-def test_a_forged_forwarded_for_does_not_reset_the_count(db) -> None:  # type: ignore[no-untyped-def]
+def test_a_forged_forwarded_for_does_not_reset_the_count(db) -> None:
     address = _fresh_address()
     client = APIClient(REMOTE_ADDR=address, HTTP_AUTHORIZATION="Token wrong-guess")
     for n in range(3):
@@ -71,7 +71,7 @@ def test_a_forged_forwarded_for_does_not_reset_the_count(db) -> None:  # type: i
 
 
 @_rates(num_proxies=1, token_failure="3/min")
-def test_behind_one_proxy_the_address_it_appended_counts(db) -> None:  # type: ignore[no-untyped-def]
+def test_behind_one_proxy_the_address_it_appended_counts(db) -> None:
     client_address = _fresh_address()
     proxy = APIClient(REMOTE_ADDR="172.18.0.5", HTTP_AUTHORIZATION="Token wrong-guess")
     for n in range(3):
@@ -86,7 +86,7 @@ def test_behind_one_proxy_the_address_it_appended_counts(db) -> None:  # type: i
 
 
 @pytest.fixture
-def fresh_counts(labeler, project_admin) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def fresh_counts(labeler, project_admin) -> Iterator[None]:
     """Forget these users' counts: on SQLite user ids repeat from test to test."""
     keys = [
         f"throttle_{scope}_{user.pk}"
@@ -106,7 +106,7 @@ def fresh_counts(labeler, project_admin) -> Iterator[None]:  # type: ignore[no-u
         ("import", "project_admin", "/projects/{slug}/prompts/import", {"prompt": "not a list"}),
     ],
 )
-def test_expensive_writes_are_throttled_per_user(  # type: ignore[no-untyped-def]
+def test_expensive_writes_are_throttled_per_user(
     request, fresh_counts, project, scope: str, who: str, path: str, body: dict
 ) -> None:
     client = APIClient()
@@ -124,7 +124,7 @@ def test_expensive_writes_are_throttled_per_user(  # type: ignore[no-untyped-def
 
 
 @_rates(training_start="1/min")
-def test_reading_a_throttled_url_is_not_counted(fresh_counts, admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_reading_a_throttled_url_is_not_counted(fresh_counts, admin_client_api, project) -> None:
     url = f"{API}/projects/{project.slug}/rounds/"
     for _ in range(3):
         assert admin_client_api.get(url).status_code == 200

@@ -21,20 +21,20 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 
-def _client(user) -> Client:  # type: ignore[no-untyped-def]
+def _client(user) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
-def _config(response, element_id: str) -> dict:  # type: ignore[no-untyped-def]
+def _config(response, element_id: str) -> dict:
     html = response.content.decode()
     match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', html)
     assert match, f"no json_script #{element_id}"
     return json.loads(match.group(1))
 
 
-def test_an_admin_sees_the_dashboard_with_an_enforcing_csp(project, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_an_admin_sees_the_dashboard_with_an_enforcing_csp(project, project_admin) -> None:
     response = _client(project_admin).get(f"/projects/{project.slug}/rounds/")
 
     assert response.status_code == 200
@@ -50,14 +50,14 @@ def test_an_admin_sees_the_dashboard_with_an_enforcing_csp(project, project_admi
     assert f"/api/v1/projects/{project.slug}/comparisons/?format=jsonl" in html
 
 
-def test_a_labeler_is_refused_and_a_stranger_sees_nothing(project, labeler, outsider) -> None:  # type: ignore[no-untyped-def]
+def test_a_labeler_is_refused_and_a_stranger_sees_nothing(project, labeler, outsider) -> None:
     assert _client(labeler).get(f"/projects/{project.slug}/rounds/").status_code == 403
     assert _client(outsider).get(f"/projects/{project.slug}/rounds/").status_code == 404
     anonymous = Client().get(f"/projects/{project.slug}/rounds/")
     assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
 
 
-def test_the_playground_page_is_for_members(project, labeler, outsider) -> None:  # type: ignore[no-untyped-def]
+def test_the_playground_page_is_for_members(project, labeler, outsider) -> None:
     response = _client(labeler).get(f"/projects/{project.slug}/playground/")
     assert response.status_code == 200
     assert "Content-Security-Policy" in response
@@ -68,14 +68,14 @@ def test_the_playground_page_is_for_members(project, labeler, outsider) -> None:
     assert _client(outsider).get(f"/projects/{project.slug}/playground/").status_code == 404
 
 
-def test_model_text_is_escaped_in_the_config(project, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_model_text_is_escaped_in_the_config(project, project_admin) -> None:
     project.name = "</script><script>alert(1)</script>"
     project.save()
     html = _client(project_admin).get(f"/projects/{project.slug}/playground/").content.decode()
     assert "<script>alert(1)" not in html
 
 
-def test_the_endpoints_the_dashboard_polls_answer(project, project_admin, admin_client_api) -> None:  # type: ignore[no-untyped-def]
+def test_the_endpoints_the_dashboard_polls_answer(project, project_admin, admin_client_api) -> None:
     policy = ModelVersionFactory(project=project, is_current=True)
     round_ = RoundFactory(project=project, number=1, sampling_policy=policy)
     run = TrainingRunFactory(project=project, round=round_, kind="rm", status="running")
@@ -100,7 +100,7 @@ def test_the_endpoints_the_dashboard_polls_answer(project, project_admin, admin_
     assert series["rm/loss"] == pytest.approx([1 / 2, 1 / 3])
 
 
-def test_labeler_stats_are_for_admins_only(project, labeler_client, outsider) -> None:  # type: ignore[no-untyped-def]
+def test_labeler_stats_are_for_admins_only(project, labeler_client, outsider) -> None:
     from rest_framework.test import APIClient
 
     url = f"/api/v1/projects/{project.slug}/labelers/stats/"
@@ -110,7 +110,7 @@ def test_labeler_stats_are_for_admins_only(project, labeler_client, outsider) ->
     assert stranger.get(url).status_code == 404
 
 
-def test_the_export_links_answer(project, project_admin, admin_client_api) -> None:  # type: ignore[no-untyped-def]
+def test_the_export_links_answer(project, project_admin, admin_client_api) -> None:
     task = RankingTaskFactory(project=project)
     RankingFactory(task=task, labeler=MembershipFactory(project=project).user)
     html = _client(project_admin).get(f"/projects/{project.slug}/rounds/").content.decode()
@@ -121,7 +121,7 @@ def test_the_export_links_answer(project, project_admin, admin_client_api) -> No
         assert response.status_code == 200, link
 
 
-def test_labeler_stats_take_a_fixed_number_of_queries(  # type: ignore[no-untyped-def]
+def test_labeler_stats_take_a_fixed_number_of_queries(
     project, admin_client_api, django_assert_max_num_queries
 ):
     url = f"/api/v1/projects/{project.slug}/labelers/stats/"
@@ -136,7 +136,7 @@ def test_labeler_stats_take_a_fixed_number_of_queries(  # type: ignore[no-untype
     assert stats["project"]["kendall_w"] == pytest.approx(1.0)  # identical default orders
 
 
-def _rounds_with_work(project, labelers, number: int):  # type: ignore[no-untyped-def]
+def _rounds_with_work(project, labelers, number: int):
     """Round `number` of `project` with its models, runs with metrics, and rankings."""
     policy = ModelVersionFactory(project=project, kind="ppo")
     reward = ModelVersionFactory(project=project, kind="rm", role="reward", parent=policy)
@@ -153,7 +153,7 @@ def _rounds_with_work(project, labelers, number: int):  # type: ignore[no-untype
     return round_
 
 
-def test_the_dashboard_and_its_endpoints_take_the_same_queries_for_one_round_or_many(  # type: ignore[no-untyped-def]
+def test_the_dashboard_and_its_endpoints_take_the_same_queries_for_one_round_or_many(
     project, project_admin, admin_client_api
 ):
     """The page and every JSON endpoint its script polls: the query count is fixed."""

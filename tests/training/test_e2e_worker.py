@@ -88,14 +88,33 @@ class Worker:
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "config", "worker",
-                "-Q", "default,gpu", "--pool", "solo", "--concurrency", "1",
-                "-l", "info", "-n", name, *(["--beat"] if beat else []),
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "default,gpu",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+                "-n",
+                name,
+                *(["--beat"] if beat else []),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one
-        )  # fmt: skip
+        )
         Worker._alive.add(self)
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -152,7 +171,7 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def start_worker(transactional_db, tmp_path, settings) -> Iterator[Callable[..., Worker]]:  # type: ignore[no-untyped-def]
+def start_worker(transactional_db, tmp_path, settings) -> Iterator[Callable[..., Worker]]:
     """Start workers on demand; all are stopped before the database is flushed."""
     artifacts = tmp_path / "artifacts"
     settings.RLHF_ARTIFACT_DIR = artifacts
@@ -229,9 +248,13 @@ def _stage_is(round_id: int, *stages: str) -> Callable[[], bool]:
 
 def _loop_project(**overrides: Any) -> Project:
     project = ProjectFactory(
-        k=3, overlap=1, base_model="tiny", max_new_tokens=8, training_config=FAST_CONFIG,
+        k=3,
+        overlap=1,
+        base_model="tiny",
+        max_new_tokens=8,
+        training_config=FAST_CONFIG,
         **overrides,
-    )  # fmt: skip
+    )
     PromptFactory.create_batch(6, project=project)
     PromptFactory.create_batch(2, project=project, split="eval")
     return project
@@ -240,15 +263,23 @@ def _loop_project(**overrides: Any) -> Project:
 def run_round(project: Project, worker: Worker) -> Round:
     """Start a round, let synthetic labelers rank, and wait until it is done."""
     round_ = round_start(project=project)
-    wait_for(_stage_is(round_.pk, Round.Stage.LABELING, Round.Stage.FAILED),
-             what="samples (labeling stage)", round_id=round_.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(round_.pk, Round.Stage.LABELING, Round.Stage.FAILED),
+        what="samples (labeling stage)",
+        round_id=round_.pk,
+        worker=worker,
+    )
     round_.refresh_from_db()
     assert round_.stage == Round.Stage.LABELING, _describe(round_.pk)
     assert round_.tasks.count() == 4
     summary = labelers_simulate(project=project, preference="length:longer", labelers=2)
     assert summary["rankings"] == 4 and summary["open_tasks_left"] == 0
-    wait_for(_stage_is(round_.pk, Round.Stage.DONE, Round.Stage.FAILED),
-             what="RM and PPO (done)", round_id=round_.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(round_.pk, Round.Stage.DONE, Round.Stage.FAILED),
+        what="RM and PPO (done)",
+        round_id=round_.pk,
+        worker=worker,
+    )
     round_.refresh_from_db()
     assert round_.stage == Round.Stage.DONE, _describe(round_.pk)
     return round_
@@ -263,7 +294,7 @@ def current_models(project: Project) -> dict[str, int]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_a_round_runs_through_rm_and_ppo_on_a_real_worker(start_worker) -> None:  # type: ignore[no-untyped-def]
+def test_a_round_runs_through_rm_and_ppo_on_a_real_worker(start_worker) -> None:
     worker = start_worker()
     project = _loop_project()
 
@@ -284,8 +315,12 @@ def test_a_round_runs_through_rm_and_ppo_on_a_real_worker(start_worker) -> None:
     assert 4 * 2 <= Comparison.objects.filter(round=first).count() == pairs <= 4 * 3
 
     second = round_start(project=project)
-    wait_for(_stage_is(second.pk, Round.Stage.LABELING, Round.Stage.FAILED),
-             what="round 2 samples", round_id=second.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(second.pk, Round.Stage.LABELING, Round.Stage.FAILED),
+        what="round 2 samples",
+        round_id=second.pk,
+        worker=worker,
+    )
     second.refresh_from_db()
     assert second.stage == Round.Stage.LABELING, _describe(second.pk)
     assert second.sampling_policy == first.policy
@@ -295,7 +330,7 @@ def test_a_round_runs_through_rm_and_ppo_on_a_real_worker(start_worker) -> None:
     assert set(responses.values_list("policy_name", flat=True)) == {first.policy.label}
 
 
-def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_retried(  # type: ignore[no-untyped-def]
+def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_retried(
     start_worker,
 ) -> None:
     worker = start_worker()
@@ -306,8 +341,12 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
     project.training_config = {**FAST_CONFIG, "rm": SLOW_RM}
     project.save(update_fields=["training_config"])
     second = round_start(project=project)
-    wait_for(_stage_is(second.pk, Round.Stage.LABELING), what="round 2 samples",
-             round_id=second.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(second.pk, Round.Stage.LABELING),
+        what="round 2 samples",
+        round_id=second.pk,
+        worker=worker,
+    )
     labelers_simulate(project=project, preference="length:longer", labelers=2)
     comparisons = Comparison.objects.filter(project=project).count()
 
@@ -316,8 +355,9 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
             round=second, kind="rm", status=TrainingRun.Status.RUNNING, progress_done__gte=3
         ).first()
 
-    rm_run = wait_for(rm_run_in_progress, what="RM training steps", round_id=second.pk,
-                      worker=worker)  # fmt: skip
+    rm_run = wait_for(
+        rm_run_in_progress, what="RM training steps", round_id=second.pk, worker=worker
+    )
     worker.kill(signal.SIGKILL)
 
     rm_run.refresh_from_db()
@@ -331,8 +371,12 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
     assert rm_run.worker == worker.name
     worker = start_worker(worker.name)
 
-    wait_for(_stage_is(second.pk, Round.Stage.FAILED), what="the reaped run to fail the round",
-             round_id=second.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(second.pk, Round.Stage.FAILED),
+        what="the reaped run to fail the round",
+        round_id=second.pk,
+        worker=worker,
+    )
     rm_run.refresh_from_db()
     second.refresh_from_db()
     assert rm_run.status == TrainingRun.Status.FAILED
@@ -358,8 +402,12 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
         transaction.on_commit(lambda: gpu_execute_run.delay(rm_run.pk))
         round_advance(round_=second)
 
-    wait_for(_stage_is(second.pk, Round.Stage.DONE, Round.Stage.FAILED),
-             what="the retried round", round_id=second.pk, worker=worker)  # fmt: skip
+    wait_for(
+        _stage_is(second.pk, Round.Stage.DONE, Round.Stage.FAILED),
+        what="the retried round",
+        round_id=second.pk,
+        worker=worker,
+    )
     second.refresh_from_db()
     assert second.stage == Round.Stage.DONE, _describe(second.pk)
     rm_runs = list(second.runs.filter(kind="rm").order_by("id").values_list("status", flat=True))
@@ -374,7 +422,7 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
     assert Comparison.objects.filter(project=project).count() == comparisons
 
 
-def test_beat_fails_the_runs_of_a_worker_that_never_came_back(start_worker) -> None:  # type: ignore[no-untyped-def]
+def test_beat_fails_the_runs_of_a_worker_that_never_came_back(start_worker) -> None:
     """A GPU machine died mid-run and stays down: no worker of its name ever starts again.
     Celery beat's periodic reaper (here every second) fails its run and the round, once the
     run's heartbeat is older than RLHF_HEARTBEAT_TIMEOUT."""
@@ -387,18 +435,30 @@ def test_beat_fails_the_runs_of_a_worker_that_never_came_back(start_worker) -> N
     worker = start_worker(beat=True)
     project = _loop_project()
     round_ = Round.objects.create(
-        project=project, number=1, stage=Round.Stage.TRAINING_RM,
+        project=project,
+        number=1,
+        stage=Round.Stage.TRAINING_RM,
         sampling_policy=current_policy(project=project),
-    )  # fmt: skip
+    )
     # Created after the worker started: only the periodic reaper can find it, not the
     # reaping a worker does when it starts.
     stale = timezone.now() - timedelta(seconds=HEARTBEAT_TIMEOUT + 60)
     run = TrainingRun.objects.create(
-        project=project, round=round_, kind="rm", status=TrainingRun.Status.RUNNING,
-        worker="gpu@machine-that-died", started_at=stale, heartbeat_at=stale,
-    )  # fmt: skip
-    wait_for(_stage_is(round_.pk, Round.Stage.FAILED), what="beat's reaper",
-             round_id=round_.pk, worker=worker, timeout=90)  # fmt: skip
+        project=project,
+        round=round_,
+        kind="rm",
+        status=TrainingRun.Status.RUNNING,
+        worker="gpu@machine-that-died",
+        started_at=stale,
+        heartbeat_at=stale,
+    )
+    wait_for(
+        _stage_is(round_.pk, Round.Stage.FAILED),
+        what="beat's reaper",
+        round_id=round_.pk,
+        worker=worker,
+        timeout=90,
+    )
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
     assert "gpu@machine-that-died stopped responding" in run.error

@@ -24,7 +24,7 @@ TINY_CONFIG = {
 
 
 @pytest.fixture
-def tiny_project(db, settings, tmp_path):  # type: ignore[no-untyped-def]
+def tiny_project(db, settings, tmp_path):
     settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
     project = ProjectFactory(
         base_model="tiny", k=3, overlap=1, max_new_tokens=6, training_config=TINY_CONFIG
@@ -33,7 +33,7 @@ def tiny_project(db, settings, tmp_path):  # type: ignore[no-untyped-def]
     return project
 
 
-def _label_everything(project, labeler) -> int:  # type: ignore[no-untyped-def]
+def _label_everything(project, labeler) -> int:
     done = 0
     while (lease := task_lease_next(project=project, labeler=labeler)) is not None:
         ids = list(lease.task.responses.order_by("position").values_list("id", flat=True))
@@ -45,7 +45,7 @@ def _label_everything(project, labeler) -> int:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on_commit):  # type: ignore[no-untyped-def]
+def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on_commit):
     project = tiny_project
     labeler = MembershipFactory(project=project, role="labeler").user
     with on_commit():
@@ -95,7 +95,7 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project, on_commit):  # type: ignore[no-untyped-def]
+def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project, on_commit):
     from core.exceptions import ApplicationError
     from tests.factories import DemonstrationFactory
     from training.services.sft import sft_start
@@ -117,7 +117,7 @@ def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project
 @pytest.mark.slow
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", ["resume", "corrupt", "config changed"])
-def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # type: ignore[no-untyped-def]
+def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(
     tiny_project, on_commit, monkeypatch, case
 ):
     """The worker dies after step 2 of 4 (checkpoint every 2): the retry runs steps 3-4 only.
@@ -135,7 +135,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
     labeler = MembershipFactory(project=project, role="labeler").user
     real_step, calls = ppo.ppo_step, []
 
-    def dies_at_step_3(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def dies_at_step_3(*args, **kwargs):
         step = args[5]
         calls.append(step)
         if step == 2 and calls.count(2) == 1:
@@ -182,7 +182,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(  # typ
 
 
 @pytest.mark.django_db
-def test_ppo_starts_from_the_reference_or_the_rounds_policy(tiny_project) -> None:  # type: ignore[no-untyped-def]
+def test_ppo_starts_from_the_reference_or_the_rounds_policy(tiny_project) -> None:
     from core.exceptions import ApplicationError
     from training.models import Round
     from training.services.run_bodies.ppo import ppo_init_version

@@ -13,13 +13,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def short_project(project):  # type: ignore[no-untyped-def]
+def short_project(project):
     project.max_new_tokens = 12
     project.save()
     return project
 
 
-def _ask(client: APIClient, project, prompt, capture) -> dict:  # type: ignore[no-untyped-def]
+def _ask(client: APIClient, project, prompt, capture) -> dict:
     with capture(execute=True):
         response = client.post(
             f"/api/v1/projects/{project.slug}/playground/", {"prompt": prompt}, format="json"
@@ -28,7 +28,7 @@ def _ask(client: APIClient, project, prompt, capture) -> dict:  # type: ignore[n
     return response.json()
 
 
-def test_a_request_is_answered_by_the_current_policy(  # type: ignore[no-untyped-def]
+def test_a_request_is_answered_by_the_current_policy(
     short_project, labeler_client, django_capture_on_commit_callbacks
 ):
     queued = _ask(labeler_client, short_project, "Say hello.", django_capture_on_commit_callbacks)
@@ -42,7 +42,7 @@ def test_a_request_is_answered_by_the_current_policy(  # type: ignore[no-untyped
     assert reply["prompt"] == "Say hello."
 
 
-def test_a_chat_prompt_is_answered_and_a_single_turn_is_stored_as_text(  # type: ignore[no-untyped-def]
+def test_a_chat_prompt_is_answered_and_a_single_turn_is_stored_as_text(
     short_project, labeler_client, django_capture_on_commit_callbacks
 ):
     chat = [
@@ -66,7 +66,7 @@ def test_a_chat_prompt_is_answered_and_a_single_turn_is_stored_as_text(  # type:
     "prompt",
     ["   ", [], [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], 42],
 )
-def test_bad_prompts_are_refused(short_project, labeler_client, prompt) -> None:  # type: ignore[no-untyped-def]
+def test_bad_prompts_are_refused(short_project, labeler_client, prompt) -> None:
     response = labeler_client.post(
         f"/api/v1/projects/{short_project.slug}/playground/", {"prompt": prompt}, format="json"
     )
@@ -75,7 +75,7 @@ def test_bad_prompts_are_refused(short_project, labeler_client, prompt) -> None:
     assert not PlaygroundReply.objects.exists()
 
 
-def test_the_loaded_policy_is_reused_between_replies(  # type: ignore[no-untyped-def]
+def test_the_loaded_policy_is_reused_between_replies(
     short_project, labeler_client, django_capture_on_commit_callbacks, monkeypatch
 ):
     from training.ml import loading
@@ -83,7 +83,7 @@ def test_the_loaded_policy_is_reused_between_replies(  # type: ignore[no-untyped
     loads: list[str] = []
     real = loading.load_causal_lm
 
-    def counting(spec, **kwargs):  # type: ignore[no-untyped-def]
+    def counting(spec, **kwargs):
         loads.append(spec)
         return real(spec, **kwargs)
 
@@ -95,7 +95,7 @@ def test_the_loaded_policy_is_reused_between_replies(  # type: ignore[no-untyped
     assert PlaygroundReply.objects.filter(status="done").count() == 3
 
 
-def test_a_broken_policy_fails_the_reply_with_its_error(  # type: ignore[no-untyped-def]
+def test_a_broken_policy_fails_the_reply_with_its_error(
     short_project, labeler_client, django_capture_on_commit_callbacks, tmp_path
 ):
     short_project.base_model = str(tmp_path / "no-such-model")
@@ -109,7 +109,7 @@ def test_a_broken_policy_fails_the_reply_with_its_error(  # type: ignore[no-unty
 
 def test_a_redelivered_task_does_nothing(
     short_project, labeler, django_capture_on_commit_callbacks
-):  # type: ignore[no-untyped-def]
+):
     with django_capture_on_commit_callbacks(execute=True):
         reply = playground.playground_reply_request(
             project=short_project, user=labeler, prompt="Once."
@@ -122,7 +122,7 @@ def test_a_redelivered_task_does_nothing(
     assert text
 
 
-def test_thumbs_are_stored_and_a_second_click_changes_the_rating(  # type: ignore[no-untyped-def]
+def test_thumbs_are_stored_and_a_second_click_changes_the_rating(
     short_project, labeler, labeler_client, django_capture_on_commit_callbacks
 ):
     reply_id = _ask(labeler_client, short_project, "Rate me.", django_capture_on_commit_callbacks)[
@@ -142,7 +142,7 @@ def test_thumbs_are_stored_and_a_second_click_changes_the_rating(  # type: ignor
     assert labeler_client.get(f"/api/v1/playground/{reply_id}/").json()["rating"] == -1
 
 
-def test_a_queued_reply_cannot_be_rated(short_project, labeler, labeler_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_queued_reply_cannot_be_rated(short_project, labeler, labeler_client) -> None:
     reply = playground.playground_reply_request(project=short_project, user=labeler, prompt="Q")
     # no on-commit capture: the task was never sent, the reply stays queued
     response = labeler_client.post(
@@ -152,7 +152,7 @@ def test_a_queued_reply_cannot_be_rated(short_project, labeler, labeler_client) 
     assert not Feedback.objects.exists()
 
 
-def test_a_better_answer_becomes_a_demonstration(  # type: ignore[no-untyped-def]
+def test_a_better_answer_becomes_a_demonstration(
     short_project, labeler, labeler_client, django_capture_on_commit_callbacks
 ):
     from labeling.services.imports import PromptIn
@@ -180,7 +180,7 @@ def test_a_better_answer_becomes_a_demonstration(  # type: ignore[no-untyped-def
     assert Prompt.objects.filter(project=short_project).count() == 1
 
 
-def test_a_better_chat_answer_stores_the_whole_chat_as_the_prompt(  # type: ignore[no-untyped-def]
+def test_a_better_chat_answer_stores_the_whole_chat_as_the_prompt(
     short_project, labeler_client, django_capture_on_commit_callbacks
 ):
     chat = [
@@ -196,7 +196,7 @@ def test_a_better_chat_answer_stores_the_whole_chat_as_the_prompt(  # type: igno
     assert prompt.chat == chat and prompt.text == "Name a colour."
 
 
-def test_strangers_and_other_members_cannot_reach_a_reply(  # type: ignore[no-untyped-def]
+def test_strangers_and_other_members_cannot_reach_a_reply(
     short_project, labeler, outsider, django_capture_on_commit_callbacks
 ):
     reply = playground.playground_reply_request(project=short_project, user=labeler, prompt="Mine")
@@ -231,7 +231,7 @@ def test_replies_go_to_the_default_queue_not_behind_training() -> None:
     assert queue_of("training.tasks.reap_stale_runs") == "default"
 
 
-def test_one_member_cannot_fill_the_queue(short_project, labeler, labeler_client) -> None:  # type: ignore[no-untyped-def]
+def test_one_member_cannot_fill_the_queue(short_project, labeler, labeler_client) -> None:
     url = f"/api/v1/projects/{short_project.slug}/playground/"
     # no on-commit capture: the replies stay queued, as behind a long training run
     for _ in range(playground.MAX_QUEUED_PER_USER):

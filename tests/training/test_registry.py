@@ -9,7 +9,7 @@ from training.models import ModelVersion
 from training.services import registry
 
 
-def _folder(tmp_path, name="m"):  # type: ignore[no-untyped-def]
+def _folder(tmp_path, name="m"):
     folder = tmp_path / name
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -27,7 +27,7 @@ def test_base_model_becomes_the_first_current_policy() -> None:
 
 
 @pytest.mark.django_db
-def test_promote_makes_exactly_one_current_per_role(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_promote_makes_exactly_one_current_per_role(tmp_path) -> None:
     project = ProjectFactory()
     first = registry.current_policy(project=project)
     new = registry.model_version_create(
@@ -51,7 +51,7 @@ def test_promote_makes_exactly_one_current_per_role(tmp_path) -> None:  # type: 
         (lambda f: (f / "model.safetensors").unlink(), "no safetensors"),
     ],
 )
-def test_incomplete_or_pickled_artifacts_never_become_current(tmp_path, damage, message) -> None:  # type: ignore[no-untyped-def]
+def test_incomplete_or_pickled_artifacts_never_become_current(tmp_path, damage, message) -> None:
     project = ProjectFactory()
     old = registry.current_policy(project=project)
     folder = _folder(tmp_path)
@@ -75,14 +75,16 @@ def test_reference_policy_prefers_newest_sft() -> None:
 
 
 @pytest.mark.django_db
-def test_version_metrics_are_stored_json_safe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_version_metrics_are_stored_json_safe(tmp_path) -> None:
     """A trainer's NaN (an eval with no pairs) is stored as null, as a run's metrics are,
     both when the version is created and when it is promoted."""
     project = ProjectFactory(base_model="tiny")
     version = registry.model_version_create(
-        project=project, kind="rm", artifact=str(_folder(tmp_path)),
+        project=project,
+        kind="rm",
+        artifact=str(_folder(tmp_path)),
         metrics={"rm/eval_loss": float("nan"), "rm/loss": 0.5, "steps": 3},
-    )  # fmt: skip
+    )
     version.refresh_from_db()
     assert version.metrics == {"rm/eval_loss": None, "rm/loss": 0.5, "steps": 3}
     registry.model_version_promote(version=version, metrics={"rm/accuracy": float("inf")})

@@ -8,7 +8,7 @@ from training.models import Round
 
 
 @pytest.mark.django_db
-def test_start_advance_and_cancel_from_the_shell(project, on_commit, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_start_advance_and_cancel_from_the_shell(project, on_commit, monkeypatch, capsys) -> None:
     from training import tasks
 
     queued: list[int] = []

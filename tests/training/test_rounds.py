@@ -19,7 +19,7 @@ from training.services import registry, rounds, run_bodies, runs
 from training.services.run_bodies.common import publish
 
 
-def _artifact(path):  # type: ignore[no-untyped-def]
+def _artifact(path):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     save_file({"w": torch.zeros(1)}, str(path / "model.safetensors"))
@@ -30,10 +30,10 @@ class Bodies:
     """Stand-ins for the ML bodies that follow the same contract: produce a verified
     artifact through the registry, or fail."""
 
-    def __init__(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tmp_path) -> None:
         self.tmp_path, self.calls, self.fail = tmp_path, [], set()
 
-    def __call__(self, kind: str):  # type: ignore[no-untyped-def]
+    def __call__(self, kind: str):
         def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
             self.calls.append(kind)
             if kind in self.fail:
@@ -56,7 +56,7 @@ class Bodies:
 
 
 @pytest.fixture
-def bodies(monkeypatch, tmp_path, settings):  # type: ignore[no-untyped-def]
+def bodies(monkeypatch, tmp_path, settings):
     settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
     recorder = Bodies(tmp_path)
     monkeypatch.setattr(run_bodies, "body_for", recorder)
@@ -64,7 +64,7 @@ def bodies(monkeypatch, tmp_path, settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def project_with_prompts(project):  # type: ignore[no-untyped-def]
+def project_with_prompts(project):
     PromptFactory.create_batch(3, project=project)
     return project
 
@@ -80,7 +80,7 @@ def _rank_all(round_: Round) -> None:
 
 
 @pytest.mark.django_db
-def test_a_round_walks_every_stage(bodies, project_with_prompts, on_commit):  # type: ignore[no-untyped-def]
+def test_a_round_walks_every_stage(bodies, project_with_prompts, on_commit):
     project = project_with_prompts
     with on_commit():
         round_ = rounds.round_start(project=project, num_prompts=2)
@@ -110,7 +110,7 @@ def test_a_round_walks_every_stage(bodies, project_with_prompts, on_commit):  # 
 @pytest.mark.django_db
 def test_a_failed_stage_keeps_old_models_and_can_be_retried(
     bodies, project_with_prompts, on_commit
-):  # type: ignore[no-untyped-def]
+):
     project = project_with_prompts
     with on_commit():
         round_ = rounds.round_start(project=project, num_prompts=2)
@@ -135,7 +135,7 @@ def test_a_failed_stage_keeps_old_models_and_can_be_retried(
 
 
 @pytest.mark.django_db
-def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts, on_commit):  # type: ignore[no-untyped-def]
+def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts, on_commit):
     with on_commit():
         round_ = rounds.round_start(project=project_with_prompts, num_prompts=2)
     rounds.round_cancel(round_=round_)
@@ -147,7 +147,7 @@ def test_cancel_stops_queued_runs_and_closes_tasks(bodies, project_with_prompts,
 
 
 @pytest.mark.django_db
-def test_run_execute_is_idempotent_on_the_run_id(bodies, project) -> None:  # type: ignore[no-untyped-def]
+def test_run_execute_is_idempotent_on_the_run_id(bodies, project) -> None:
     run = TrainingRun.objects.create(project=project, kind="rm")
     runs.run_execute(run_id=run.pk, body=bodies("rm"))
     runs.run_execute(run_id=run.pk, body=bodies("rm"))  # a redelivered message
@@ -156,7 +156,7 @@ def test_run_execute_is_idempotent_on_the_run_id(bodies, project) -> None:  # ty
 
 
 @pytest.mark.django_db
-def test_a_cancel_flag_is_seen_by_the_body(project) -> None:  # type: ignore[no-untyped-def]
+def test_a_cancel_flag_is_seen_by_the_body(project) -> None:
     run = TrainingRun.objects.create(project=project, kind="rm")
 
     def body(run: TrainingRun, reporter: runs.RunReporter) -> dict:
@@ -170,17 +170,23 @@ def test_a_cancel_flag_is_seen_by_the_body(project) -> None:  # type: ignore[no-
 
 
 @pytest.mark.django_db
-def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, settings) -> None:  # type: ignore[no-untyped-def]
+def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, settings) -> None:
     from training.tasks import reap_stale_runs
 
     round_ = Round.objects.create(
-        project=project_with_prompts, number=1, stage="training_rm",
+        project=project_with_prompts,
+        number=1,
+        stage="training_rm",
         sampling_policy=registry.current_policy(project=project_with_prompts),
-    )  # fmt: skip
+    )
     stale = TrainingRun.objects.create(
-        project=round_.project, round=round_, kind="rm", status="running", worker="w1",
+        project=round_.project,
+        round=round_,
+        kind="rm",
+        status="running",
+        worker="w1",
         heartbeat_at=timezone.now() - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT + 5),
-    )  # fmt: skip
+    )
     fresh = TrainingRun.objects.create(
         project=round_.project, kind="ppo", status="running", heartbeat_at=timezone.now()
     )
@@ -194,7 +200,7 @@ def test_reaping_fails_runs_of_a_dead_worker(bodies, project_with_prompts, setti
 
 
 @pytest.mark.django_db
-def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(  # type: ignore[no-untyped-def]
+def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(
     bodies, project_with_prompts, settings, on_commit
 ):
     """The worker died under the RM run and beat has not reaped it yet: "next" fails the
@@ -202,9 +208,11 @@ def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(  # type: ign
     from tests.factories import ProjectFactory
 
     round_ = Round.objects.create(
-        project=project_with_prompts, number=1, stage="training_rm",
+        project=project_with_prompts,
+        number=1,
+        stage="training_rm",
         sampling_policy=registry.current_policy(project=project_with_prompts),
-    )  # fmt: skip
+    )
     old = timezone.now() - timedelta(seconds=settings.RLHF_HEARTBEAT_TIMEOUT + 5)
     stale = TrainingRun.objects.create(
         project=round_.project, round=round_, kind="rm", status="running", heartbeat_at=old
@@ -224,20 +232,26 @@ def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(  # type: ign
 
 
 @pytest.mark.django_db
-def test_a_restarted_worker_fails_its_own_runs_at_once(bodies, project_with_prompts) -> None:  # type: ignore[no-untyped-def]
+def test_a_restarted_worker_fails_its_own_runs_at_once(bodies, project_with_prompts) -> None:
     """A worker back up within the heartbeat timeout: its node's runs are dead anyway."""
     from types import SimpleNamespace
 
     from training.tasks import _recover_on_start
 
     mine = TrainingRun.objects.create(
-        project=project_with_prompts, kind="rm", status="running", worker="gpu@box-1",
+        project=project_with_prompts,
+        kind="rm",
+        status="running",
+        worker="gpu@box-1",
         heartbeat_at=timezone.now(),
-    )  # fmt: skip
+    )
     other = TrainingRun.objects.create(
-        project=project_with_prompts, kind="ppo", status="running", worker="gpu@box-2",
+        project=project_with_prompts,
+        kind="ppo",
+        status="running",
+        worker="gpu@box-2",
         heartbeat_at=timezone.now(),
-    )  # fmt: skip
+    )
     consumer = SimpleNamespace(
         hostname="gpu@box-1",
         app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from={}))),
@@ -250,7 +264,7 @@ def test_a_restarted_worker_fails_its_own_runs_at_once(bodies, project_with_prom
 
 
 @pytest.mark.django_db
-def test_a_starting_gpu_worker_resends_queued_runs(project_with_prompts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_starting_gpu_worker_resends_queued_runs(project_with_prompts, monkeypatch) -> None:
     from types import SimpleNamespace
 
     from training import tasks
@@ -293,7 +307,7 @@ def test_beat_schedules_the_reaper() -> None:
         ({"continue_kl_controller": True}, True),
     ],
 )
-def test_the_next_rounds_ppo_continues_the_kl_controller_when_it_continues_the_policy(  # type: ignore[no-untyped-def]
+def test_the_next_rounds_ppo_continues_the_kl_controller_when_it_continues_the_policy(
     bodies, project_with_prompts, on_commit, ppo, carry
 ):
     project = project_with_prompts
@@ -314,7 +328,7 @@ def test_the_next_rounds_ppo_continues_the_kl_controller_when_it_continues_the_p
 
 
 @pytest.mark.django_db
-def test_a_run_reaped_while_still_working_cannot_make_its_model_current(  # type: ignore[no-untyped-def]
+def test_a_run_reaped_while_still_working_cannot_make_its_model_current(
     project_with_prompts, tmp_path
 ):
     """Its heartbeats stalled (say a long model load), the reaper failed it, then the body
@@ -341,7 +355,7 @@ def test_a_run_reaped_while_still_working_cannot_make_its_model_current(  # type
 
 
 @pytest.mark.django_db
-def test_a_reaped_run_is_told_to_stop(project_with_prompts) -> None:  # type: ignore[no-untyped-def]
+def test_a_reaped_run_is_told_to_stop(project_with_prompts) -> None:
     """A stalled run the reaper failed stops at its next check instead of training on."""
     run = TrainingRun.objects.create(project=project_with_prompts, kind="ppo")
     seen = []
@@ -359,7 +373,7 @@ def test_a_reaped_run_is_told_to_stop(project_with_prompts) -> None:  # type: ig
     assert finished.status == "failed" and "stopped responding" in finished.error
 
 
-def test_ppo_checkpoints_live_under_the_artifact_dir(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ppo_checkpoints_live_under_the_artifact_dir(settings, tmp_path) -> None:
     from types import SimpleNamespace
 
     from training.services.run_bodies.ppo import ppo_checkpoints
@@ -374,7 +388,7 @@ def test_ppo_checkpoints_live_under_the_artifact_dir(settings, tmp_path) -> None
 # --- How many prompts a round may ask for (issue 9 item 7) -----------------------------------
 
 
-def test_round_start_refuses_more_prompts_than_the_project_has(project, bodies) -> None:  # type: ignore[no-untyped-def]
+def test_round_start_refuses_more_prompts_than_the_project_has(project, bodies) -> None:
     from django.core.management import CommandError, call_command
 
     from core.exceptions import ApplicationError
@@ -393,14 +407,14 @@ def test_round_start_refuses_more_prompts_than_the_project_has(project, bodies) 
     assert rounds.round_start(project=project, num_prompts=21).num_prompts == 21
 
 
-def test_prompts_ranked_in_an_earlier_round_still_count(project, bodies) -> None:  # type: ignore[no-untyped-def]
+def test_prompts_ranked_in_an_earlier_round_still_count(project, bodies) -> None:
     """The generate run reuses ranked prompts after the fresh ones (selectors.prompts_for_round)."""
     prompts = PromptFactory.create_batch(2, project=project)
     RankingTaskFactory(project=project, prompt=prompts[0])
     assert rounds.round_start(project=project, num_prompts=2).num_prompts == 2
 
 
-def test_round_start_api_answers_400_with_the_count(admin_client_api, project, bodies) -> None:  # type: ignore[no-untyped-def]
+def test_round_start_api_answers_400_with_the_count(admin_client_api, project, bodies) -> None:
     PromptFactory.create_batch(21, project=project)
     url = f"/api/v1/projects/{project.slug}/rounds/"
     response = admin_client_api.post(url, {"num_prompts": 5000}, format="json")
@@ -413,7 +427,7 @@ def test_round_start_api_answers_400_with_the_count(admin_client_api, project, b
     assert not Round.objects.filter(project=project).exists()
 
 
-def test_without_num_prompts_a_round_takes_at_most_the_train_prompts(project, bodies) -> None:  # type: ignore[no-untyped-def]
+def test_without_num_prompts_a_round_takes_at_most_the_train_prompts(project, bodies) -> None:
     from core.exceptions import ApplicationError
 
     with pytest.raises(ApplicationError, match="16 asked, 0 train prompts available"):

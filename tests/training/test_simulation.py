@@ -13,13 +13,13 @@ TEXTS = ["yes yes", "no", "Yes, and yes again: yes.", "maybe"]  # keyword:yes ->
 
 
 @pytest.fixture
-def sim_project(db):  # type: ignore[no-untyped-def]
+def sim_project(db):
     project = ProjectFactory(k=4, overlap=2)
     tasks = [RankingTaskFactory(project=project, responses=TEXTS) for _ in range(3)]
     return project, tasks
 
 
-def test_exact_labelers_rank_every_task_by_the_preference(sim_project) -> None:  # type: ignore[no-untyped-def]
+def test_exact_labelers_rank_every_task_by_the_preference(sim_project) -> None:
     project, tasks = sim_project
 
     summary = labelers_simulate(project=project, preference="keyword:yes", labelers=2)
@@ -42,7 +42,7 @@ def test_exact_labelers_rank_every_task_by_the_preference(sim_project) -> None: 
     assert Comparison.objects.filter(project=project).count() == 6 * 5
 
 
-def test_simulated_labelers_are_labeler_members_without_a_password(sim_project) -> None:  # type: ignore[no-untyped-def]
+def test_simulated_labelers_are_labeler_members_without_a_password(sim_project) -> None:
     project, _ = sim_project
     labelers_simulate(project=project, preference="length", labelers=3, max_tasks=1)
     labelers_simulate(project=project, preference="length", labelers=3, max_tasks=1)
@@ -57,7 +57,7 @@ def test_simulated_labelers_are_labeler_members_without_a_password(sim_project) 
     assert not any(m.user.has_usable_password() for m in members)
 
 
-def test_max_tasks_and_overlap_limits(sim_project) -> None:  # type: ignore[no-untyped-def]
+def test_max_tasks_and_overlap_limits(sim_project) -> None:
     project, _ = sim_project
     assert rankings_wanted(project=project) == 6
 
@@ -76,7 +76,7 @@ def test_max_tasks_and_overlap_limits(sim_project) -> None:  # type: ignore[no-u
     assert rankings_wanted(project=project) == 3
 
 
-def test_noise_is_seeded_and_sometimes_flips_pairs(db) -> None:  # type: ignore[no-untyped-def]
+def test_noise_is_seeded_and_sometimes_flips_pairs(db) -> None:
     def run(seed: int) -> tuple[list[list[int]], float]:
         project = ProjectFactory(k=4, overlap=1)
         for _ in range(30):
@@ -96,7 +96,7 @@ def test_noise_is_seeded_and_sometimes_flips_pairs(db) -> None:  # type: ignore[
     assert all(shape == [1, 1, 1, 1] for shape in shapes)  # T > 0 gives no ties
 
 
-def test_command_reports_a_summary(sim_project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_command_reports_a_summary(sim_project, capsys) -> None:
     project, _ = sim_project
     call_command(
         "simulate_labelers", project.slug, "--preference", "keyword:yes", "--labelers", "2"
@@ -107,7 +107,7 @@ def test_command_reports_a_summary(sim_project, capsys) -> None:  # type: ignore
     assert json.loads(out.strip().splitlines()[-1])["rankings"] == 6
 
 
-def test_command_rejects_an_unknown_preference(sim_project) -> None:  # type: ignore[no-untyped-def]
+def test_command_rejects_an_unknown_preference(sim_project) -> None:
     project, _ = sim_project
     with pytest.raises(CommandError, match="valid preferences: length"):
         call_command("simulate_labelers", project.slug, "--preference", "politeness")
@@ -115,7 +115,7 @@ def test_command_rejects_an_unknown_preference(sim_project) -> None:  # type: ig
         call_command("simulate_labelers", "nope", "--preference", "length")
 
 
-def test_a_human_lease_is_respected(sim_project) -> None:  # type: ignore[no-untyped-def]
+def test_a_human_lease_is_respected(sim_project) -> None:
     """A task a person holds with overlap 1 is not given to a simulated labeler."""
     from labeling.services.leasing import task_lease_next
 

@@ -59,7 +59,7 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize(("value", "message"), REFUSED)
-def test_the_api_refuses_naming_the_field(admin_client_api, project, value, message) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_refuses_naming_the_field(admin_client_api, project, value, message) -> None:
     url = f"{API}/projects/{project.slug}/"
     response = admin_client_api.patch(url, {"training_config": value}, format="json")
     assert response.status_code == 400
@@ -68,7 +68,7 @@ def test_the_api_refuses_naming_the_field(admin_client_api, project, value, mess
     assert project.training_config == {}
 
 
-def test_the_api_stores_and_returns_a_valid_config(admin_client_api, project) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_stores_and_returns_a_valid_config(admin_client_api, project) -> None:
     url = f"{API}/projects/{project.slug}/"
     response = admin_client_api.patch(url, {"training_config": ACCEPTED}, format="json")
     assert response.status_code == 200, response.content
@@ -78,7 +78,7 @@ def test_the_api_stores_and_returns_a_valid_config(admin_client_api, project) ->
     assert project.training_config == ACCEPTED
 
 
-def test_project_creation_checks_it_too(admin_client_api, project_admin) -> None:  # type: ignore[no-untyped-def]
+def test_project_creation_checks_it_too(admin_client_api, project_admin) -> None:
     project_admin.is_staff = True
     project_admin.save()
     body = {"slug": "new", "training_config": {"ppo": {"lerning_rate": 1}}}
@@ -89,7 +89,7 @@ def test_project_creation_checks_it_too(admin_client_api, project_admin) -> None
     assert response.status_code == 201 and response.json()["training_config"] == ACCEPTED
 
 
-def test_the_django_admin_form_uses_the_same_checks(project) -> None:  # type: ignore[no-untyped-def]
+def test_the_django_admin_form_uses_the_same_checks(project) -> None:
     data = {"base_model": "/etc", "training_config": json.dumps({"ppo": {"lerning_rate": 1}})}
     form = ProjectForm(data=data, instance=project)
     assert not form.is_valid()
@@ -101,7 +101,7 @@ def test_the_django_admin_form_uses_the_same_checks(project) -> None:  # type: i
     assert form.is_valid(), form.errors
 
 
-def test_create_project_reads_and_checks_a_training_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_create_project_reads_and_checks_a_training_config_file(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rm": {"batch_size": -1}}))
     with pytest.raises(CommandError, match=r"training_config\.rm\.batch_size: must be >= 1"):
@@ -172,7 +172,7 @@ def test_every_key_the_services_read_is_in_the_schema() -> None:
     assert read <= _schema_keys(), sorted(read - _schema_keys())
 
 
-def test_checking_a_config_does_not_load_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_checking_a_config_does_not_load_torch(tmp_path) -> None:
     """The web process checks training_config and model specs without the ML stack."""
     probe = (
         "import django, sys; django.setup()\n"
@@ -184,11 +184,15 @@ def test_checking_a_config_does_not_load_torch(tmp_path) -> None:  # type: ignor
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings.test",
-             "RLHF_STUDIO_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "RLHF_STUDIO_VAR_DIR": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+        },
         capture_output=True,
         text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

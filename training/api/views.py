@@ -14,7 +14,7 @@ from training.services import rounds
 from training.services.sft import sft_start
 
 
-def _round_out(round_) -> dict:  # type: ignore[no-untyped-def]
+def _round_out(round_) -> dict:
     round_ = (
         selectors.rounds_for_project(project=round_.project)
         .prefetch_related("runs")

@@ -89,9 +89,11 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 
 def build_model(shape: str, tokenizer: PreTrainedTokenizerFast, device: str) -> LlamaForCausalLM:
     config = LlamaConfig(
-        **SHAPES[shape], max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+        **SHAPES[shape],
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to() as PreTrainedModel-only
@@ -178,15 +180,22 @@ def check_shape(shape: str, settings: CheckSettings) -> dict[str, Any]:
     def generate() -> int:
         gen = GenerationSettings(max_new_tokens=settings.new_tokens, seed=0)
         with torch.no_grad(), precision.autocast():
-            samples = sample_responses(policy, tokenizer, prompts, k=2, settings=gen,
-                                       batch_size=2 * settings.batch)  # fmt: skip
+            samples = sample_responses(
+                policy, tokenizer, prompts, k=2, settings=gen, batch_size=2 * settings.batch
+            )
         return sum(len(s.token_ids) for group in samples for s in group)
 
     result["generate_tokens_per_s"], result["generate_peak_mb"] = _timed(device, generate)
 
     demos = [Demonstration(p, random_text(rng, len(tokenizer), 24)) for p in prompts]
-    sft_config = SFTConfig(epochs=settings.steps, batch_size=settings.batch, lr=LR,
-                           eval_fraction=0.0, warmup_ratio=0.0, max_length=128)  # fmt: skip
+    sft_config = SFTConfig(
+        epochs=settings.steps,
+        batch_size=settings.batch,
+        lr=LR,
+        eval_fraction=0.0,
+        warmup_ratio=0.0,
+        max_length=128,
+    )
     before = _matrices(policy)
     sft: dict[str, Any] = {}
 
@@ -209,8 +218,11 @@ def check_shape(shape: str, settings: CheckSettings) -> dict[str, Any]:
     rm: dict[str, Any] = {}
 
     def run_rm() -> int:
-        rm.update(train_reward_model(reward_model, tokenizer, ranked, config=rm_config,
-                                     precision=precision))  # fmt: skip
+        rm.update(
+            train_reward_model(
+                reward_model, tokenizer, ranked, config=rm_config, precision=precision
+            )
+        )
         return int(rm["tokens"])
 
     result["rm_tokens_per_s"], result["rm_peak_mb"] = _timed(device, run_rm)
@@ -222,15 +234,30 @@ def check_shape(shape: str, settings: CheckSettings) -> dict[str, Any]:
     ref_policy.to(settings.dtype)  # type: ignore[arg-type]  # transformers types .to() as PreTrainedModel-only
     scorer = copy.deepcopy(reward_model).to(settings.dtype)
     critic = reward_model
-    ppo_config = PPOConfig(steps=settings.steps, batch_size=settings.batch,
-                           mini_batch_size=settings.batch // 2, ppo_epochs=1, lr=LR,
-                           max_new_tokens=settings.new_tokens)  # fmt: skip
+    ppo_config = PPOConfig(
+        steps=settings.steps,
+        batch_size=settings.batch,
+        mini_batch_size=settings.batch // 2,
+        ppo_epochs=1,
+        lr=LR,
+        max_new_tokens=settings.new_tokens,
+    )
     before = {**_matrices(policy), **{f"critic.{k}": v for k, v in _matrices(critic).items()}}
     ppo: dict[str, Any] = {}
 
     def run_ppo() -> int:
-        ppo.update(train_ppo(policy, ref_policy, critic, scorer, tokenizer, prompts,
-                             ppo_config, precision=precision))  # fmt: skip
+        ppo.update(
+            train_ppo(
+                policy,
+                ref_policy,
+                critic,
+                scorer,
+                tokenizer,
+                prompts,
+                ppo_config,
+                precision=precision,
+            )
+        )
         return int(ppo["charts/response_tokens"] * settings.steps)
 
     result["ppo_tokens_per_s"], result["ppo_peak_mb"] = _timed(device, run_ppo)

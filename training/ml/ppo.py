@@ -248,8 +248,9 @@ def train_ppo(
     prompts = list(prompts)
     master_weights(policy)
     master_weights(critic)
-    _check_inputs(prompts, reward_model is not None or reward_fn is not None or bool(rules),
-                  tokenizer)  # fmt: skip
+    _check_inputs(
+        prompts, reward_model is not None or reward_fn is not None or bool(rules), tokenizer
+    )
     models = PPOModels(policy, ref_policy, critic, reward_model)
     ptx = None
     if ptx_texts and config.ptx_coef:
@@ -275,8 +276,15 @@ def train_ppo(
             "config": asdict(config),
             "metrics": metrics,
         }
-        save_checkpoint(checkpoint_dir, state, policy=policy, critic=critic, tokenizer=tokenizer,
-                        optimizer=optimizer, keep=config.keep_checkpoints)  # fmt: skip
+        save_checkpoint(
+            checkpoint_dir,
+            state,
+            policy=policy,
+            critic=critic,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            keep=config.keep_checkpoints,
+        )
 
     status = "completed"
     step = start
@@ -284,8 +292,20 @@ def train_ppo(
         if should_stop is not None and should_stop():
             status = "cancelled"
             break
-        metrics = ppo_step(models, optimizer, tokenizer, prompts, config, step, kl_ctl,
-                           rules or (), reward_fn, ptx, precision, scaler)  # fmt: skip
+        metrics = ppo_step(
+            models,
+            optimizer,
+            tokenizer,
+            prompts,
+            config,
+            step,
+            kl_ctl,
+            rules or (),
+            reward_fn,
+            ptx,
+            precision,
+            scaler,
+        )
         if on_metrics is not None:
             on_metrics(step + 1, metrics)
         every = config.checkpoint_every
@@ -330,8 +350,19 @@ def ppo_step(
     rollout_s = time.perf_counter() - started
     kl_coef = kl_ctl.value
     rewards, advantages, returns = compute_advantages(rollout, config, kl_coef)
-    update = ppo_update(models, optimizer, rollout, advantages, returns, config, step, ptx,
-                        tokenizer.pad_token_id, precision, scaler)  # fmt: skip
+    update = ppo_update(
+        models,
+        optimizer,
+        rollout,
+        advantages,
+        returns,
+        config,
+        step,
+        ptx,
+        tokenizer.pad_token_id,
+        precision,
+        scaler,
+    )
     elapsed = time.perf_counter() - started
     metrics = step_metrics(rollout, rewards, update, kl_coef, models.reward_model is not None)
     kl_ctl.update(metrics["objective/kl"], config.batch_size)
@@ -391,8 +422,17 @@ def bench_ppo(
     device = next(policy.parameters()).device
     peak_reset = reset_peak_memory(device)
     history: list[dict[str, float]] = []
-    train_ppo(policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
-              reward_fn=reward_fn, on_metrics=lambda _, m: history.append(m))  # fmt: skip
+    train_ppo(
+        policy,
+        ref_policy,
+        critic,
+        reward_model,
+        tokenizer,
+        prompts,
+        config,
+        reward_fn=reward_fn,
+        on_metrics=lambda _, m: history.append(m),
+    )
     timed = history[warmup_steps:] or history
     tokens = sum(m["charts/response_tokens"] for m in timed)
     generate_s = sum(m["charts/generate_s"] for m in timed)

@@ -36,10 +36,17 @@ CHECKPOINT_PATTERN = "step-[0-9][0-9][0-9][0-9][0-9][0-9]"
 # pass); any other difference means the checkpoint trained something else.
 # (gradient checkpointing and the frozen-trunk cache save memory, the resumed controller
 # takes its beta from the checkpoint).
-RESUMABLE_CHANGES = frozenset({
-    "steps", "checkpoint_every", "keep_checkpoints", "forward_batch_size",
-    "gradient_checkpointing", "cache_frozen_trunk", "init_kl_coef",
-})  # fmt: skip
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "forward_batch_size",
+        "gradient_checkpointing",
+        "cache_frozen_trunk",
+        "init_kl_coef",
+    }
+)
 Log = Callable[[str], None]
 
 
@@ -171,8 +178,13 @@ def set_aside_foreign_checkpoints(root: str | Path, config: PPOConfig, log: Log)
             continue  # unreadable: train_ppo reports it and it is set aside as corrupt
         changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
         if changed:
-            _set_aside(folder, "superseded", log, f"checkpoint {folder.name} was trained "
-                       f"with other {', '.join(changed)}; starting over")  # fmt: skip
+            _set_aside(
+                folder,
+                "superseded",
+                log,
+                f"checkpoint {folder.name} was trained "
+                f"with other {', '.join(changed)}; starting over",
+            )
 
 
 def set_aside_newest_checkpoint(root: str | Path, error: Exception, log: Log) -> None:

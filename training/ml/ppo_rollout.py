@@ -191,14 +191,21 @@ def forward_rollout(
     ):
         for start in range(0, input_ids.shape[0], chunk):
             ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
-            parts.append(_forward_chunk(models, ids, mask, r_len, temperature,
-                                        policy_recorded, critic_recorded))  # fmt: skip
+            parts.append(
+                _forward_chunk(
+                    models, ids, mask, r_len, temperature, policy_recorded, critic_recorded
+                )
+            )
     logp, ref_logp, values, entropy, rm_scores = (torch.cat(c) for c in zip(*parts, strict=True))
     return Forwards(
-        logp, ref_logp, values, entropy, rm_scores,
+        logp,
+        ref_logp,
+        values,
+        entropy,
+        rm_scores,
         _concat_if_verified(models.policy_trunk, policy_recorded),
         _concat_if_verified(models.critic_trunk, critic_recorded),
-    )  # fmt: skip
+    )
 
 
 def _forward_chunk(
@@ -215,14 +222,22 @@ def _forward_chunk(
     logits = response_logits(models.policy, ids, mask, r_len)
     logp, entropy = token_logprobs(logits, tokens, temperature)
     assert entropy is not None
-    trunk = _checked_trunk(models.policy_trunk, policy_recorded, logits,
-                           lambda: response_logits(models.policy, ids, mask, r_len))  # fmt: skip
+    trunk = _checked_trunk(
+        models.policy_trunk,
+        policy_recorded,
+        logits,
+        lambda: response_logits(models.policy, ids, mask, r_len),
+    )
     with top_only(models.ref_trunk, trunk):
         ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
     ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
     values = response_values(models.critic, ids, mask, r_len)
-    trunk = _checked_trunk(models.critic_trunk, critic_recorded, values,
-                           lambda: response_values(models.critic, ids, mask, r_len))  # fmt: skip
+    trunk = _checked_trunk(
+        models.critic_trunk,
+        critic_recorded,
+        values,
+        lambda: response_values(models.critic, ids, mask, r_len),
+    )
     if models.reward_model is None:
         rm_scores = torch.zeros(ids.shape[0], device=ids.device)
     else:
@@ -284,7 +299,12 @@ def collect_rollout(
     missing_eos = config.missing_eos_penalty * (~finished).to(extra.dtype)
     scores = forwards.rm_scores + extra - missing_eos  # (B,)
     return Rollout(
-        input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-        scores=scores, finished=finished, texts=texts, generate_s=generate_s,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        scores=scores,
+        finished=finished,
+        texts=texts,
+        generate_s=generate_s,
         **forwards._asdict(),
-    )  # fmt: skip
+    )

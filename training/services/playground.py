@@ -22,6 +22,7 @@ from formats.prompts import PromptInput as PromptContent
 from labeling.models import Demonstration, Feedback, Project
 from labeling.selectors import access_project
 from labeling.services.imports import ImportFileError, check_prompt_content
+from training import dispatch
 from training.models import PlaygroundReply
 from training.services.registry import current_policy
 from training.services.run_bodies.common import stable_seed
@@ -89,9 +90,7 @@ def playground_reply_request(*, project: Project, user: Any, prompt: Any) -> Pla
             f"You have {waiting} replies waiting for the model; wait for them to finish."
         )
     reply = PlaygroundReply.objects.create(project=project, user=user, prompt=content)
-    from training import tasks  # the Celery door; imported late to keep services testable
-
-    transaction.on_commit(lambda: tasks.playground_reply.delay(reply.pk))
+    dispatch.enqueue_on_commit(dispatch.PLAYGROUND_REPLY, reply.pk)
     return reply
 
 

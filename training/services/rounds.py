@@ -14,6 +14,7 @@ from django.db.models import Count, Max, Q
 
 from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask
+from training import dispatch
 from training.models import Round, TrainingRun
 from training.services.registry import current_policy
 from training.services.runs import run_create, run_request_cancel, runs_reap_stale
@@ -40,7 +41,7 @@ def _lock(round_: Round) -> Round:
 
 
 @transaction.atomic
-def round_start(*, project: Project, num_prompts: int | None = None, user=None) -> Round:  # type: ignore[no-untyped-def]
+def round_start(*, project: Project, num_prompts: int | None = None, user=None) -> Round:
     """Open the next round: the current policy samples K responses for `num_prompts` prompts.
 
     Without `num_prompts`, the round takes `prompts_per_round` of training_config, or all
@@ -119,7 +120,7 @@ def _last_kl_coef(round_: Round) -> float | None:
 
 
 @transaction.atomic
-def round_advance(*, round_: Round, user=None) -> Round:  # type: ignore[no-untyped-def]
+def round_advance(*, round_: Round, user=None) -> Round:
     """Admin's "next": end labeling early, or retry the stage that failed.
 
     The project's runs whose worker died are reaped first (`rounds_reap_stale_runs`), so a
@@ -161,9 +162,7 @@ def _enter_building_pairs(round_: Round) -> Round:
 
 
 def _queue_build_pairs(round_: Round) -> None:
-    from training import tasks
-
-    transaction.on_commit(lambda: tasks.round_build_pairs.delay(round_.pk))
+    dispatch.enqueue_on_commit(dispatch.ROUND_BUILD_PAIRS, round_.pk)
 
 
 @transaction.atomic
@@ -206,7 +205,7 @@ def _fail(round_: Round, stage: str, error: str) -> Round:
 
 
 @transaction.atomic
-def round_cancel(*, round_: Round, user=None) -> Round:  # type: ignore[no-untyped-def]
+def round_cancel(*, round_: Round, user=None) -> Round:
     round_ = _lock(round_)
     if round_.stage not in ACTIVE and round_.stage != Stage.FAILED:
         raise ConflictError(f"Round {round_.number} is {round_.stage}; nothing to cancel.")

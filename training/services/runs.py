@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from core.exceptions import ApplicationError
 from labeling.models import Project
+from training import dispatch
 from training.models import MetricPoint, Round, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,7 @@ def run_create(
     run = TrainingRun.objects.create(
         project=project, round=round, kind=kind, config=config or {}, inputs=inputs or {}
     )
-    from training import tasks  # the Celery door; imported late to keep services testable
-
-    transaction.on_commit(lambda: tasks.gpu_execute_run.delay(run.pk))
+    dispatch.enqueue_on_commit(dispatch.GPU_EXECUTE_RUN, run.pk)
     return run
 
 
@@ -229,7 +228,7 @@ def run_request_cancel(*, run: TrainingRun) -> None:
     )
 
 
-def runs_reap_stale(  # type: ignore[no-untyped-def]
+def runs_reap_stale(
     *, now=None, dead_worker: str | None = None, project: Project | None = None
 ) -> list[int]:
     """Mark runs whose worker stopped sending heartbeats as failed (a killed worker).
@@ -282,8 +281,6 @@ def runs_requeue() -> list[int]:
     """
     queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, cancel_requested=False)
     ids = list(queued.order_by("id").values_list("pk", flat=True))
-    from training import tasks
-
     for run_id in ids:
-        tasks.gpu_execute_run.delay(run_id)
+        dispatch.enqueue(dispatch.GPU_EXECUTE_RUN, run_id)
     return ids

@@ -115,9 +115,13 @@ def _rank_one(
     spent_ms = max(1, round((time.perf_counter() - started) * 1000))
     try:
         ranking_submit(
-            task=task, labeler=user, order=order, flags={}, time_spent_ms=spent_ms,
+            task=task,
+            labeler=user,
+            order=order,
+            flags={},
+            time_spent_ms=spent_ms,
             source="simulated",
-        )  # fmt: skip
+        )
     except ConflictError:
         # The task was closed meanwhile (an admin advanced or cancelled the round).
         tally.conflicts += 1

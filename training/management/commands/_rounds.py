@@ -27,7 +27,7 @@ def latest_round(project: Project) -> Round:
     return round_
 
 
-def follow(round_: Round, *, write, poll: float = 1.0, queued_hint_after: float = 20.0) -> Round:  # type: ignore[no-untyped-def]
+def follow(round_: Round, *, write, poll: float = 1.0, queued_hint_after: float = 20.0) -> Round:
     """Show a progress bar per stage until the round rests (labeling, done, failed...)."""
     bar: tqdm | None = None
     stage = None

@@ -120,10 +120,14 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
     return dict(
         bench_sampling(
-            model, tokenizer, prompts=prompts, k=args.k, settings=settings,
+            model,
+            tokenizer,
+            prompts=prompts,
+            k=args.k,
+            settings=settings,
             batch_size=args.batch_size,
         )
-    )  # fmt: skip
+    )
 
 
 def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:

@@ -67,9 +67,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     with CountProgress("generate", unit="resp") as progress:
         samples = sample_responses(
-            model, tokenizer, prompts, k=args.k, settings=settings,
-            batch_size=args.batch_size, on_progress=progress,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            prompts,
+            k=args.k,
+            settings=settings,
+            batch_size=args.batch_size,
+            on_progress=progress,
+        )
     seconds = time.perf_counter() - started
     rows = [
         _row(i, prompt, group)

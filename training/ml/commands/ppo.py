@@ -101,8 +101,13 @@ def register(subparsers: Any) -> None:
     add("--max-length", type=int, help="prompt tokens kept (the last ones)")
     add("--temperature", type=float)
     add("--top-p", type=float)
-    add("--rule", action="append", default=[], metavar="RULE",
-        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON')  # fmt: skip
+    add(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON',
+    )
     add("--missing-eos-penalty", type=float, help="subtracted when a response lacks EOS")
     add("--ptx-data", metavar="FILE", help="demonstrations for the PPO-ptx term")
     add("--ptx-coef", type=float, help="gamma of PPO-ptx")
@@ -135,8 +140,16 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     set_threads_from_env()
     quiet_transformers()
     models = _load_models(args)
-    result = _train(models, prompts, config, rules, ptx, checkpoints, resume=args.resume,
-                    precision=precision_from_args(args))  # fmt: skip
+    result = _train(
+        models,
+        prompts,
+        config,
+        rules,
+        ptx,
+        checkpoints,
+        resume=args.resume,
+        precision=precision_from_args(args),
+    )
     if result["status"] != "completed":
         emit_result({**result, "out": None, "checkpoint_dir": str(checkpoints or "")})
         return EXIT_CANCELLED
@@ -230,11 +243,21 @@ def _train(
     try:
         with MetricsProgress("ppo", total=config.steps, keys=METRIC_KEYS) as progress:
             return train_ppo(
-                policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
-                rules=rules, ptx_texts=ptx, on_metrics=progress,
-                should_stop=lambda: stop["requested"], checkpoint_dir=checkpoints,
-                resume=resume, precision=precision,
-            )  # fmt: skip
+                policy,
+                ref_policy,
+                critic,
+                reward_model,
+                tokenizer,
+                prompts,
+                config,
+                rules=rules,
+                ptx_texts=ptx,
+                on_metrics=progress,
+                should_stop=lambda: stop["requested"],
+                checkpoint_dir=checkpoints,
+                resume=resume,
+                precision=precision,
+            )
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     finally:

@@ -115,9 +115,14 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     keys = ["rm/loss", "rm/accuracy", "rm/eval_accuracy", "charts/pairs_per_s"]
     with MetricsProgress("train-rm", keys=keys) as progress:
         result = train_reward_model(
-            model, tokenizer, train, config=config, eval=eval_examples, on_metrics=progress,
+            model,
+            tokenizer,
+            train,
+            config=config,
+            eval=eval_examples,
+            on_metrics=progress,
             precision=precision_from_args(args),
-        )  # fmt: skip
+        )
     if result["status"] != "completed":
         return {**result, "out": None}
     samples = calibration or _training_responses(train, config.seed)

@@ -68,9 +68,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_model_from_args(args, trained=True)
     with MetricsProgress("sft", keys=["sft/loss", "sft/eval_loss", "sft/lr"]) as progress:
         result = train_sft(
-            model, tokenizer, demos, config, eval_demos=eval_demos, on_metrics=progress,
+            model,
+            tokenizer,
+            demos,
+            config,
+            eval_demos=eval_demos,
+            on_metrics=progress,
             precision=precision_from_args(args),
-        )  # fmt: skip
+        )
     if result["status"] != "completed":
         return {**result, "out": None}
     metrics = json.dumps({**result, "config": vars(config)}, indent=2, default=str)

@@ -55,9 +55,14 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             reporter.progress(base + done, total)
 
         samples = sample_responses(
-            model, tokenizer, [p.as_input for p in chunk], k=project.k, settings=gen,
-            batch_size=int(run.config.get("batch_size", 8)), on_progress=on_progress,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            [p.as_input for p in chunk],
+            k=project.k,
+            settings=gen,
+            batch_size=int(run.config.get("batch_size", 8)),
+            on_progress=on_progress,
+        )
         replaced += _store_tasks(round_, chunk, samples, gen)
         reporter.progress(done_before + len(chunk) * project.k, total)
     if replaced:
@@ -84,18 +89,26 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
         try:
             with transaction.atomic():
                 task = RankingTask.objects.create(
-                    project=round_.project, prompt=prompt, round=round_,
-                    overlap=round_.project.overlap, source="policy",
-                )  # fmt: skip
+                    project=round_.project,
+                    prompt=prompt,
+                    round=round_,
+                    overlap=round_.project.overlap,
+                    source="policy",
+                )
                 Response.objects.bulk_create(
                     Response(
-                        task=task, position=i, text=text, token_count=len(s.token_ids),
-                        finished=s.finished, policy_version=policy,
-                        policy_name=policy.label, generation=generation,
+                        task=task,
+                        position=i,
+                        text=text,
+                        token_count=len(s.token_ids),
+                        finished=s.finished,
+                        policy_version=policy,
+                        policy_name=policy.label,
+                        generation=generation,
                         seed=s.seed,
                     )
                     for i, (s, (text, _)) in enumerate(zip(responses, texts, strict=True))
-                )  # fmt: skip
+                )
         except IntegrityError:
             continue  # a retried run: this prompt already has its task in this round
         replaced += sum(count for _, count in texts)

@@ -116,11 +116,20 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     while True:
         try:
             result = train_ppo(
-                policy, ref_policy, critic, reward_model, tokenizer, prompts, config,
-                rules=rules, ptx_texts=ptx, on_metrics=on_metrics,
-                should_stop=reporter.should_stop, checkpoint_dir=str(checkpoints),
+                policy,
+                ref_policy,
+                critic,
+                reward_model,
+                tokenizer,
+                prompts,
+                config,
+                rules=rules,
+                ptx_texts=ptx,
+                on_metrics=on_metrics,
+                should_stop=reporter.should_stop,
+                checkpoint_dir=str(checkpoints),
                 precision=precision(),
-            )  # fmt: skip
+            )
             break
         except CheckpointError as exc:
             set_aside_newest_checkpoint(checkpoints, exc, reporter.log)

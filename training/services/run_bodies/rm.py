@@ -50,9 +50,15 @@ def rm_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
         reporter.progress(min(step, steps_total), steps_total)
 
     result = train_reward_model(
-        model, tokenizer, data.train, config=config, eval=data.eval or None,
-        on_metrics=on_metrics, should_stop=reporter.should_stop, precision=precision(),
-    )  # fmt: skip
+        model,
+        tokenizer,
+        data.train,
+        config=config,
+        eval=data.eval or None,
+        on_metrics=on_metrics,
+        should_stop=reporter.should_stop,
+        precision=precision(),
+    )
     if result.get("status") == "cancelled":
         raise RunCancelled()
     metrics = scalar_metrics(result)

@@ -37,9 +37,14 @@ def sft_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     model, tokenizer = load_causal_lm(parent.artifact, device=device, dtype=TRAINED_DTYPE)
     config = SFTConfig(**known_fields(SFTConfig, run.config))
     result = train_sft(
-        model, tokenizer, demos, config, precision=precision(),
-        on_metrics=reporter.metrics, should_stop=reporter.should_stop,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        demos,
+        config,
+        precision=precision(),
+        on_metrics=reporter.metrics,
+        should_stop=reporter.should_stop,
+    )
     if result.get("status") == "cancelled":
         raise RunCancelled()
     metrics = scalar_metrics(result)
