@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from training.ml.chat import encode_prompt
 from training.ml.configs import SFTConfig
 from training.ml.data import Demonstration
+from training.ml.distributed import SINGLE, Distributed
 from training.ml.memory import disable_gradient_checkpointing, prepare_for_training
 from training.ml.precision import FP32, Precision, master_weights
 from training.ml.schedules import cosine_with_warmup
@@ -126,6 +127,11 @@ def evaluate_sft_loss(
     return total / max(count, 1)
 
 
+def _target_count(labels: list[int]) -> int:
+    """Tokens of one example that the loss predicts (labels after the first, not -100)."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
 def _optimizer_step(
     model: nn.Module,
     micro: list[list[tuple[list[int], list[int]]]],
@@ -135,27 +141,37 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     scaler: torch.amp.GradScaler,
+    dist: Distributed = SINGLE,
 ) -> tuple[float, float, int]:
     """One AdamW step's gradients: token-mean loss over all micro-batches; (loss, norm, tokens).
 
-    Leaves the gradients unscaled (fp16) so they can be clipped; the caller steps."""
+    The mean is over the target tokens of the GLOBAL step, which every rank counts from
+    the plan. Under several processes each rank forwards its slice of every micro-batch
+    through ``model`` (DDP) with its loss scaled by the world size, so DDP's average is the
+    one-process gradient; a rank left without examples (a short last micro-batch)
+    backpropagates a zero-weighted one, so every rank syncs once a step. Leaves the
+    gradients unscaled (fp16) so they can be clipped; the caller steps."""
     device = params[0].device
-    batches = [collate_right_padded(m, pad_id, device) for m in micro]
-    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    n_targets = sum(_target_count(labels) for examples in micro for _, labels in examples)
     total = 0.0
-    for batch in batches:
-        with precision.autocast():
-            loss, _ = response_nll(model, batch)
-        scaler.scale(loss / max(n_targets, 1)).backward()
-        total += float(loss.detach())
+    for index, examples in enumerate(micro):
+        local = dist.shard(examples)
+        batch = collate_right_padded(local or examples[:1], pad_id, device)
+        with dist.no_sync(model, skip=index < len(micro) - 1):
+            with precision.autocast():
+                loss, _ = response_nll(model, batch)
+            scale = dist.world_size if local else 0
+            scaler.scale(loss * scale / max(n_targets, 1)).backward()
+        if local:
+            total += float(loss.detach())
     scaler.unscale_(optimizer)
     norm = (
         float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         if config.max_grad_norm > 0
         else float("nan")
     )
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return total / max(n_targets, 1), norm, tokens
+    tokens = sum(len(ids) for examples in micro for ids, _ in examples)
+    return dist.sum([total])[0] / max(n_targets, 1), norm, tokens
 
 
 @dataclass
@@ -217,6 +233,7 @@ def train_sft(
     on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     precision: Precision = FP32,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``demos``; returns the final metrics.
 
@@ -226,9 +243,12 @@ def train_sft(
     step; the result's ``status`` is then ``"cancelled"`` (else ``"completed"``).
     Held-out data: ``eval_demos`` if given, else ``config.eval_fraction`` of ``demos``.
     With LoRA the adapters are merged into ``model`` at the end. The weights train in fp32;
-    ``precision`` sets the autocast dtype of forward and backward.
+    ``precision`` sets the autocast dtype of forward and backward. Under several processes
+    (``dist``) ``config.batch_size`` is the global micro-batch, each rank trains on its
+    slice and the metrics are global (``training.ml.distributed``).
     """
     config.validate()
+    dist.check_global_batch(config.batch_size)
     plan = _plan(tokenizer, demos, eval_demos, config)
     master_weights(model)
     trained = prepare_for_training(model, config.memory())  # type: ignore[arg-type]
@@ -243,7 +263,9 @@ def train_sft(
             trained, plan.held_out, plan.pad_id, config.batch_size
         ),
     }
-    result.update(_train_loop(trained, params, plan, config, on_metrics, should_stop, precision))
+    result.update(
+        _train_loop(trained, params, plan, config, on_metrics, should_stop, precision, dist)
+    )
     result["sft/eval_loss"] = evaluate_sft_loss(
         trained, plan.held_out, plan.pad_id, config.batch_size
     )
@@ -259,20 +281,22 @@ def _train_loop(
     on_metrics: Callable[[int, dict[str, Any]], None] | None,
     should_stop: Callable[[], bool] | None,
     precision: Precision,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     optimizer, scheduler = _optimizer(params, config, plan.total_steps)
+    runner = dist.prepare_model(trained)  # DDP under several processes, else ``trained``
     scaler = precision.grad_scaler()
     stream = _micro_batches(plan.train, config.batch_size, config.seed)
     losses: list[float] = []
     tokens_seen, started, status = 0, time.perf_counter(), "completed"
-    trained.train()
+    runner.train()
     for step in range(1, plan.total_steps + 1):
-        if should_stop is not None and should_stop():
+        if should_stop is not None and dist.any(should_stop()):
             status = "cancelled"
             break
         micro = [next(stream) for _ in range(config.grad_accum_steps)]
         loss, norm, tokens = _optimizer_step(
-            trained, micro, plan.pad_id, params, config, optimizer, precision, scaler
+            runner, micro, plan.pad_id, params, config, optimizer, precision, scaler, dist
         )
         lr = scheduler.get_last_lr()[0]
         scaler.step(optimizer)

@@ -91,14 +91,62 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model_from_args(args: argparse.Namespace, *, trained: bool = False) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``--model`` on ``--device``: in ``--dtype``, or in fp32
-    (master weights) for a model that will be ``trained``."""
+def distributed_from_args(args: argparse.Namespace, *, global_batch: int | None = None) -> Any:
+    """This process's ``training.ml.distributed.Distributed`` (``SINGLE`` without a
+    launcher); ``global_batch`` must split evenly over the processes."""
     from training.ml.devices import resolve_device
+    from training.ml.distributed import DistributedError, init_distributed
+
+    try:
+        dist = init_distributed(cpu=resolve_device(args.device).type == "cpu")
+        if global_batch is not None:
+            dist.check_global_batch(global_batch)
+    except (DistributedError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    return dist
+
+
+def main_progress(dist: Any, desc: str, keys: list[str]) -> Any:
+    """A context giving the ``on_metrics`` bar: a ``MetricsProgress`` on rank 0, None on
+    the other ranks (one bar per run)."""
+    import contextlib
+
+    from training.ml.progress import MetricsProgress
+
+    return MetricsProgress(desc, keys=keys) if dist.is_main else contextlib.nullcontext()
+
+
+def single_process_only(command: str) -> None:
+    """Refuse a multi-process launch of a command whose trainer does not shard its work
+    yet: N processes would otherwise train N independent copies."""
+    from training.ml.distributed import launched_world_size
+
+    world = launched_world_size()
+    if world > 1:
+        raise CommandError(
+            f"{command} runs in one process only (rollouts are not sharded over ranks yet); "
+            f"it was launched on {world}: launch it without --num_processes"
+        )
+
+
+def device_from_args(args: argparse.Namespace) -> Any:
+    """``--device``, or this rank's device under a multi-process launcher."""
+    from training.ml.devices import resolve_device
+    from training.ml.distributed import launched_world_size
+
+    if launched_world_size() > 1:
+        return distributed_from_args(args).device
+    return resolve_device(args.device)
+
+
+def load_model_from_args(args: argparse.Namespace, *, trained: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``--model`` on ``--device`` (this rank's device under a
+    launcher): in ``--dtype``, or in fp32 (master weights) for a model that will be
+    ``trained``."""
     from training.ml.loading import load_causal_lm
 
     quiet_transformers()
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     return load_causal_lm(args.model, device=device, dtype=weights_dtype(args, trained=trained))
 
 
@@ -109,10 +157,9 @@ def weights_dtype(args: argparse.Namespace, *, trained: bool) -> str:
 
 def precision_from_args(args: argparse.Namespace) -> Any:
     """The training precision (autocast dtype) of ``--dtype`` on ``--device``."""
-    from training.ml.devices import resolve_device
     from training.ml.precision import resolve_precision
 
-    return resolve_precision(args.dtype, resolve_device(args.device))
+    return resolve_precision(args.dtype, device_from_args(args))
 
 
 def set_threads_from_env() -> None:

@@ -17,6 +17,9 @@ from training.ml.commands.common import (
     add_model_args,
     add_training_args,
     check_out_dir,
+    device_from_args,
+    distributed_from_args,
+    main_progress,
     overrides,
     precision_from_args,
     quiet_transformers,
@@ -86,11 +89,10 @@ def register(subparsers: Any) -> None:
     evaluate.set_defaults(handler=run_eval)
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def run_train(args: argparse.Namespace) -> dict[str, Any] | int:
     from training.ml.configs import RMConfig
     from training.ml.data import read_demonstrations
     from training.ml.preferences import read_preferences
-    from training.ml.progress import MetricsProgress
     from training.ml.reward.evaluate import calibrate_offset
     from training.ml.reward.model import load_reward_model, save_reward_model
     from training.ml.reward.train import train_reward_model
@@ -109,11 +111,15 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(str(error)) from None
     set_threads_from_env()
     quiet_transformers()
+    dist = distributed_from_args(args, global_batch=config.batch_size)
+    import torch
+
+    torch.manual_seed(config.seed)  # the new score head's init: same on 1 or N processes
     model, tokenizer = load_reward_model(
-        args.model, device=args.device, dtype=weights_dtype(args, trained=True)
+        args.model, device=device_from_args(args), dtype=weights_dtype(args, trained=True)
     )
     keys = ["rm/loss", "rm/accuracy", "rm/eval_accuracy", "charts/pairs_per_s"]
-    with MetricsProgress("train-rm", keys=keys) as progress:
+    with main_progress(dist, "train-rm", keys) as progress:
         result = train_reward_model(
             model,
             tokenizer,
@@ -122,15 +128,20 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
             eval=eval_examples,
             on_metrics=progress,
             precision=precision_from_args(args),
+            dist=dist,
         )
-    if result["status"] != "completed":
-        return {**result, "out": None}
-    samples = calibration or _training_responses(train, config.seed)
-    offset = calibrate_offset(model, tokenizer, samples, max_length=config.max_length)
-    result.update({"reward_offset": offset, "calibration_samples": len(samples)})
-    summary = json.dumps({**result, "config": vars(config)}, indent=2, default=str)
-    save_reward_model(model, tokenizer, out, extra_files={"rm_metrics.json": summary})
-    return {**result, "out": str(out)}
+    result["processes"] = dist.world_size
+    saved = result["status"] == "completed"
+    if saved and dist.is_main:  # every rank holds the same weights; rank 0 writes them
+        samples = calibration or _training_responses(train, config.seed)
+        offset = calibrate_offset(model, tokenizer, samples, max_length=config.max_length)
+        result.update({"reward_offset": offset, "calibration_samples": len(samples)})
+        summary = json.dumps({**result, "config": vars(config)}, indent=2, default=str)
+        save_reward_model(model, tokenizer, out, extra_files={"rm_metrics.json": summary})
+    dist.wait()
+    if not dist.is_main:
+        return 0  # rank 0 alone prints the result line
+    return {**result, "out": str(out) if saved else None}
 
 
 def _training_responses(train: list[Any], seed: int) -> list[tuple[Any, str]]:

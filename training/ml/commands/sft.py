@@ -11,7 +11,9 @@ from training.ml.commands.common import (
     add_model_args,
     add_training_args,
     check_out_dir,
+    distributed_from_args,
     load_model_from_args,
+    main_progress,
     overrides,
     precision_from_args,
     set_threads_from_env,
@@ -47,14 +49,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any] | int:
     from training.ml.data import read_demonstrations
 
     demos = read_demonstrations(args.data)  # every line checked before torch is even imported
     eval_demos = read_demonstrations(args.eval_data) if args.eval_data else None
     out = check_out_dir(args.out)
 
-    from training.ml.progress import MetricsProgress
     from training.ml.saving import save_pretrained_atomic
     from training.ml.sft import SFTConfig, train_sft
 
@@ -65,8 +66,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as error:
         raise CommandError(str(error)) from None
     set_threads_from_env()
+    dist = distributed_from_args(args, global_batch=config.batch_size)
     model, tokenizer = load_model_from_args(args, trained=True)
-    with MetricsProgress("sft", keys=["sft/loss", "sft/eval_loss", "sft/lr"]) as progress:
+    keys = ["sft/loss", "sft/eval_loss", "sft/lr"]
+    with main_progress(dist, "sft", keys) as progress:
         result = train_sft(
             model,
             tokenizer,
@@ -75,9 +78,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             eval_demos=eval_demos,
             on_metrics=progress,
             precision=precision_from_args(args),
+            dist=dist,
         )
-    if result["status"] != "completed":
-        return {**result, "out": None}
-    metrics = json.dumps({**result, "config": vars(config)}, indent=2, default=str)
-    save_pretrained_atomic(model, tokenizer, out, extra_files={"sft_metrics.json": metrics})
-    return {**result, "out": str(out)}
+    result["processes"] = dist.world_size
+    saved = result["status"] == "completed"
+    if saved and dist.is_main:  # every rank holds the same weights; rank 0 writes them
+        metrics = json.dumps({**result, "config": vars(config)}, indent=2, default=str)
+        save_pretrained_atomic(model, tokenizer, out, extra_files={"sft_metrics.json": metrics})
+    dist.wait()
+    if not dist.is_main:
+        return 0  # rank 0 alone prints the result line
+    return {**result, "out": str(out) if saved else None}
