@@ -6,7 +6,7 @@ class TrainingConfig(AppConfig):
 
     def ready(self) -> None:
         from labeling import seams
-        from training import signals  # noqa: F401  (connects the receivers)
+        from training import signals, tasks  # noqa: F401  (receivers; tasks dispatch names)
         from training.services.config_schema import training_config_check
         from training.services.model_specs import model_spec_check
 

@@ -463,3 +463,37 @@ def test_beat_fails_the_runs_of_a_worker_that_never_came_back(start_worker) -> N
     assert run.status == TrainingRun.Status.FAILED
     assert "gpu@machine-that-died stopped responding" in run.error
     assert "beat: Starting" in worker.log_text()
+
+
+def test_two_workers_sample_the_shards_of_one_round(start_worker) -> None:
+    """generate.shards = 4: both workers take shard runs (prefetch 1, acks late: a busy
+    worker holds one message), and the round reaches labeling with every task once."""
+    first, second = start_worker(), start_worker()
+    project = _loop_project()
+    project.training_config = {
+        **FAST_CONFIG,
+        "generate": {"prompts_per_batch": 1, "batch_size": 3, "shards": 4},
+    }
+    project.save(update_fields=["training_config"])
+    round_ = round_start(project=project)
+    shards = list(round_.runs.filter(kind="generate").order_by("id"))
+    assert [len(r.inputs["prompt_ids"]) for r in shards] == [1, 1, 1, 1]
+    for worker in (first, second):
+        wait_for(
+            _stage_is(round_.pk, Round.Stage.LABELING, Round.Stage.FAILED),
+            what="samples of 4 shards (labeling stage)",
+            round_id=round_.pk,
+            worker=worker,
+        )
+    round_.refresh_from_db()
+    assert round_.stage == Round.Stage.LABELING, _describe(round_.pk)
+    shards = list(round_.runs.filter(kind="generate").order_by("id"))
+    assert all(r.status == TrainingRun.Status.SUCCEEDED for r in shards), _describe(round_.pk)
+    assert {r.worker for r in shards} == {first.name, second.name}
+    tasks = RankingTask.objects.filter(round=round_)
+    assert tasks.count() == 4
+    assert sorted(tasks.values_list("prompt_id", flat=True)) == sorted(
+        pid for r in shards for pid in r.inputs["prompt_ids"]
+    )
+    assert Response.objects.filter(task__round=round_).count() == 4 * 3
+    assert round_.metrics["generate/shards"] == 4

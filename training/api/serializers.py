@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from training.models import ModelVersion, Round, TrainingRun
+from training.services.generate_stage import generate_stage_progress
 from training.services.rounds import MAX_PROMPTS_PER_ROUND
 
 
@@ -52,7 +53,12 @@ class RoundOut(serializers.ModelSerializer):
         ]  # fmt: skip
 
     def get_progress(self, obj: Round) -> dict[str, int]:
-        """Labeling progress, or the running step's progress while a run works."""
+        """Labeling progress, or the running step's progress while a run works (while
+        generating: the responses of every shard)."""
+        if obj.stage == Round.Stage.GENERATING:
+            done, total = generate_stage_progress(obj.runs.all())
+            if total:
+                return {"done": done, "total": total}
         running = next((r for r in obj.runs.all() if r.status == "running"), None)
         if running is not None and running.progress_total:
             return {"done": running.progress_done, "total": running.progress_total}

@@ -256,17 +256,26 @@ def sample_responses(
     settings: GenerationSettings,
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[Sample]]:
     """``k`` responses for each prompt (chat template applied); ``result[i][j]``.
 
     Rows are batched ``batch_size`` at a time, longest prompts first, left-padded. The
-    same settings and seed give the same texts. ``on_progress(done, total)`` counts
-    responses. The model is put in eval mode and restored afterwards.
+    same settings and seed give the same texts. ``seeds``, one per prompt, replaces
+    ``settings.seed``: response ``j`` of prompt ``i`` then uses ``seeds[i] + j``, so a
+    prompt's responses keep their seeds whichever prompts share the call.
+    ``on_progress(done, total)`` counts responses. The model is put in eval mode and
+    restored afterwards.
     """
     if k < 1 or batch_size < 1 or settings.max_new_tokens < 1:
         raise ValueError("k, batch_size and max_new_tokens must be >= 1")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     encoded = [encode_prompt(tokenizer, p, settings.max_prompt_tokens) for p in prompts]
     base = settings.seed if settings.seed is not None else random.randrange(2**31)
+    row_seeds = [
+        (seeds[r // k] + r % k) if seeds is not None else base + r for r in range(len(prompts) * k)
+    ]
     total = len(prompts) * k
     order = sorted(range(total), key=lambda r: -len(encoded[r // k]))  # less padding
     eos_ids = eos_token_ids(model, tokenizer)
@@ -280,13 +289,13 @@ def sample_responses(
             rows = _decode_batch(
                 model,
                 [encoded[r // k] for r in chunk],
-                [base + r for r in chunk],
+                [row_seeds[r] for r in chunk],
                 settings,
                 eos_ids,
                 pad_id,
             )
             for r, row in zip(chunk, rows, strict=True):
-                results[r] = _to_sample(tokenizer, row, base + r)
+                results[r] = _to_sample(tokenizer, row, row_seeds[r])
             if on_progress is not None:
                 on_progress(min(start + batch_size, total), total)
     finally:

@@ -3,10 +3,12 @@
     generating -> labeling -> building_pairs -> training_rm -> training_ppo -> done
           \\______________\\_____________\\_____________\\______-> failed | cancelled
 
-Each stage that needs a GPU is a TrainingRun on the `gpu` queue; when it finishes,
-`round_on_run_finished` moves the round on. A failed stage leaves the previous models
-current; `round_advance` on a failed round retries the stage that failed, and a retried
-stage never duplicates tasks or pairs (unique constraints + idempotent bodies).
+Each stage that needs a GPU is a TrainingRun on the `gpu` queue (the generate stage one
+per shard of its prompts, `generate_stage`); when it finishes, `round_on_run_finished`
+moves the round on (the generate stage once its last shard has). A failed stage leaves
+the previous models current; `round_advance` on a failed round retries the stage that
+failed, and a retried stage never duplicates tasks or pairs (unique constraints +
+idempotent bodies).
 """
 
 from django.db import transaction
@@ -16,6 +18,12 @@ from core.exceptions import ApplicationError, ConflictError
 from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask
 from training import dispatch
 from training.models import Round, TrainingRun
+from training.services.generate_stage import (
+    generate_stage_finished,
+    generate_stage_metrics,
+    generate_stage_retry,
+    generate_stage_start,
+)
 from training.services.registry import current_policy
 from training.services.runs import run_create, run_request_cancel, runs_reap_stale
 
@@ -85,15 +93,20 @@ def _prompt_count(project: Project, num_prompts: int | None) -> int:
     return int(wanted)
 
 
-def _start_stage_run(round_: Round, stage: str) -> TrainingRun:
+def _start_stage_run(round_: Round, stage: str, *, retry: bool = False) -> None:
+    """Queue the stage's run (the generate stage: its shards; a retry of it, the shards
+    that failed)."""
     kind = _RUN_OF_STAGE[Stage(stage)]
     config = dict(round_.project.training_config.get(kind, {}))
+    if kind == TrainingRun.Kind.GENERATE:
+        (generate_stage_retry if retry else generate_stage_start)(round_=round_, config=config)
+        return
     continues_policy = config.get("init_from", "reference") == "policy"
     if kind == TrainingRun.Kind.PPO and config.get("continue_kl_controller", continues_policy):
         beta = _last_kl_coef(round_)
         if beta is not None:
             config["init_kl_coef"] = beta
-    return run_create(project=round_.project, round=round_, kind=kind, config=config)
+    run_create(project=round_.project, round=round_, kind=kind, config=config)
 
 
 def _last_kl_coef(round_: Round) -> float | None:
@@ -145,7 +158,7 @@ def _retry(round_: Round) -> Round:
     if stage == Stage.BUILDING_PAIRS:
         _queue_build_pairs(round_)
     elif stage in _RUN_OF_STAGE:
-        _start_stage_run(round_, stage)
+        _start_stage_run(round_, stage, retry=True)
     return round_
 
 
@@ -221,22 +234,28 @@ def round_cancel(*, round_: Round, user=None) -> Round:
 
 @transaction.atomic
 def round_on_run_finished(*, run: TrainingRun) -> Round | None:
-    """Move the run's round on after the run ended (called by the Celery door)."""
+    """Move the run's round on after the run ended (called by the Celery door). A failed
+    shard fails the generate stage; the stage moves on when its last shard succeeded."""
     if run.round_id is None:
         return None
     round_ = _lock(run.round)  # type: ignore[arg-type]
     expected = {v: k for k, v in _RUN_OF_STAGE.items()}.get(TrainingRun.Kind(run.kind))
     if round_.stage != expected:
         return round_  # cancelled meanwhile, or a stale redelivery
-    if round_.runs.filter(kind=run.kind, pk__gt=run.pk).exists():
-        # A superseded run (its stage was retried): e.g. Redis redelivering the message of a
-        # run whose worker was killed, after the round already retried that stage.
+    if _superseded(run):
+        # A superseded run (its stage or shard was retried): e.g. Redis redelivering the
+        # message of a run whose worker was killed, after the round already retried it.
         return round_
     if run.status == TrainingRun.Status.FAILED:
         return _fail(round_, round_.stage, f"{run.kind} run {run.pk} failed: {run.error}")
     if run.status != TrainingRun.Status.SUCCEEDED:
         return round_
-    round_.metrics = {**round_.metrics, **{f"{run.kind}/{k}": v for k, v in run.metrics.items()}}
+    metrics = run.metrics
+    if round_.stage == Stage.GENERATING:
+        if not generate_stage_finished(round_=round_, run=run):
+            return round_  # other shards are still sampling
+        metrics = generate_stage_metrics(round_=round_)
+    round_.metrics = {**round_.metrics, **{f"{run.kind}/{k}": v for k, v in metrics.items()}}
     if round_.stage == Stage.GENERATING:
         round_.stage = Stage.LABELING
         round_labeling_progress(round_=round_, save=False)
@@ -252,6 +271,15 @@ def round_on_run_finished(*, run: TrainingRun) -> Round | None:
     elif round_.stage == Stage.LABELING and round_.progress_total == 0:
         return _enter_building_pairs(round_)
     return round_
+
+
+def _superseded(run: TrainingRun) -> bool:
+    """Whether a later run of the round retried this run's stage (for a generate shard: the
+    same shard)."""
+    later = TrainingRun.objects.filter(round=run.round_id, kind=run.kind, pk__gt=run.pk)
+    if "shard" in run.inputs:
+        later = later.filter(inputs__shard=run.inputs["shard"])
+    return later.exists()
 
 
 def rounds_reap_stale_runs(

@@ -47,10 +47,17 @@ def run_create(
     round: Round | None = None,
     config: dict | None = None,
     inputs: dict | None = None,
+    progress_total: int = 0,
 ) -> TrainingRun:
-    """Create a queued run and send it to the `gpu` queue once the transaction commits."""
+    """Create a queued run and send it to the `gpu` queue once the transaction commits.
+    `progress_total` is the work the run will report, where it is known before it starts."""
     run = TrainingRun.objects.create(
-        project=project, round=round, kind=kind, config=config or {}, inputs=inputs or {}
+        project=project,
+        round=round,
+        kind=kind,
+        config=config or {},
+        inputs=inputs or {},
+        progress_total=progress_total,
     )
     dispatch.enqueue_on_commit(dispatch.GPU_EXECUTE_RUN, run.pk)
     return run
