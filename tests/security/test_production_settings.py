@@ -14,8 +14,11 @@ STRONG = secrets.token_urlsafe(64)
 
 
 def _start(tmp_path: Path, secret_key: str, *command: str) -> subprocess.CompletedProcess:
+    # The browser tests' conftest sets DJANGO_ALLOW_ASYNC_UNSAFE for Playwright; a deploy
+    # check rightly refuses it, and a real deployment never has it.
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env = {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": secret_key,
         "DJANGO_ALLOWED_HOSTS": "rlhf.example.org",
