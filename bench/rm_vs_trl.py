@@ -1,6 +1,7 @@
 """Reward-model training throughput: ours (K-wise) vs TRL's RewardTrainer (pairs), K=4.
 
     .venv/bin/python -m bench.rm_vs_trl [--prompts 480] [--eval-prompts 120] [--threads 2]
+        [--train-top-layers 0] [--ties] [--precision bf16]
 
 Both train in ONE run on the same model folder, the same token ids, the same device and
 hyperparameters (lr, cosine to 10%, no warmup, no weight decay, grad clip 1.0, one
@@ -12,18 +13,26 @@ at the last real token, both group batches by length (our buckets; TRL's
 ``group_by_length`` sampler), and both are evaluated by the same code on the same
 held-out rankings. Model: a random-init Llama saved from a scaled-up ``tiny`` config
 (hidden 256, 4 blocks) with the real SmolLM2 tokenizer, every block and the head trained,
-the embedding frozen (for both); data: a synthetic preference it can learn (more of a
-keyword is better, K distinct counts, no ties). Besides wall-clock pairs/s we report
-pairs per CPU-second of the process: on a machine shared with other jobs that is the
-figure that measures work rather than the scheduler.
+the embedding frozen (for both; ``--train-top-layers 0`` trains every parameter, the
+49k-token embedding included); data: a synthetic preference it can learn (more of a
+keyword is better, K distinct counts, no ties; ``--ties`` draws each response's count
+from 0..K independently, so equal counts tie and a prompt has fewer pairs). TRL's batch
+is the pairs of B prompts (rounded up so both take the same number of steps), and the
+limit is the ratio of sequence forwards on the data: 2 x pairs for TRL, K a prompt for
+us. ``--precision bf16`` runs both under bf16 autocast over fp32 weights (ours through
+``training.ml.precision``, TRL's ``bf16=True``, its ``RewardConfig`` default). Besides
+wall-clock pairs/s we report pairs per CPU-second of the process: on a machine shared
+with other jobs that is the figure that measures work rather than the scheduler.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -35,15 +44,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from training.ml.commands.bench import keyword_rankings
+from training.ml.commands.bench import FILLER_TEXT, KEYWORD, TOPICS_TEXT, keyword_rankings
 from training.ml.configs import RMConfig
 from training.ml.loading import load_tokenizer
 from training.ml.memory import count_trainable, freeze_all_but_top_layers
+from training.ml.precision import Precision, resolve_precision
 from training.ml.preferences import RankedExample
 from training.ml.reward.batches import encode_rankings
 from training.ml.reward.evaluate import evaluate_reward_model
 from training.ml.reward.model import RewardModel, load_reward_model
-from training.ml.reward.train import train_reward_model
+from training.ml.reward.train import plan_steps, train_reward_model
 from training.ml.saving import save_pretrained_atomic
 from training.ml.tiny import tiny_config
 
@@ -100,16 +110,44 @@ def build_model_folder(folder: Path, *, hidden: int, layers: int, seed: int) -> 
     return save_pretrained_atomic(model, tokenizer, folder)
 
 
+def tied_keyword_rankings(n: int, *, k: int, words: int, seed: int) -> list[RankedExample]:
+    """Like ``keyword_rankings`` but each response holds 0..K keywords drawn independently:
+    equal counts are one tie group (more is better), so a prompt has C(K, 2) pairs or
+    fewer; prompts whose responses all tie have none (the trainers skip them)."""
+    rng = random.Random(seed)
+    filler, topics = FILLER_TEXT.split(), TOPICS_TEXT.split()
+    examples = []
+    for _ in range(n):
+        counts = [rng.randint(0, k) for _ in range(k)]
+        texts = []
+        for count in counts:
+            tokens = [KEYWORD] * count + [rng.choice(filler) for _ in range(words - count)]
+            rng.shuffle(tokens)
+            texts.append(" ".join(tokens).capitalize() + ".")
+        groups = [
+            [i for i in range(k) if counts[i] == level]
+            for level in sorted(set(counts), reverse=True)
+        ]
+        prompt = f"Write a short note about {rng.choice(topics)}."
+        examples.append(RankedExample(prompt, texts, groups))
+    return examples
+
+
 # --------------------------------------------------------------------------- runners
 
 
 def run_ours(
-    folder: str, train: list[RankedExample], held_out: list[RankedExample], config: RMConfig
+    folder: str,
+    train: list[RankedExample],
+    held_out: list[RankedExample],
+    config: RMConfig,
+    *,
+    precision: Precision,
 ) -> dict[str, Any]:
     """Our trainer from the folder (RM initialised from the LM): throughput and accuracy."""
     model, tokenizer = load_reward_model(folder, device="cpu", dtype="float32")
     wall, cpu = time.perf_counter(), time.process_time()
-    result = train_reward_model(model, tokenizer, train, config=config)
+    result = train_reward_model(model, tokenizer, train, config=config, precision=precision)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     evaluation = evaluate_reward_model(
         model, tokenizer, held_out, max_length=config.max_length, batch_size=config.batch_size
@@ -146,7 +184,8 @@ def run_trl(
     held_out: list[RankedExample],
     config: RMConfig,
     *,
-    pairs_per_prompt: int,
+    pairs_per_step: int,
+    bf16: bool,
     self_eval: bool = True,
 ) -> dict[str, Any]:
     """TRL 1.16 RewardTrainer on the same folder, ids and budget; ``self_eval`` also runs
@@ -167,7 +206,7 @@ def run_trl(
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
             output_dir=out,
-            per_device_train_batch_size=config.batch_size * pairs_per_prompt,
+            per_device_train_batch_size=pairs_per_step,
             learning_rate=config.lr,
             num_train_epochs=config.epochs,
             lr_scheduler_type="cosine_with_min_lr",
@@ -179,7 +218,7 @@ def run_trl(
             train_sampling_strategy="group_by_length" if config.length_bucketing else "random",
             remove_unused_columns=False,  # keep "length" for the sampler
             gradient_checkpointing=config.gradient_checkpointing,
-            bf16=False,
+            bf16=bf16,
             use_cpu=True,
             seed=config.seed,
             save_strategy="no",
@@ -278,7 +317,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=4,
         help="train the top N blocks, final norm and head; the 49k x hidden embedding stays "
-        "frozen (default 4: every block of the default model)",
+        "frozen (default 4: every block of the default model); 0 trains every parameter, "
+        "the embedding included",
+    )
+    parser.add_argument("--ties", action="store_true", help="tied responses (0..K keywords)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="both trainers in fp32, or both under bf16 autocast over fp32 weights",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -303,22 +350,33 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
     )
-    train = keyword_rankings(args.prompts, k=k, words=args.words, seed=args.seed)
-    held_out = keyword_rankings(args.eval_prompts, k=k, words=args.words, seed=args.seed + 1)
+    rankings = tied_keyword_rankings if args.ties else keyword_rankings
+    train = rankings(args.prompts, k=k, words=args.words, seed=args.seed)
+    held_out = rankings(args.eval_prompts, k=k, words=args.words, seed=args.seed + 1)
     config = RMConfig(
         lr=args.lr,
         batch_size=args.batch_size,
         max_length=args.max_length,
         seed=args.seed,
-        train_top_layers=args.train_top_layers,
+        train_top_layers=args.train_top_layers or None,  # 0: every parameter trains
         length_bucketing=not args.no_bucketing,
     )
-    ours = run_ours(folder, train, held_out, config)
+    ranked = [e for e in train if e.pairs]  # the prompts both trainers learn from
+    n_pairs = sum(len(e.pairs) for e in ranked)
+    pairs_per_step = math.ceil(n_pairs / plan_steps(len(ranked), config))
+    precision = resolve_precision(args.precision, "cpu")
+    ours = run_ours(folder, train, held_out, config, precision=precision)
     print(f"ours: {json.dumps(ours)}", file=sys.stderr, flush=True)
-    pairs_per_prompt = k * (k - 1) // 2
-    trl = run_trl(folder, train, held_out, config, pairs_per_prompt=pairs_per_prompt)
+    trl = run_trl(
+        folder,
+        train,
+        held_out,
+        config,
+        pairs_per_step=pairs_per_step,
+        bf16=args.precision == "bf16",
+    )
     print(f"trl:  {json.dumps(trl)}", file=sys.stderr, flush=True)
-    limit = 2 * pairs_per_prompt / k  # sequence forwards per prompt: TRL 2 x 6, ours K
+    limit = 2 * n_pairs / (k * len(ranked))  # sequence forwards: TRL 2 a pair, ours K a prompt
     info["loadavg_end"] = os.getloadavg()[0]
     report = {
         "benchmark": "rm_vs_trl",
@@ -330,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
             "layers": args.layers,
             "train_prompts": args.prompts,
             "eval_prompts": args.eval_prompts,
+            "ties": args.ties,
+            "precision": args.precision,
+            "train_prompts_with_pairs": len(ranked),
+            "train_pairs": n_pairs,
+            "trl_pairs_per_step": pairs_per_step,
             "config": vars(config),
         },
         "ours": ours,

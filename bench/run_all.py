@@ -8,10 +8,18 @@ import subprocess
 import sys
 import time
 
+# A module and its arguments; the RM-vs-TRL rows with every parameter trained (the 49k
+# embedding too) run at 1 thread in both precisions, each side of a row at the same one.
+RM_ALL_PARAMS = "bench.rm_vs_trl --train-top-layers 0 --ties --threads 1 --precision"
 BENCHMARKS = [
     "bench.rm_vs_trl",
+    f"{RM_ALL_PARAMS} fp32 --out bench/out/rm_vs_trl_all_params_fp32_1thread.json",
+    f"{RM_ALL_PARAMS} bf16 --out bench/out/rm_vs_trl_all_params_bf16_1thread.json",
     "bench.rm_hh_rlhf",
     "bench.ppo_throughput",
+    "bench.precision_curves",
+    "bench.sampling_vs_hf",
+    "bench.ppo_memory",
     "bench.labeling_load",
     "bench.loop_efficacy",
 ]
@@ -22,7 +30,7 @@ def main() -> int:
     for module in BENCHMARKS:
         print(f"\n=== {module} ===", flush=True)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", module])
+        code = subprocess.call([sys.executable, "-m", *module.split()])
         print(f"=== {module}: exit {code} in {time.perf_counter() - started:.0f} s ===", flush=True)
         if code:
             failed.append(module)

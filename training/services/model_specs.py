@@ -49,7 +49,7 @@ def model_spec_resolve(*, project: Project | None, spec: str) -> str:
     match = VERSION_SPEC.match(spec)
     if match:
         return _version_artifact(project, int(match.group(1)))
-    path = _under_model_roots(spec)
+    path = model_root_path(spec)
     if path is None or not _is_model(path):
         raise ModelSpecRefused()
     return str(path)
@@ -67,7 +67,7 @@ def base_artifact_check(*, version: ModelVersion) -> None:
     path = _resolved(Path(version.artifact)) if Path(version.artifact).is_absolute() else None
     if path is not None and path.is_relative_to(own) and _is_model(path):
         return
-    if path is not None and _under_model_roots(str(path)) is not None and _is_model(path):
+    if path is not None and model_root_path(str(path)) is not None and _is_model(path):
         return
     raise ApplicationError(
         f"The base model of project {version.project.slug} ({version.label}) is not an "
@@ -90,7 +90,7 @@ def _version_artifact(project: Project | None, number: int) -> str:
     return version.artifact
 
 
-def _under_model_roots(spec: str) -> Path | None:
+def model_root_path(spec: str) -> Path | None:
     """The resolved path of an absolute `spec` under a model root and outside the
     artifacts root, or None."""
     if "\x00" in spec or not Path(spec).is_absolute():

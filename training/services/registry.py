@@ -13,7 +13,7 @@ from django.db.models import Max
 from core.exceptions import ApplicationError
 from labeling.models import Project
 from training.models import ModelVersion
-from training.services.model_specs import base_artifact_check, model_spec_resolve
+from training.services.model_specs import base_artifact_check, model_root_path, model_spec_resolve
 from training.services.runs import metrics_jsonable
 
 _ROLE_OF_KIND = {
@@ -160,3 +160,90 @@ def reference_policy(*, project: Project) -> ModelVersion:
         return current_policy(project=project)
     base_artifact_check(version=sft)
     return sft
+
+
+# --------------------------------------------------------------------------- registration
+
+_KIND_OF_ROLE = {
+    ModelVersion.Role.POLICY: ModelVersion.Kind.BASE,
+    ModelVersion.Role.REWARD: ModelVersion.Kind.RM,
+}
+
+
+@transaction.atomic
+def model_version_register(
+    *, project: Project, path: str, role: str, make_current: bool = False
+) -> ModelVersion:
+    """Register a model folder trained elsewhere as a READY version of `project` (an operator
+    action): a reward model (a ``*ForSequenceClassification`` with one label, e.g. saved by
+    TRL's RewardTrainer) or a policy (a ``*ForCausalLM``). The folder must lie under
+    RLHF_MODEL_ROOTS and outside the artifacts root (the model-spec rules), hold a config,
+    a tokenizer and safetensors weights only. The stored artifact is the resolved path;
+    with `make_current` the version becomes the project's current one of its role.
+    Raises ArtifactError with a one-line reason."""
+    folder = _registrable_folder(path)
+    _check_architecture(folder, ModelVersion.Role(role))
+    version = model_version_create(
+        project=project,
+        kind=_KIND_OF_ROLE[ModelVersion.Role(role)],
+        artifact=str(folder),
+        metrics={"registered_from": path},
+    )
+    if make_current:
+        return model_version_promote(version=version)
+    artifact_verify(artifact=version.artifact)
+    version.status = ModelVersion.Status.READY
+    version.save(update_fields=["status", "updated_at"])
+    return version
+
+
+def _registrable_folder(path: str) -> Path:
+    """The resolved folder of `path` if the model-spec rules allow it and it is complete."""
+    from training.ml.model_files import ModelLoadError, check_safetensors_folder
+    from training.ml.tokenization import tokenizer_from_folder
+
+    if not Path(path).is_absolute():
+        raise ArtifactError(f"{path} is not an absolute path.")
+    resolved = model_root_path(path)  # the model-spec rules
+    if resolved is None:
+        raise ArtifactError(_refusal(path))
+    if not resolved.is_dir():
+        raise ArtifactError(f"{path} is not a folder (register a save_pretrained folder).")
+    try:
+        check_safetensors_folder(resolved)  # refuses a pickle-only checkpoint
+        tokenizer_from_folder(resolved)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc).splitlines()[0]) from exc
+    artifact_verify(artifact=str(resolved))  # no pickles beside the safetensors, all readable
+    return resolved
+
+
+def _refusal(path: str) -> str:
+    """Why the model-spec rules refuse `path` (an operator sees the paths, a user never)."""
+    if not Path(path).exists():
+        return f"{path} does not exist."
+    if Path(path).resolve().is_relative_to(Path(settings.RLHF_ARTIFACT_DIR).resolve()):
+        return (
+            f"{path} is inside RLHF_ARTIFACT_DIR, where the projects' own models live; "
+            "copy it under RLHF_MODEL_ROOTS to register it."
+        )
+    roots = ", ".join(root for root in settings.RLHF_MODEL_ROOTS if root) or "empty"
+    return f"{path} is not under RLHF_MODEL_ROOTS ({roots})."
+
+
+def _check_architecture(folder: Path, role: ModelVersion.Role) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:  # an unknown model type or a broken config.json
+        raise ArtifactError(f"{folder}: unreadable config.json ({exc})".splitlines()[0]) from exc
+    architectures = ", ".join(config.architectures or []) or "no architecture"
+    if role == ModelVersion.Role.REWARD:
+        if not architectures.endswith("ForSequenceClassification") or config.num_labels != 1:
+            raise ArtifactError(
+                f"{folder} is {architectures} with {config.num_labels} labels, not a reward "
+                "model (a *ForSequenceClassification with num_labels=1)."
+            )
+    elif not architectures.endswith("ForCausalLM"):
+        raise ArtifactError(f"{folder} is {architectures}, not a policy (a *ForCausalLM).")
