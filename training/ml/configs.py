@@ -235,6 +235,18 @@ class PPOConfig:
     train_top_layers: int | None = setting(
         None, "train only the top N blocks (and head) of policy and critic", ge=0
     )
+    lora_r: int | None = setting(
+        None,
+        "train LoRA adapters (peft) of this rank on frozen policy and critic bases; the "
+        "reference and the RM scorer are those bases with the adapters off, so PPO holds "
+        "two base copies, not four (None: full fine-tuning)",
+        ge=1,
+    )
+    lora_alpha: int = setting(16, "LoRA alpha (adapters scale by alpha / r)", ge=1)
+    lora_target_modules: str = setting(
+        "q_proj,k_proj,v_proj,o_proj",
+        "comma-separated names of the linear layers that get LoRA adapters, or 'all-linear'",
+    )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in backward to save memory"
     )
@@ -248,6 +260,13 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.lora_r is not None and self.train_top_layers is not None:
+            raise ValueError(
+                "PPOConfig.train_top_layers and lora_r exclude each other: "
+                "with LoRA only the adapters (and the value head) train"
+            )
+        if not self.lora_target_modules.strip(", "):
+            raise ValueError("PPOConfig.lora_target_modules must name at least one layer")
 
 
 @dataclass

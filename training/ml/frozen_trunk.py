@@ -14,6 +14,10 @@ scales them) turns the cache off instead of computing something else.
 A network whose bottom is equal to a cached one (`same_trunk`: the frozen reference and
 the policy it started, the RM and the critic initialised from it) can run only its top
 blocks on the same recorded trunk, which halves the rollout's scoring forwards.
+
+LoRA PPO (`PPOConfig.lora_r`) runs without it: adapters train in every block, so no block
+is frozen (`frozen_prefix` is 0) and there is nothing to record; `prepare_models` does not
+set it up then.
 """
 
 from __future__ import annotations

@@ -105,25 +105,70 @@ def is_gradient_checkpointing(model: nn.Module) -> bool:
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def lora_targets(spec: str) -> str | list[str]:
+    """The ``target_modules`` of a comma-separated setting ("q_proj,v_proj"); peft's own
+    "all-linear" (every linear layer but the output head) passes through."""
+    if spec.strip() == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
 def apply_lora(
-    model: PreTrainedModel,
+    model: nn.Module,
     r: int,
     alpha: int,
-    target_modules: list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS,
+    target_modules: str | list[str] | tuple[str, ...] = DEFAULT_LORA_TARGETS,
     *,
     modules_to_save: list[str] | None = None,
 ) -> nn.Module:
-    """Wrap ``model`` with LoRA adapters (peft); only adapters and ``modules_to_save`` train."""
+    """Wrap ``model`` with LoRA adapters (peft); only adapters and ``modules_to_save`` train.
+
+    The adapters are injected into ``model``'s own layers (the wrapper shares them); their
+    B matrices start at zero, so the wrapped model computes exactly what ``model`` did."""
     from peft import LoraConfig, get_peft_model  # optional path: imported only when used
 
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=0.0,
-        target_modules=list(target_modules),
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         modules_to_save=modules_to_save,
     )
     return get_peft_model(model, config)
+
+
+def is_peft(model: nn.Module) -> bool:
+    """True for a peft wrapper (a model with LoRA adapters)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "disable_adapter", None))
+
+
+class AdaptersDisabled(nn.Module):
+    """The frozen base under a LoRA-wrapped model, without a copy of it: a forward runs
+    ``model`` in eval mode inside peft's ``disable_adapter()``, so every LoRA layer computes
+    its base layer alone and a ``modules_to_save`` head answers with its original copy.
+
+    PPO's reference (the SFT base under the policy's adapters) and RM scorer (the RM base
+    under the critic's) are such views. ``model`` is not registered as a submodule, so the
+    view owns no parameters: freezing it, or moving it to eval mode, leaves the trained
+    model alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        wrappers = [m for m in model.modules() if is_peft(m)]
+        if not wrappers:
+            raise ValueError(f"{type(model).__name__} has no LoRA adapters to disable")
+        self.__dict__["model"] = model  # unregistered: see the class docstring
+        self.__dict__["_peft"] = wrappers[0]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        model: nn.Module = self.__dict__["model"]
+        was_training = model.training
+        model.eval()
+        try:
+            with self.__dict__["_peft"].disable_adapter():
+                return model(*args, **kwargs)
+        finally:
+            model.train(was_training)
 
 
 @dataclass

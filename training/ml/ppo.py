@@ -26,7 +26,14 @@ from training.ml.data import PromptInput
 from training.ml.frozen_trunk import shared_trunk_cache, trunk_cache_for
 from training.ml.gae import compute_gae, masked_mean, masked_whiten
 from training.ml.kl import KLController, kl_k3, make_kl_controller
-from training.ml.memory import enable_gradient_checkpointing, freeze_all_but_top_layers
+from training.ml.memory import (
+    AdaptersDisabled,
+    apply_lora,
+    enable_gradient_checkpointing,
+    freeze_all_but_top_layers,
+    is_peft,
+    lora_targets,
+)
 from training.ml.ppo_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.ml.ppo_losses import (
     PtxExample,
@@ -67,8 +74,19 @@ def kl_horizon(config: PPOConfig) -> int:
 
 
 def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
-    """Freeze the reference and the RM, apply the memory options, set up the trunk caches;
-    returns the trainable parameters of policy and critic."""
+    """Freeze the reference and the RM, apply the memory options (LoRA: `share_bases`),
+    set up the trunk caches; returns the trainable parameters of policy and critic, in
+    fp32 (master weights)."""
+    if config.lora_r is not None:
+        share_bases(models, config)
+    else:
+        if models.ref_policy is models.policy or models.reward_model is models.critic:
+            raise ValueError(
+                "the reference (or RM) is the trained policy (or critic) itself: pass a "
+                "separate frozen copy, or set lora_r to share the base"
+            )
+        master_weights(models.policy)
+        master_weights(models.critic)
     for frozen in (models.ref_policy, models.reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
@@ -82,7 +100,11 @@ def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
     params = [p for m in (models.policy, critic) for p in m.parameters() if p.requires_grad]
     if not params:
         raise ValueError("policy and critic have no trainable parameters")
-    if config.cache_frozen_trunk:
+    for param in params:  # LoRA on a low-precision base: the adapters still train in fp32
+        param.data = param.data.float()
+    # With LoRA every block holds trained adapters, so there is no frozen bottom to cache
+    # (`trunk_cache_for` would find none): the caches are for train_top_layers.
+    if config.cache_frozen_trunk and config.lora_r is None:
         models.policy_trunk = trunk_cache_for(models.policy)
         models.critic_trunk = trunk_cache_for(critic)
         models.ref_trunk = shared_trunk_cache(models.policy_trunk, models.ref_policy)
@@ -93,6 +115,43 @@ def prepare_models(models: PPOModels, config: PPOConfig) -> list[nn.Parameter]:
 def _inner(model: nn.Module | None) -> nn.Module | None:
     """The transformers model: a RewardModel wraps it in `.seq`."""
     return model.seq if isinstance(model, RewardModel) else model
+
+
+def share_bases(models: PPOModels, config: PPOConfig) -> None:
+    """LoRA PPO in two base copies: adapters on the policy (its SFT base frozen) and on the
+    critic's backbone, whose value head trains in full (`modules_to_save`; the critic
+    starts from the RM, PRODUCT.md 1.4). A reference given as the policy itself becomes
+    the policy with its adapters off (`AdaptersDisabled`), and an RM given as the critic
+    itself the critic with its adapters off, its original head scoring. A reference or RM
+    given as another model stays a separate frozen copy. The bases may be stored in a low
+    precision: nothing updates them."""
+    assert config.lora_r is not None
+    policy, critic = models.policy, models.critic
+    if not isinstance(critic, RewardModel):
+        raise ValueError("with LoRA the critic must be a RewardModel")
+    if is_peft(policy) or is_peft(critic.seq):
+        raise ValueError("policy and critic must be plain models: LoRA PPO adds the adapters")
+    targets = lora_targets(config.lora_target_modules)
+    models.policy = apply_lora(policy, config.lora_r, config.lora_alpha, targets)
+    critic.seq = apply_lora(
+        critic.seq, config.lora_r, config.lora_alpha, targets, modules_to_save=["score"]
+    )
+    if models.ref_policy is policy:
+        models.ref_policy = AdaptersDisabled(models.policy)
+    if models.reward_model is critic:
+        models.reward_model = AdaptersDisabled(critic)
+
+
+def merge_adapters(models: PPOModels) -> None:
+    """End of a LoRA run: merge the adapters into the (fp32) base weights in place, so the
+    policy and critic objects the caller passed are plain trained models again, saved as
+    an ordinary save_pretrained folder. The shared reference and RM views are then gone."""
+    for wrapped, owner in ((models.policy, None), (_inner(models.critic), models.critic)):
+        assert wrapped is not None
+        merged = wrapped.float().merge_and_unload()  # type: ignore[operator]  # a PeftModel
+        merged.requires_grad_(True)
+        if isinstance(owner, RewardModel):
+            owner.seq = merged
 
 
 # --------------------------------------------------------------------------- update
@@ -244,10 +303,13 @@ def train_ppo(
     `checkpoint_every` steps, on cancel and at the end, and `resume` continues from the
     newest complete one. Policy and critic train in fp32 (master weights); `precision` sets
     the autocast dtype of rollouts and updates; the reference and RM may be stored in it.
+    With `config.lora_r` only LoRA adapters (and the critic's head) train, on bases that
+    may be stored in that dtype; pass `ref_policy=policy` and `reward_model=critic` to
+    score with those bases, adapters off (`share_bases`: two copies, not four). The
+    adapters are merged into `policy` and `critic` at the end. The result's
+    "trainable_params" counts the trained parameters.
     """
     prompts = list(prompts)
-    master_weights(policy)
-    master_weights(critic)
     _check_inputs(
         prompts, reward_model is not None or reward_fn is not None or bool(rules), tokenizer
     )
@@ -255,14 +317,17 @@ def train_ppo(
     ptx = None
     if ptx_texts and config.ptx_coef:
         ptx = ptx_examples(tokenizer, ptx_texts, config.max_ptx_length)
-    optimizer = torch.optim.Adam(prepare_models(models, config), lr=config.lr, eps=1e-5)
+    params = prepare_models(models, config)
+    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
     scaler = precision.grad_scaler()
     kl_ctl = make_kl_controller(config.init_kl_coef, config.kl_target, kl_horizon(config))
     start, resumed_from = 0, None
     metrics: dict[str, float] = {}
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
     if found is not None:
-        state = load_checkpoint(found, policy=policy, critic=critic, optimizer=optimizer)
+        state = load_checkpoint(
+            found, policy=models.policy, critic=models.critic, optimizer=optimizer
+        )
         start = resumed_from = int(state["step"])
         kl_ctl.value = float(state["kl_coef"])
         metrics = dict(state.get("metrics") or {})  # the last step's, if none runs now
@@ -279,8 +344,8 @@ def train_ppo(
         save_checkpoint(
             checkpoint_dir,
             state,
-            policy=policy,
-            critic=critic,
+            policy=models.policy,
+            critic=models.critic,
             tokenizer=tokenizer,
             optimizer=optimizer,
             keep=config.keep_checkpoints,
@@ -315,8 +380,11 @@ def train_ppo(
         step = max(config.steps, start)
     if checkpoint_dir and step > (resumed_from or 0):
         checkpoint(step)
+    if config.lora_r is not None:
+        merge_adapters(models)
     return {"status": status, "step": step, "kl_coef": kl_ctl.value,
-            "resumed_from": resumed_from, **metrics}  # fmt: skip
+            "resumed_from": resumed_from, "trainable_params": sum(p.numel() for p in params),
+            **metrics}  # fmt: skip
 
 
 def _check_inputs(prompts: list[PromptInput], has_scorer: bool, tokenizer: Any) -> None:
@@ -422,7 +490,7 @@ def bench_ppo(
     device = next(policy.parameters()).device
     peak_reset = reset_peak_memory(device)
     history: list[dict[str, float]] = []
-    train_ppo(
+    result = train_ppo(
         policy,
         ref_policy,
         critic,
@@ -451,7 +519,5 @@ def bench_ppo(
         "seconds_per_step": (rollout_s + update_s) / len(timed),
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_is_run_only": float(peak_reset),
-        "trainable_params": float(
-            sum(p.numel() for m in (policy, critic) for p in m.parameters() if p.requires_grad)
-        ),
+        "trainable_params": float(result["trainable_params"]),
     }

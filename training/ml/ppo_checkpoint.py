@@ -6,6 +6,10 @@
         optimizer.safetensors   Adam's per-parameter state as flat named tensors
         state.json              step, kl_coef, seed, config
 
+A LoRA run (`PPOConfig.lora_r`) writes `policy.safetensors` in place of `policy/`, and its
+`critic.safetensors`, with only the trained tensors (adapters and the critic's head): the
+frozen bases are the artifacts the run loads again on resume.
+
 A checkpoint is written under a temporary name and renamed once complete, so a folder
 named step-NNNNNN with a state.json is always whole. A checkpoint that must not be resumed
 from (unreadable, or trained under another config) is renamed ``.corrupt-step-NNNNNN-TIME``
@@ -29,6 +33,7 @@ from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from training.ml.configs import PPOConfig
+from training.ml.memory import is_peft
 from training.ml.saving import save_pretrained_atomic
 
 CHECKPOINT_PATTERN = "step-[0-9][0-9][0-9][0-9][0-9][0-9]"
@@ -71,8 +76,12 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp-{time.time_ns()}"
     tmp.mkdir()
     try:
-        save_pretrained_atomic(policy, tokenizer, tmp / "policy")
-        save_model(critic, str(tmp / "critic.safetensors"))
+        if is_peft(policy):
+            save_file(trained_tensors(policy), str(tmp / "policy.safetensors"))
+            save_file(trained_tensors(critic), str(tmp / "critic.safetensors"))
+        else:
+            save_pretrained_atomic(policy, tokenizer, tmp / "policy")
+            save_model(critic, str(tmp / "critic.safetensors"))
         save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         if final.exists():
@@ -101,8 +110,12 @@ def load_checkpoint(
     try:
         state = json.loads((folder / "state.json").read_text())
         int(state["step"]), float(state["kl_coef"])
-        _load_weights(policy, sorted((folder / "policy").glob("*.safetensors")))
-        _load_weights(critic, [folder / "critic.safetensors"])
+        if is_peft(policy):
+            _load_trained(policy, folder / "policy.safetensors")
+            _load_trained(critic, folder / "critic.safetensors")
+        else:
+            _load_weights(policy, sorted((folder / "policy").glob("*.safetensors")))
+            _load_weights(critic, [folder / "critic.safetensors"])
         _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot resume from checkpoint {folder}: {exc}") from exc
@@ -125,6 +138,30 @@ def _load_weights(module: nn.Module, files: list[Path]) -> None:
         raise ValueError(
             f"weights do not match the model: missing {untied}, unexpected {unexpected}"
         )
+
+
+def trained_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of `module` that train (LoRA adapters, a head), by name."""
+    return {
+        name: param.detach().contiguous()
+        for name, param in module.named_parameters()
+        if param.requires_grad
+    }
+
+
+def _load_trained(module: nn.Module, path: Path) -> None:
+    """Copy the tensors of `trained_tensors` back; they must be exactly the ones that train."""
+    params = dict(module.named_parameters())
+    saved = load_file(str(path), device=str(next(module.parameters()).device))
+    wanted = {name for name, param in params.items() if param.requires_grad}
+    if set(saved) != wanted:
+        raise ValueError(
+            f"trained tensors do not match the model: missing {sorted(wanted - set(saved))}, "
+            f"unexpected {sorted(set(saved) - wanted)}"
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

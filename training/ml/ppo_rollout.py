@@ -55,7 +55,11 @@ class Rollout:
 
 @dataclass
 class PPOModels:
-    """The four networks of PPO (the reward model may be absent when a reward_fn scores)."""
+    """The four networks of PPO (the reward model may be absent when a reward_fn scores).
+
+    With LoRA (`training.ml.ppo.share_bases`) the reference and the reward model are
+    `AdaptersDisabled` views of the policy and the critic: the same forwards, on the
+    frozen bases under the adapters, so the rollout and update code does not branch."""
 
     policy: nn.Module
     ref_policy: nn.Module

@@ -35,6 +35,7 @@ from training.services.rounds import DEFAULT_PROMPTS_PER_ROUND, MAX_PROMPTS_PER_
 ROOT = "training_config"
 RULES_KEY = "rules"  # of "ppo": a list of rule strings, checked by training.ml.rules
 PPO_INIT_CHOICES = ("reference", "policy")  # run_bodies.ppo.ppo_init_version
+MAX_GENERATE_SHARDS = 256  # generate runs queued at once for one round
 
 
 @dataclass
@@ -54,6 +55,13 @@ class GenerateSettings:
         4, "Prompts sampled together (each gives K responses).", ge=1, le=MAX_BATCH
     )
     batch_size: int = setting(8, "Sequences per forward pass while sampling.", ge=1, le=MAX_BATCH)
+    shards: int = setting(
+        1,
+        "Runs the round's prompts are split into, sampled in parallel by as many gpu workers "
+        "(whole batches of prompts_per_batch each; the texts do not depend on it).",
+        ge=1,
+        le=MAX_GENERATE_SHARDS,
+    )
 
 
 @dataclass

@@ -5,6 +5,12 @@ before a model loads. The policy is written as a ``save_pretrained`` folder, ato
 With ``--checkpoint-every N`` the run saves safetensors checkpoints (and one on Ctrl-C);
 ``--resume`` continues from the newest. They are removed after a successful run unless
 ``--keep-checkpoints``.
+
+With ``--lora-r N`` the policy is LoRA adapters on the --model base and the critic LoRA
+adapters plus its head on the --reward-model base (--critic, if given, must be that RM);
+the reference is the --model base with the adapters off (--ref-model, if given, must be
+--model) and the RM scorer the RM base with them off: two base copies, not four, stored
+in --dtype. The adapters are merged into the saved policy.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from training.ml.commands.common import (
     precision_from_args,
     quiet_transformers,
     set_threads_from_env,
+    single_process_only,
     weights_dtype,
 )
 
@@ -49,6 +56,9 @@ FLAG_TO_FIELD = {
     "top_p": "top_p",
     "seed": "seed",
     "train_top_layers": "train_top_layers",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_target_modules": "lora_target_modules",
     "checkpoint_every": "checkpoint_every",
 }
 METRIC_KEYS = ["env/score_mean", "objective/kl", "objective/kl_coef", "charts/tokens_per_s"]
@@ -112,6 +122,9 @@ def register(subparsers: Any) -> None:
     add("--ptx-data", metavar="FILE", help="demonstrations for the PPO-ptx term")
     add("--ptx-coef", type=float, help="gamma of PPO-ptx")
     add("--train-top-layers", type=int, metavar="N", help="train only the top N blocks")
+    add("--lora-r", type=int, metavar="N", help="LoRA PPO: adapters of rank N, two base copies")
+    add("--lora-alpha", type=int, metavar="A", help="LoRA alpha (adapters scale by A / N)")
+    add("--lora-target-modules", metavar="NAMES", help="comma-separated layers, or all-linear")
     add("--gradient-checkpointing", action="store_true")
     add("--checkpoint-every", type=int, metavar="STEPS", help="save a checkpoint every N steps")
     add("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.checkpoints)")
@@ -137,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     out = check_out_dir(args.out)
     checkpoints = _checkpoint_dir(args, out)
     config = _config(args, len(prompts))
+    single_process_only("ppo")
     set_threads_from_env()
     quiet_transformers()
     models = _load_models(args)
@@ -171,10 +185,28 @@ def _config(args: argparse.Namespace, n_prompts: int) -> Any:
         fields["steps"] = max(1, round(args.epochs * n_prompts / max(batch, 1)))
     if args.train_top_layers is not None and args.train_top_layers < 0:
         raise CommandError("--train-top-layers must be >= 0")
+    if args.lora_r is not None:
+        _check_lora_models(args)
+    elif args.lora_alpha is not None or args.lora_target_modules is not None:
+        raise CommandError("--lora-alpha and --lora-target-modules need --lora-r")
     try:
         return PPOConfig(**fields)
     except (TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
+
+
+def _check_lora_models(args: argparse.Namespace) -> None:
+    """With LoRA the reference is the --model base and the RM scorer the critic's base."""
+    if args.ref_model is not None and args.ref_model != args.model:
+        raise CommandError(
+            "with --lora-r the reference is the --model base with the adapters off: "
+            "drop --ref-model (or train without --lora-r)"
+        )
+    if args.critic is not None and args.critic != (args.reward_model or args.model):
+        raise CommandError(
+            "with --lora-r the critic is LoRA on the --reward-model base, which also "
+            "scores: drop --critic (or train without --lora-r)"
+        )
 
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
@@ -200,6 +232,8 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     from training.ml.reward.model import load_reward_model
 
     device = resolve_device(args.device)
+    if args.lora_r is not None:  # frozen bases under the adapters, in --dtype
+        return _load_lora_models(args, device)
     trained = weights_dtype(args, trained=True)  # policy and critic: fp32 master weights
     policy, tokenizer = load_causal_lm(args.model, device=device, dtype=trained)
     ref_policy, _ = load_causal_lm(args.ref_model or args.model, device=device, dtype=args.dtype)
@@ -213,6 +247,23 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     critic_spec = args.critic or args.reward_model or args.model
     critic, _ = load_reward_model(critic_spec, device=device, dtype=trained)
     return policy, ref_policy, critic, reward_model, tokenizer
+
+
+def _load_lora_models(args: argparse.Namespace, device: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """(policy, policy, critic, critic or None, tokenizer): the reference and the RM are
+    the same objects as policy and critic (`training.ml.ppo.share_bases`)."""
+    from training.ml.loading import load_causal_lm
+    from training.ml.reward.model import load_reward_model
+
+    frozen = weights_dtype(args, trained=False)
+    policy, tokenizer = load_causal_lm(args.model, device=device, dtype=frozen)
+    critic, rm_tokenizer = load_reward_model(
+        args.reward_model or args.model, device=device, dtype=frozen
+    )
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise CommandError(f"--reward-model {args.reward_model} has another tokenizer")
+    reward_model = critic if args.reward_model is not None else None
+    return policy, policy, critic, reward_model, tokenizer
 
 
 def _train(

@@ -68,6 +68,10 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     from the newest one when the stage is retried after a failure (a killed worker). An
     unreadable checkpoint is moved aside (`.corrupt-...`, kept for inspection) and the run
     goes on from the one before it, or from the start.
+
+    With `lora_r` (LoRA PPO) two base copies load, in RLHF_DTYPE: the start policy, whose
+    adapters-off base is the reference when PPO starts from the reference, and the RM,
+    whose adapters-off base scores (a policy-started run loads the reference as a third).
     """
     from training.ml.devices import release_memory
     from training.ml.loading import load_causal_lm
@@ -86,20 +90,35 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     start = ppo_init_version(round_, run.config)
     rm_version = required(round_.reward_model, "a reward model")
     device, dtype = device_and_dtype()
-
-    def load_trained() -> tuple[Any, Any, Any]:
-        """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
-        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=TRAINED_DTYPE)
-        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=TRAINED_DTYPE)
-        return policy, tokenizer, critic
-
-    policy, tokenizer, critic = load_trained()
-    ref_version = reference_policy(project=project)
-    ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
-    reward_model, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
     values = {"max_new_tokens": project.max_new_tokens, "temperature": project.temperature,
               "top_p": project.top_p, **run.config}  # fmt: skip
     config = PPOConfig(**known_fields(PPOConfig, values))
+    lora = config.lora_r is not None
+    ref_version = reference_policy(project=project)
+    shares_reference = lora and ref_version.pk == start.pk
+    # LoRA trains adapters on frozen bases, which may be stored in RLHF_DTYPE
+    base_dtype = dtype if lora else TRAINED_DTYPE
+
+    def load_trained() -> tuple[Any, Any, Any]:
+        """The two modules PPO changes (and a checkpoint overwrites): policy and critic."""
+        policy, tokenizer = load_causal_lm(start.artifact, device=device, dtype=base_dtype)
+        critic, _ = load_reward_model(rm_version.artifact, device=device, dtype=base_dtype)
+        return policy, tokenizer, critic
+
+    def load_frozen(policy: Any, critic: Any) -> tuple[Any, Any]:
+        """The reference and the RM scorer: with LoRA the policy and critic themselves
+        (their bases under the adapters, `training.ml.ppo.share_bases`)."""
+        if shares_reference:
+            ref_policy = policy
+        else:
+            ref_policy, _ = load_causal_lm(ref_version.artifact, device=device, dtype=dtype)
+        if lora:
+            return ref_policy, critic
+        reward_model, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
+        return ref_policy, reward_model
+
+    policy, tokenizer, critic = load_trained()
+    ref_policy, reward_model = load_frozen(policy, critic)
     if "checkpoint_every" not in run.config:
         config.checkpoint_every = max(1, config.steps // 4)
     rules = parse_rules(run.config.get("rules", []))
@@ -135,9 +154,14 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             set_aside_newest_checkpoint(checkpoints, exc, reporter.log)
         # The failed load may have half-written policy and critic: load them again, after
         # letting go of the old ones (and of the traceback that held them) to fit in memory.
+        # With LoRA they already carry adapters, and the reference and RM are their bases.
         del policy, critic
+        if lora:
+            del ref_policy, reward_model
         release_memory()
         policy, tokenizer, critic = load_trained()
+        if lora:
+            ref_policy, reward_model = load_frozen(policy, critic)
     if result.get("resumed_from"):
         reporter.log(f"resumed from the checkpoint of step {result['resumed_from']}")
     if result.get("status") == "cancelled":
