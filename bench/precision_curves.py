@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     sft_config = SFTConfig(batch_size=4, max_length=128, eval_fraction=0.0, warmup_ratio=0.0)
 
     def rm_train(model: torch.nn.Module, precision: Precision, cb: Callable) -> None:
+        assert isinstance(model, RewardModel)
         train_reward_model(
             model, tokenizer, examples, config=rm_config, precision=precision, on_metrics=cb
-        )  # type: ignore[arg-type]  # a RewardModel
+        )
 
     def sft_train(model: torch.nn.Module, precision: Precision, cb: Callable) -> None:
         train_sft(model, tokenizer, demos, sft_config, precision=precision, on_metrics=cb)

@@ -27,6 +27,7 @@ import torch
 from bench.rm_vs_trl import OUT, ROOT, machine, run_ours, run_trl
 from training.ml.configs import RMConfig
 from training.ml.loading import pretrained_folder
+from training.ml.precision import FP32
 from training.ml.preferences import RankedExample, read_preferences
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
@@ -100,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         train_top_layers=args.train_top_layers,
         seed=args.seed,
     )
-    ours = run_ours(folder, train, held_out, config)
+    ours = run_ours(folder, train, held_out, config, precision=FP32)
     print(f"ours: {json.dumps(ours)}", file=sys.stderr, flush=True)
-    trl = run_trl(folder, train, held_out, config, pairs_per_prompt=1, self_eval=False)
+    # one pair per prompt in a pair file: TRL's step takes as many pairs as ours takes prompts
+    trl = run_trl(
+        folder, train, held_out, config, pairs_per_step=config.batch_size, bf16=False,
+        self_eval=False,
+    )  # fmt: skip
     print(f"trl:  {json.dumps(trl)}", file=sys.stderr, flush=True)
     info["loadavg_end"] = os.getloadavg()[0]
     report = {
