@@ -116,7 +116,7 @@ def check_value(value: Any) -> None:
         reason = _reason(item)
         if reason is not None:
             raise JsonRefused(reason, path=_spell(path))
-        if isinstance(item, dict | list):
+        if isinstance(item, dict | list | tuple):  # a Parquet map arrives as (key, value)s
             if depth >= MAX_DEPTH:
                 raise JsonRefused(f"nested deeper than {MAX_DEPTH} levels", path=_spell(path))
             pairs = list(item.items() if isinstance(item, dict) else enumerate(item))

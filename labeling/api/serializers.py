@@ -123,6 +123,7 @@ class MemberIn(StrictInput):
     password = serializers.CharField(
         required=False,
         write_only=True,
+        trim_whitespace=False,  # a password is what was typed, spaces included
         help_text="The password of a user this request creates; for an existing user, a 400.",
     )
 

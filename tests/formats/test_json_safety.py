@@ -70,3 +70,11 @@ def test_storable_text_replaces_and_counts() -> None:
     for text in UNSTORABLE_TEXTS:
         clean, replaced = storable_text(text)
         assert unstorable_reason(clean) is None and replaced == clean.count("\ufffd") > 0
+
+
+def test_a_parquet_map_value_is_walked_too() -> None:
+    """pyarrow reads a Parquet map as a list of (key, value) tuples."""
+    from formats.json_safety import JsonRefused, check_value
+
+    with pytest.raises(JsonRefused, match="NUL"):
+        check_value({"metadata": [("k", "v\x00")]})

@@ -8,6 +8,7 @@ tracks the fp32 one within ABS_TOLERANCE per step (bf16 keeps ~3 significant dig
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,23 @@ def test_ppo_trains_fp32_masters_with_a_bf16_reference(precision: Precision) -> 
         assert {p.dtype for p in model.parameters()} == {torch.float32}
         unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[name][n])]
         assert unchanged == [], f"{name}: {unchanged[:3]}"
+
+
+def test_fp16_ppo_checkpoints_keep_the_loss_scale(tmp_path: Path) -> None:
+    """An fp16 run's GradScaler state goes into its checkpoint and comes back on resume."""
+    import json
+
+    fp16 = Precision(compute=torch.float16, device_type="cpu")
+    policy, tokenizer = load_causal_lm("tiny")
+    ref_policy, _ = load_causal_lm("tiny")
+    critic = RewardModel.from_causal_lm(load_causal_lm("tiny")[0])
+    config = PPOConfig(
+        steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3, lr=1e-5
+    )
+    train_ppo(
+        policy, ref_policy, critic, None, tokenizer, ["Hi.", "Yo."], config, precision=fp16,
+        reward_fn=lambda texts, _p: [1.0] * len(texts), checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    (state_file,) = tmp_path.glob("*/state.json")
+    saved = json.loads(state_file.read_text())["grad_scaler"]
+    assert saved["scale"] > 0

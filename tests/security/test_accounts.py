@@ -133,3 +133,13 @@ def test_add_member_says_when_it_changes_an_existing_password(project, superuser
 
     out = _add_member(project.slug, "brand-new", "--role", "labeler", "--password", "first-Pw-12")
     assert "Changed the password" not in out
+
+
+def test_a_new_users_password_keeps_its_spaces(admin_client_api, project) -> None:
+    response = admin_client_api.post(
+        _members_url(project),
+        {"username": "spacey", "role": "labeler", "password": "  a long pass phrase "},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert User.objects.get(username="spacey").check_password("  a long pass phrase ")

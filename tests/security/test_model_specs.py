@@ -43,13 +43,19 @@ def layout(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, settings) -
     (models / "x.gguf").write_text("just text, named like a model")
     outside = model_folder(tmp_path_factory.mktemp("outside") / "model")
     (models / "escape").symlink_to(outside, target_is_directory=True)
+    other_artifact = model_folder(settings.RLHF_ARTIFACT_DIR / "other" / "ppo-v2")
+    borrowed = models / "borrowed"  # a real folder whose weights link to another project's
+    borrowed.mkdir()
+    (borrowed / "config.json").write_text('{"model_type": "llama"}')
+    (borrowed / "model.safetensors").symlink_to(other_artifact / "model.safetensors")
     return {
         "root": tmp_path,
         "allowed": model_folder(models / "good"),
         "pickled": pickled,
         "fake_gguf": models / "x.gguf",
         "escape": models / "escape",
-        "other_artifact": model_folder(settings.RLHF_ARTIFACT_DIR / "other" / "ppo-v2"),
+        "other_artifact": other_artifact,
+        "borrowed": borrowed,
     }
 
 
@@ -63,6 +69,7 @@ def refused_payloads(layout: dict[str, Path]) -> dict[str, str]:
         "text file named .gguf": str(layout["fake_gguf"]),
         "another project's artifact": str(layout["other_artifact"]),
         "symlink out of the root": str(layout["escape"]),
+        "weights linked from another project": str(layout["borrowed"]),
         "missing under the root": str(layout["root"] / "models" / "missing"),
         "climb out of the root": f"{layout['allowed']}/../../../../../../etc",
         "home": "~",

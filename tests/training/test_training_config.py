@@ -196,3 +196,19 @@ def test_checking_a_config_does_not_load_torch(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"ppo": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"ppo": {"lora_target_modules": " , "}}, "at least one layer"),
+        ({"rm": {"seed": 10**40}}, "rm.seed: must be <="),
+        ({"ppo": {"seed": 2**31}}, "ppo.seed: must be <="),
+    ],
+)
+def test_the_door_refuses_what_the_trainer_config_would(config, message) -> None:
+    """Checks across fields (PPOConfig.__post_init__) and seed bounds run at the door, not
+    hours later in a worker."""
+    with pytest.raises(ApplicationError, match=message):
+        training_config_check(config)

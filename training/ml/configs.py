@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MAX_BATCH = 4096
 MAX_TOKENS = 32_768
 MAX_STEPS = 1_000_000
+MAX_SEED = 2**31 - 1  # torch.manual_seed and random.Random take it; larger overflow
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -168,7 +169,7 @@ class RMConfig:
     length_bucketing: bool = setting(
         True, "Batch prompts of similar length together to reduce padding."
     )
-    seed: int = setting(0, "Seed of the batch order (and of the eval split).", ge=0)
+    seed: int = setting(0, "Seed of the batch order (and of the eval split).", ge=0, le=MAX_SEED)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field out of its type or range."""
@@ -230,7 +231,10 @@ class PPOConfig:
         8, "episodes per no-grad forward pass in the rollout", ge=1, le=MAX_BATCH
     )
     seed: int = setting(
-        0, "seed of prompt order, sampling and minibatch order (each step derives its own)", ge=0
+        0,
+        "seed of prompt order, sampling and minibatch order (each step derives its own)",
+        ge=0,
+        le=MAX_SEED,
     )
     train_top_layers: int | None = setting(
         None, "train only the top N blocks (and head) of policy and critic", ge=0
@@ -302,7 +306,7 @@ class SFTConfig:
     eval_every: int = setting(
         0, "Steps between held-out evaluations (0: at the start and the end only).", ge=0
     )
-    seed: int = setting(0, "Seed of the train/eval split and the shuffling.", ge=0)
+    seed: int = setting(0, "Seed of the train/eval split and the shuffling.", ge=0, le=MAX_SEED)
     train_top_layers: int | None = setting(
         None, "Train only the top N blocks, the final norm and the head (None: all).", ge=0
     )

@@ -331,6 +331,8 @@ def train_ppo(
         start = resumed_from = int(state["step"])
         kl_ctl.value = float(state["kl_coef"])
         metrics = dict(state.get("metrics") or {})  # the last step's, if none runs now
+        if state.get("grad_scaler"):  # fp16: resume at the loss scale the run had reached
+            scaler.load_state_dict(state["grad_scaler"])
 
     def checkpoint(step: int) -> None:
         assert checkpoint_dir is not None
@@ -340,6 +342,7 @@ def train_ppo(
             "seed": config.seed,
             "config": asdict(config),
             "metrics": metrics,
+            "grad_scaler": scaler.state_dict(),  # {} unless fp16
         }
         save_checkpoint(
             checkpoint_dir,

@@ -137,6 +137,20 @@ def _check_section(section: str, value: Any, path: str) -> None:
             _check_value(*known[key], item, f"{path}.{key}")
         else:
             raise _error(f"{path}.{key}", "unknown key")
+    _check_together(section, value, path)
+
+
+def _check_together(section: str, value: dict[str, Any], path: str) -> None:
+    """The checks a trainer config makes across its fields (e.g. PPO's lora_r excludes
+    train_top_layers): build it as the run will, so the door refuses what the run would."""
+    for cls in SECTIONS[section]:
+        try:
+            config = cls(**run_config_fields(cls, value))  # PPOConfig checks in __post_init__
+            validate = getattr(config, "validate", None)
+            if callable(validate):
+                validate()
+        except ValueError as exc:
+            raise _error(path, str(exc)) from None
 
 
 def _check_value(cls: type, f: dataclasses.Field[Any], value: Any, path: str) -> None:

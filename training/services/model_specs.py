@@ -96,10 +96,22 @@ def model_root_path(spec: str) -> Path | None:
     if "\x00" in spec or not Path(spec).is_absolute():
         return None
     path = _resolved(Path(spec))
-    if path is None or path.is_relative_to(Path(settings.RLHF_ARTIFACT_DIR).resolve()):
-        return None
+    artifacts = Path(settings.RLHF_ARTIFACT_DIR).resolve()
     roots = [Path(root).resolve() for root in settings.RLHF_MODEL_ROOTS if root]
-    return path if any(path.is_relative_to(root) for root in roots) else None
+    if path is None or not _allowed(path, roots, artifacts):
+        return None
+    if path.is_dir():
+        # a file of the folder may be a link (an HF cache snapshot links to its blobs): it
+        # must resolve under the roots too, never into another project's artifacts
+        entries = [_resolved(entry) for entry in path.iterdir()]
+        if not all(e is not None and _allowed(e, roots, artifacts) for e in entries):
+            return None
+    return path
+
+
+def _allowed(path: Path, roots: list[Path], artifacts: Path) -> bool:
+    """Under a model root and outside the artifacts root (both resolved)."""
+    return not path.is_relative_to(artifacts) and any(path.is_relative_to(r) for r in roots)
 
 
 def _resolved(path: Path) -> Path | None:

@@ -12,6 +12,8 @@ from django.db.models import Max
 
 from core.exceptions import ApplicationError
 from labeling.models import Project
+from labeling.seams import BUILTIN_MODEL_SPECS
+from training.ml.model_files import PICKLE_SUFFIXES
 from training.models import ModelVersion
 from training.services.model_specs import base_artifact_check, model_root_path, model_spec_resolve
 from training.services.runs import metrics_jsonable
@@ -23,7 +25,6 @@ _ROLE_OF_KIND = {
     ModelVersion.Kind.RM: ModelVersion.Role.REWARD,
 }
 # Specs the ML core resolves itself; everything else must be a verified folder.
-BUILTIN_SPECS = {"default", "tiny"}
 
 
 class ArtifactError(ApplicationError):
@@ -39,7 +40,7 @@ def artifact_verify(*, artifact: str) -> None:
 
     Reads only the safetensors headers (cheap); a truncated file fails here.
     """
-    if artifact in BUILTIN_SPECS or artifact.startswith("tiny:"):
+    if artifact in BUILTIN_MODEL_SPECS or artifact.startswith("tiny:"):
         return
     path = Path(artifact)
     if path.suffix == ".gguf" and path.is_file():
@@ -48,7 +49,7 @@ def artifact_verify(*, artifact: str) -> None:
         raise ArtifactError(f"Model artifact {artifact} does not exist.")
     if not (path / "config.json").is_file():
         raise ArtifactError(f"Model artifact {artifact} has no config.json (incomplete).")
-    pickles = [p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise ArtifactError(f"Model artifact {artifact} contains pickled files {pickles}; refused.")
     tensors = sorted(path.glob("*.safetensors"))
@@ -238,12 +239,14 @@ def _check_architecture(folder: Path, role: ModelVersion.Role) -> None:
         config = AutoConfig.from_pretrained(str(folder))
     except Exception as exc:  # an unknown model type or a broken config.json
         raise ArtifactError(f"{folder}: unreadable config.json ({exc})".splitlines()[0]) from exc
-    architectures = ", ".join(config.architectures or []) or "no architecture"
+    names = list(config.architectures or [])
+    architectures = ", ".join(names) or "no architecture"
     if role == ModelVersion.Role.REWARD:
-        if not architectures.endswith("ForSequenceClassification") or config.num_labels != 1:
+        reward = any(name.endswith("ForSequenceClassification") for name in names)
+        if not reward or config.num_labels != 1:
             raise ArtifactError(
                 f"{folder} is {architectures} with {config.num_labels} labels, not a reward "
                 "model (a *ForSequenceClassification with num_labels=1)."
             )
-    elif not architectures.endswith("ForCausalLM"):
+    elif not any(name.endswith("ForCausalLM") for name in names):
         raise ArtifactError(f"{folder} is {architectures}, not a policy (a *ForCausalLM).")

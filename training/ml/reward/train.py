@@ -199,32 +199,42 @@ def train_reward_model(
             floor=config.min_lr_ratio,
         ),
     )
-    runner = dist.prepare_model(model)  # DDP under several processes, else ``model``
-    runner.train()
-    totals: Tally = defaultdict(float)
-    for step, batch in enumerate(plan, start=1):
-        if should_stop is not None and dist.any(should_stop()):
-            break
-        lr = schedule.get_last_lr()[0]
-        tally = _optimizer_step(
-            model, batch, tokenizer.pad_token_id, config, optimizer, precision, scaler, dist, runner
-        )
-        schedule.step()
-        for key, value in tally.items():
-            totals[key] += value
-        metrics = {
-            "rm/loss": tally["loss"],
-            "rm/accuracy": tally["correct"] / max(tally["pairs"], 1),
-            "rm/lr": lr,
-            "charts/pairs_per_s": totals["pairs"] / (time.perf_counter() - start),
-            "total_steps": len(plan),
-        }
-        if eval and config.eval_every and step % config.eval_every == 0 and step < len(plan):
-            metrics["rm/eval_accuracy"] = _eval_accuracy(model, tokenizer, eval, config)
-        if on_metrics is not None:
-            on_metrics(step, metrics)
-    if embedding_grad is not None:
-        embedding_grad.remove()
+    try:
+        runner = dist.prepare_model(model)  # DDP under several processes, else ``model``
+        runner.train()
+        totals: Tally = defaultdict(float)
+        for step, batch in enumerate(plan, start=1):
+            if should_stop is not None and dist.any(should_stop()):
+                break
+            lr = schedule.get_last_lr()[0]
+            tally = _optimizer_step(
+                model,
+                batch,
+                tokenizer.pad_token_id,
+                config,
+                optimizer,
+                precision,
+                scaler,
+                dist,
+                runner,
+            )
+            schedule.step()
+            for key, value in tally.items():
+                totals[key] += value
+            metrics = {
+                "rm/loss": tally["loss"],
+                "rm/accuracy": tally["correct"] / max(tally["pairs"], 1),
+                "rm/lr": lr,
+                "charts/pairs_per_s": totals["pairs"] / (time.perf_counter() - start),
+                "total_steps": len(plan),
+            }
+            if eval and config.eval_every and step % config.eval_every == 0 and step < len(plan):
+                metrics["rm/eval_accuracy"] = _eval_accuracy(model, tokenizer, eval, config)
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+    finally:
+        if embedding_grad is not None:  # the caller's model as it was, even on error
+            embedding_grad.remove()
     model.eval()
     result = _summary(totals, time.perf_counter() - start, cancelled=totals["steps"] < len(plan))
     if eval and result["status"] == "completed":
