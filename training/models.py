@@ -72,8 +72,15 @@ class Round(TimeStampedModel):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
+    class Recipe(models.TextChoices):
+        """How the policy stage trains (PRODUCT.md: ppo, dpo, best_of_n, rloo). Only PPO is
+        implemented; the others are refused at the door until their run kinds exist."""
+
+        PPO = "ppo"
+
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="rounds")
     number = models.PositiveIntegerField()
+    recipe = models.CharField(max_length=16, choices=Recipe.choices, default=Recipe.PPO)
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.GENERATING)
     num_prompts = models.PositiveIntegerField(default=0)
     sampling_policy = models.ForeignKey(

@@ -434,3 +434,22 @@ def test_without_num_prompts_a_round_takes_at_most_the_train_prompts(project, bo
         rounds.round_start(project=project)
     PromptFactory.create_batch(5, project=project)
     assert rounds.round_start(project=project).num_prompts == 5  # prompts_per_round is 16
+
+
+def test_a_round_records_its_recipe_and_refuses_unbuilt_ones(
+    admin_client_api, project, bodies
+) -> None:
+    """PRODUCT.md's `{"num_prompts": N, "recipe": "ppo"}`: the round shows its recipe; a
+    recipe whose run kind does not exist yet is a 400, never a silent PPO round."""
+    PromptFactory.create_batch(3, project=project)
+    url = f"/api/v1/projects/{project.slug}/rounds/"
+    for recipe in ("dpo", "best_of_n", "rloo", "sft"):
+        response = admin_client_api.post(url, {"num_prompts": 2, "recipe": recipe}, format="json")
+        assert response.status_code == 400, recipe
+        assert response.json()["detail"].startswith("recipe: "), recipe
+    assert not Round.objects.filter(project=project).exists()
+    response = admin_client_api.post(url, {"num_prompts": 2, "recipe": "ppo"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["recipe"] == "ppo"
+    detail = admin_client_api.get(f"/api/v1/rounds/{response.json()['id']}/")
+    assert detail.json()["recipe"] == "ppo"

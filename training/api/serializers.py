@@ -47,7 +47,7 @@ class RoundOut(serializers.ModelSerializer):
     class Meta:
         model = Round
         fields = [
-            "id", "project", "number", "stage", "progress", "num_prompts", "metrics",
+            "id", "project", "number", "recipe", "stage", "progress", "num_prompts", "metrics",
             "error", "failed_stage", "sampling_policy", "reward_model", "policy", "runs",
             "created_at", "updated_at",
         ]  # fmt: skip
@@ -66,6 +66,13 @@ class RoundOut(serializers.ModelSerializer):
 
 
 class RoundStartIn(serializers.Serializer):
+    recipe = serializers.ChoiceField(
+        choices=Round.Recipe.choices,
+        required=False,
+        default=Round.Recipe.PPO,
+        help_text="The policy stage's recipe; ppo only in this version (dpo, best_of_n and "
+        "rloo are planned).",
+    )
     num_prompts = serializers.IntegerField(
         required=False,
         min_value=1,

@@ -41,7 +41,10 @@ class RoundListApi(APIView):
         data = RoundStartIn(data=request.data)
         data.is_valid(raise_exception=True)
         round_ = rounds.round_start(
-            project=project, num_prompts=data.validated_data.get("num_prompts"), user=request.user
+            project=project,
+            num_prompts=data.validated_data.get("num_prompts"),
+            recipe=data.validated_data["recipe"],
+            user=request.user,
         )
         return Response(_round_out(round_), status=status.HTTP_201_CREATED)
 

@@ -49,7 +49,13 @@ def _lock(round_: Round) -> Round:
 
 
 @transaction.atomic
-def round_start(*, project: Project, num_prompts: int | None = None, user=None) -> Round:
+def round_start(
+    *,
+    project: Project,
+    num_prompts: int | None = None,
+    recipe: str = Round.Recipe.PPO,
+    user=None,
+) -> Round:
     """Open the next round: the current policy samples K responses for `num_prompts` prompts.
 
     Without `num_prompts`, the round takes `prompts_per_round` of training_config, or all
@@ -66,6 +72,7 @@ def round_start(*, project: Project, num_prompts: int | None = None, user=None) 
     round_ = Round.objects.create(
         project=project,
         number=number,
+        recipe=Round.Recipe(recipe),
         stage=Stage.GENERATING,
         num_prompts=wanted,
         sampling_policy=policy,
