@@ -71,6 +71,24 @@ class Project(TimeStampedModel):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
+    # The promotion gate (a round stops in needs_review when a check fails).
+    gate_min_rm_accuracy = models.FloatField(
+        default=0.6,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="The new RM's held-out accuracy must reach this.",
+    )
+    gate_max_rm_drop = models.FloatField(
+        default=0.01,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="How far below the current RM's held-out accuracy the new one may score.",
+    )
+    gate_kl_factor = models.FloatField(
+        default=2.0,
+        validators=[MinValueValidator(0.0)],
+        help_text="The new policy's KL to the reference may be at most this times the KL target.",
+    )
+    # Moderation of prompts: {"words": [...], "regexes": [...], "classifier": "<model spec>"}.
+    moderation_rules = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["slug"]
@@ -119,6 +137,17 @@ class Prompt(TimeStampedModel):
     source = models.CharField(max_length=200, blank=True)
     split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
     metadata = models.JSONField(default=dict, blank=True)
+
+    class Moderation(models.TextChoices):
+        CLEAR = "clear"
+        FLAGGED = "flagged"  # held out of rounds until an admin releases or drops it
+        RELEASED = "released"
+        DROPPED = "dropped"
+
+    moderation = models.CharField(
+        max_length=8, choices=Moderation.choices, default=Moderation.CLEAR, db_index=True
+    )
+    moderation_reasons = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -169,7 +198,10 @@ class RankingTask(TimeStampedModel):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["project", "status", "id"])]
+        indexes = [
+            models.Index(fields=["project", "status", "id"]),
+            models.Index(fields=["round", "status"]),
+        ]
         constraints = [
             # One task per prompt per round: a retried generation step cannot duplicate tasks.
             models.UniqueConstraint(
@@ -197,6 +229,10 @@ class Response(TimeStampedModel):
     policy_name = models.CharField(max_length=200, blank=True)
     generation = models.JSONField(default=dict, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
+    # Set at generation when this text nearly repeats an earlier response of the task.
+    duplicate_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["task_id", "position"]
@@ -244,13 +280,30 @@ class Ranking(TimeStampedModel):
     source = models.CharField(max_length=32, default="labeler")  # labeler | imported | simulated
     # The labeler named in an imported preference file (its `labeler` key), if any.
     imported_labeler = models.CharField(max_length=200, blank=True)
+    # A revision supersedes this row (kept, never overwritten): superseded_at is set first,
+    # then superseded_by once the revision exists.
+    superseded_at = models.DateTimeField(null=True, blank=True)
+    superseded_by = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Review(models.TextChoices):
+        PENDING = "pending"
+        ACCEPTED = "accepted"
+        REJECTED = "rejected"  # yields no pairs
+
+    review = models.CharField(max_length=8, choices=Review.choices, default=Review.PENDING)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["task", "labeler"],
-                condition=Q(labeler__isnull=False),
+                condition=Q(labeler__isnull=False, superseded_at__isnull=True),
                 name="one_ranking_per_labeler",
             )
         ]

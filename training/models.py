@@ -68,15 +68,20 @@ class Round(TimeStampedModel):
         BUILDING_PAIRS = "building_pairs"
         TRAINING_RM = "training_rm"
         TRAINING_PPO = "training_ppo"
+        # Stopped by the promotion gate (after the RM or the policy stage): an admin approves
+        # (the round goes on, or its policy is promoted) or rejects (the current models stay).
+        NEEDS_REVIEW = "needs_review"
         DONE = "done"
         FAILED = "failed"
         CANCELLED = "cancelled"
 
     class Recipe(models.TextChoices):
-        """How the policy stage trains (PRODUCT.md: ppo, dpo, best_of_n, rloo). Only PPO is
-        implemented; the others are refused at the door until their run kinds exist."""
+        """How the policy stage trains (PRODUCT.md: ppo, dpo, best_of_n, rloo)."""
 
         PPO = "ppo"
+        DPO = "dpo"
+        BEST_OF_N = "best_of_n"
+        RLOO = "rloo"
 
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="rounds")
     number = models.PositiveIntegerField()
@@ -97,6 +102,15 @@ class Round(TimeStampedModel):
     metrics = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     failed_stage = models.CharField(max_length=16, blank=True)
+    # The promotion gate: which stage's gate stopped the round (training_rm or training_ppo),
+    # its checks (new vs current metrics), and the admin's decision.
+    review_stage = models.CharField(max_length=16, blank=True)
+    gate = models.JSONField(default=dict, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_decision = models.CharField(max_length=8, blank=True)  # approved | rejected
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -117,6 +131,9 @@ class TrainingRun(TimeStampedModel):
         SFT = "sft"
         RM = "rm"
         PPO = "ppo"
+        DPO = "dpo"
+        BEST_OF_N = "best_of_n"
+        RLOO = "rloo"
         EVAL = "eval"
 
     class Status(models.TextChoices):
@@ -132,10 +149,13 @@ class TrainingRun(TimeStampedModel):
     round = models.ForeignKey(
         Round, on_delete=models.CASCADE, null=True, blank=True, related_name="runs"
     )
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
+    # Finer progress than done/total: the phase, its sub-steps, tokens, and when it began
+    # (the dashboard's elapsed time and ETA read it).
+    progress_detail = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="Final or latest metrics.")
     config = models.JSONField(default=dict, blank=True)
     inputs = models.JSONField(default=dict, blank=True)
