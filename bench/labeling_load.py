@@ -5,7 +5,12 @@
 1. 50 simulated labelers (threads, one HTTP session and API token each) loop
    `GET tasks/next/` + `POST tasks/{id}/rankings/` against the app served by gunicorn on
    PostgreSQL; we report p50/p95/p99 latency of each request and of the pair, errors, and
-   then check the database: no task over-leased, no accepted submission lost.
+   then check the database: no task over-leased, no accepted submission lost. Each load
+   runs twice, side by side: tasks outside any round, and the same tasks inside a round at
+   the labeling stage (the path a real round takes: every submission counts in the round's
+   progress and auto-advance is armed, so the last one moves the round on). Throughput is
+   also given per CPU-second of the server (gunicorn and the bench database's PostgreSQL
+   backends), which a busy shared machine disturbs less than the wall clock.
 2. Export: 100,000 comparisons streamed through `comparison_rows` + `jsonl_stream`
    (in-process) and through the HTTP endpoint; rows/s, and peak Python memory at 10k and
    100k rows to show it stays flat in the row count.
@@ -60,14 +65,28 @@ def _setup_django(url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _seed(*, labelers: int, tasks: int, k: int, overlap: int) -> tuple[str, list[str]]:
+def _seed(
+    *, labelers: int, tasks: int, k: int, overlap: int, in_round: bool = False
+) -> tuple[str, list[str]]:
+    """The bench project with its labelers and open tasks; with `in_round`, the tasks
+    belong to a round at the labeling stage (as the generate stage leaves them)."""
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
     from labeling.models import Membership, Project, Prompt, RankingTask, Response
+    from training.models import Round
 
     Project.objects.filter(slug="bench").delete()
     project = Project.objects.create(slug="bench", name="Bench", k=k, overlap=overlap)
+    round_ = None
+    if in_round:
+        round_ = Round.objects.create(
+            project=project,
+            number=1,
+            stage=Round.Stage.LABELING,
+            num_prompts=tasks,
+            progress_total=tasks * overlap,
+        )
     user_model = get_user_model()
     keys = []
     for i in range(labelers):
@@ -80,7 +99,8 @@ def _seed(*, labelers: int, tasks: int, k: int, overlap: int) -> tuple[str, list
         for i in range(tasks)
     )
     task_rows = RankingTask.objects.bulk_create(
-        RankingTask(project=project, prompt=p, overlap=overlap, source="imported") for p in prompts
+        RankingTask(project=project, prompt=p, overlap=overlap, round=round_, source="policy")
+        for p in prompts
     )
     Response.objects.bulk_create(
         Response(task=t, position=j, text=f"Answer {j} to task {t.pk}. " * 20, policy_name="bench")
@@ -159,11 +179,17 @@ class Labeler(threading.Thread):
         self.accepted: list[int] = []
 
     def run(self) -> None:
+        import requests
+
         # People do not all press "next" in the same millisecond: start within one pause.
         time.sleep(self.think_s * self.rng.random())
         while time.time() < self.until:
             t0 = time.perf_counter()
-            resp = self.session.get(f"{self.base}/api/v1/projects/{self.slug}/tasks/next/")
+            try:
+                resp = self.session.get(f"{self.base}/api/v1/projects/{self.slug}/tasks/next/")
+            except requests.RequestException as error:  # counted, never a dead labeler
+                self.errors.append(f"next: {error.__class__.__name__}")
+                continue
             t1 = time.perf_counter()
             self.next_ms.append((t1 - t0) * 1000)
             if resp.status_code == 204:
@@ -184,7 +210,13 @@ class Labeler(threading.Thread):
                 "order": order, "flags": {}, "time_spent_ms": self.rng.randint(2000, 60000)
             }  # fmt: skip
             t2 = time.perf_counter()
-            sub = self.session.post(f"{self.base}/api/v1/tasks/{task['id']}/rankings/", json=body)
+            try:
+                sub = self.session.post(
+                    f"{self.base}/api/v1/tasks/{task['id']}/rankings/", json=body
+                )
+            except requests.RequestException as error:
+                self.errors.append(f"submit: {error.__class__.__name__}")
+                continue
             t3 = time.perf_counter()
             self.submit_ms.append((t3 - t2) * 1000)
             self.cycle_ms.append((t1 - t0 + t3 - t2) * 1000)
@@ -196,14 +228,50 @@ class Labeler(threading.Thread):
                 time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
 
 
-def load_test(args: argparse.Namespace, think_ms: float) -> dict:
+def _cpu_seconds(server: subprocess.Popen, database: str) -> dict[int, float]:
+    """CPU seconds (user + system) so far of gunicorn's processes and of the PostgreSQL
+    backends connected to `database`, by pid."""
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        )
+        backends = [row[0] for row in cursor.fetchall()]
+    seconds: dict[int, float] = {}
+    try:
+        master = psutil.Process(server.pid)
+        processes = [master, *master.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    for pid in backends:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def load_test(args: argparse.Namespace, think_ms: float, *, in_round: bool = False) -> dict:
+    from urllib.parse import urlparse
+
     from django.db.models import Count, Q
 
     from labeling.models import Ranking, RankingTask
+    from training.models import Round
 
-    slug, keys = _seed(labelers=args.labelers, tasks=args.tasks, k=4, overlap=3)
+    slug, keys = _seed(labelers=args.labelers, tasks=args.tasks, k=4, overlap=3, in_round=in_round)
     port = _free_port()
     server = _start_gunicorn(args.database_url, port, args.workers)
+    database = urlparse(args.database_url).path.lstrip("/")
     try:
         base = f"http://127.0.0.1:{port}"
         warm = Labeler(base, slug, keys[0], time.time() + 2, seed=0)  # warm connections
@@ -212,15 +280,18 @@ def load_test(args: argparse.Namespace, think_ms: float) -> dict:
         threads = [
             Labeler(base, slug, key, until, seed=i, think_ms=think_ms) for i, key in enumerate(keys)
         ]
+        cpu_before = _cpu_seconds(server, database)
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        cpu_after = _cpu_seconds(server, database)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    cpu_s = sum(max(0.0, s - cpu_before.get(pid, 0.0)) for pid, s in cpu_after.items())
 
     accepted = [tid for t in [warm, *threads] for tid in t.accepted]
     tasks = RankingTask.objects.filter(project__slug=slug).annotate(
@@ -233,13 +304,16 @@ def load_test(args: argparse.Namespace, think_ms: float) -> dict:
     nexts = [c for t in threads for c in t.next_ms]
     submits = [c for t in threads for c in t.submit_ms]
     errors = [e for t in threads for e in t.errors]
-    return {
+    report = {
+        "in_round": in_round,
         "labelers": args.labelers,
         "think_ms": think_ms,
         "gunicorn_workers": args.workers,
         "duration_s": round(elapsed, 1),
         "submissions": len(cycles),
         "submissions_per_s": round(len(cycles) / elapsed, 1),
+        "server_cpu_s": round(cpu_s, 1),
+        "submissions_per_server_cpu_s": round(len(cycles) / cpu_s, 1) if cpu_s else None,
         "cycle_ms": {"p50": _percentile(cycles, 0.5), "p95": _percentile(cycles, 0.95),
                      "p99": _percentile(cycles, 0.99)},
         "next_ms": {"p50": _percentile(nexts, 0.5), "p95": _percentile(nexts, 0.95)},
@@ -251,6 +325,72 @@ def load_test(args: argparse.Namespace, think_ms: float) -> dict:
         "stored_rankings": stored,
         "lost_submissions": len(accepted) - stored,
     }  # fmt: skip
+    if in_round:
+        round_ = Round.objects.get(project__slug=slug)
+        # Every stored ranking counted once in the round's progress (no lost update).
+        report["round"] = {
+            "stage": round_.stage,
+            "progress_done": round_.progress_done,
+            "uncounted_rankings": stored - round_.progress_done,
+        }
+    return report
+
+
+def submit_cpu_cost(args: argparse.Namespace) -> dict:
+    """CPU-seconds of one lease + submit, without and inside a round, in this process.
+
+    One labeler calls the services (`task_lease_next`, `ranking_submit`; the round's
+    bookkeeping runs on commit, as in a request) in a loop; we count this process's CPU
+    time and that of its PostgreSQL backend. One thread and no HTTP, so other load on the
+    machine disturbs the figure far less than the wall-clock runs above. The modes
+    alternate in blocks and the median block is reported.
+    """
+    from statistics import median
+
+    import psutil
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from labeling.models import Project
+    from labeling.services.leasing import task_lease_next
+    from labeling.services.rankings import ranking_submit
+
+    per_cycle: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.cpu_blocks):
+        for in_round in (False, True):
+            slug, _keys = _seed(
+                labelers=1, tasks=args.cpu_cycles, k=4, overlap=3, in_round=in_round
+            )
+            project = Project.objects.get(slug=slug)
+            labeler = get_user_model().objects.get(username="bench-labeler-0")
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                backend = psutil.Process(cursor.fetchone()[0])
+            started = time.process_time() + sum(backend.cpu_times()[:2])
+            for _ in range(args.cpu_cycles):
+                assignment = task_lease_next(project=project, labeler=labeler)
+                assert assignment is not None
+                ids = list(assignment.task.responses.values_list("id", flat=True))
+                ranking_submit(
+                    task=assignment.task,
+                    labeler=labeler,
+                    order=[[i] for i in ids],
+                    flags={},
+                    time_spent_ms=1000,
+                )
+            spent = time.process_time() + sum(backend.cpu_times()[:2]) - started
+            per_cycle[in_round].append(spent / args.cpu_cycles * 1000)
+    outside, inside = median(per_cycle[False]), median(per_cycle[True])
+    return {
+        "cycles_per_block": args.cpu_cycles,
+        "blocks": args.cpu_blocks,
+        "cpu_ms_per_cycle": {"no_round": round(outside, 2), "in_round": round(inside, 2)},
+        "blocks_cpu_ms": {
+            "no_round": [round(v, 2) for v in per_cycle[False]],
+            "in_round": [round(v, 2) for v in per_cycle[True]],
+        },
+        "in_round_over_no_round": round(inside / outside, 3),
+    }
 
 
 def _seed_comparisons(rows: int) -> str:
@@ -379,15 +519,31 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--export-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the no-round and in-round runs N times"
+    )
+    parser.add_argument("--cpu-cycles", type=int, default=200, help="cycles per CPU block")
+    parser.add_argument("--cpu-blocks", type=int, default=5, help="CPU blocks per mode")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
     _ensure_database(args.database_url)
     _setup_django(args.database_url)
     report: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
     if not args.skip_load:
-        report["load"] = [load_test(args, think) for think in args.think_ms]
+        # No round and in a round alternate, so a change in the machine's load between
+        # runs falls on both.
+        report["load"] = [
+            load_test(args, think, in_round=in_round)
+            for think in args.think_ms
+            for _ in range(args.repeat)
+            for in_round in (False, True)
+        ]
         print(json.dumps(report["load"], indent=2), flush=True)
+    if not args.skip_cpu:
+        report["submit_cpu"] = submit_cpu_cost(args)
+        print(json.dumps(report["submit_cpu"], indent=2), flush=True)
     if not args.skip_export:
         report["export"] = export_bench(args)
         print(json.dumps(report["export"], indent=2), flush=True)

@@ -144,6 +144,9 @@ class Prompt(TimeStampedModel):
         RELEASED = "released"
         DROPPED = "dropped"
 
+    # The moderation states whose prompts rounds may sample.
+    USABLE_MODERATION = (Moderation.CLEAR, Moderation.RELEASED)
+
     moderation = models.CharField(
         max_length=8, choices=Moderation.choices, default=Moderation.CLEAR, db_index=True
     )

@@ -158,9 +158,30 @@ def comparisons_for_project(
     ).order_by("id")
 
 
+def rankings_in_use() -> Q:
+    """Rankings whose order counts (pairs, exports, agreement): each labeler's current
+    version (a revision supersedes the old row, which is kept) and not rejected by an admin."""
+    return Q(superseded_at__isnull=True) & ~Q(review=Ranking.Review.REJECTED)
+
+
+def access_ranking(*, user: Any, ranking_id: int) -> Ranking:
+    """The ranking `ranking_id` if `user` is a member of its project (Http404 otherwise)."""
+    ranking = (
+        Ranking.objects.select_related("task__project", "task__prompt", "task__round")
+        .filter(pk=ranking_id)
+        .first()
+    )
+    if ranking is None or not getattr(user, "is_authenticated", False):
+        raise Http404("No such ranking.")
+    if not user.is_superuser and membership_for(user=user, project=ranking.task.project) is None:
+        raise Http404("No such ranking.")
+    return ranking
+
+
 def rankings_for_project(*, project: Project, round_number: int | None = None) -> QuerySet[Ranking]:
-    """The project's rankings with their task, prompt and responses, oldest first."""
-    rankings = Ranking.objects.filter(task__project=project)
+    """The project's rankings in use (rankings_in_use) with their task, prompt and
+    responses, oldest first."""
+    rankings = Ranking.objects.filter(rankings_in_use(), task__project=project)
     if round_number is not None:
         rankings = rankings.filter(task__round__number=round_number)
     return (

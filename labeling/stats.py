@@ -14,9 +14,12 @@ from labeling.models import Comparison, Membership, Project, Ranking
 
 
 def ranking_records(*, project: Project) -> list[RankingRecord]:
-    """Every ranking of the project by a known labeler (imported rankings have none)."""
+    """Every ranking in use of the project by a known labeler (imported rankings have
+    none): superseded revisions and rankings an admin rejected are left out."""
     rows = (
         Ranking.objects.filter(task__project=project, labeler__isnull=False)
+        .filter(superseded_at__isnull=True)
+        .exclude(review=Ranking.Review.REJECTED)
         .order_by("id")
         .values_list(
             "labeler_id",
@@ -46,7 +49,7 @@ def ranking_records(*, project: Project) -> list[RankingRecord]:
 def round_counts(*, project: Project) -> list[dict[str, Any]]:
     """Rankings and comparisons per round number (None: outside rounds, e.g. imports)."""
     rankings = dict(
-        Ranking.objects.filter(task__project=project)
+        Ranking.objects.filter(task__project=project, superseded_at__isnull=True)
         .values("task__round__number")
         .annotate(n=Count("id"))
         .values_list("task__round__number", "n")

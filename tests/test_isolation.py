@@ -38,8 +38,8 @@ from tests.factories import (
 from training import models as tm
 
 # Not project objects: Django's admin (staff only, its own permission system), the login and
-# password pages, and the public API schema.
-SKIPPED_PREFIXES = ("admin/", "accounts/", "api/schema/")
+# password pages, and the public API schema with its Swagger UI page.
+SKIPPED_PREFIXES = ("admin/", "accounts/", "api/schema/", "api/docs/")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 MISSING_ID = 10**9
 
@@ -49,6 +49,8 @@ ADMIN_ONLY = {
     ("api-member-list", "post"),
     ("api-prompt-import", "post"),
     ("api-prompt-import-slash", "post"),
+    ("api-prompt-release", "post"),
+    ("api-prompt-drop", "post"),
     ("api-comparison-list", "get"),
     ("api-ranking-list", "get"),
     ("api-round-list", "get"),
@@ -56,11 +58,22 @@ ADMIN_ONLY = {
     ("api-round-detail", "get"),
     ("api-round-advance", "post"),
     ("api-round-cancel", "post"),
+    ("api-round-approve", "post"),
+    ("api-round-reject", "post"),
     ("api-run-list", "get"),
     ("api-run-metrics", "get"),
     ("api-sft-start", "post"),
     ("api-labeler-stats", "get"),
     ("project-rounds", "get"),
+    ("api-review-tasks", "get"),
+    ("api-review-task", "get"),
+    ("api-ranking-review", "post"),
+    ("api-task-gold", "post"),
+    ("project-review", "get"),
+    ("project-review-task", "get"),
+    ("project-review-task", "post"),
+    ("project-settings", "get"),
+    ("project-settings", "post"),
 }
 # (url name, method) open to every member of the project (or, without a project, to any
 # signed-in user; project creation through the API needs staff, see labeling/api/views.py).
@@ -86,6 +99,13 @@ MEMBER_ROUTES = {
     ("project-demonstrate", "get"),
     ("project-demonstrate", "post"),
     ("project-playground", "get"),
+    ("api-history", "get"),
+    ("api-ranking-revise", "post"),
+    ("api-task-unskip", "post"),
+    ("project-history", "get"),
+    ("project-history", "post"),
+    ("project-revise", "get"),
+    ("project-revise", "post"),
 }
 
 
@@ -149,7 +169,7 @@ def _world(slug: str) -> World:
     admin = MembershipFactory(project=project, role="admin").user
     labeler = MembershipFactory(project=project, role="labeler").user
     task = RankingTaskFactory(project=project)
-    RankingFactory(task=task, labeler=admin)
+    ranking = RankingFactory(task=task, labeler=admin)
     DemonstrationFactory(project=project, author=labeler)
     round_ = RoundFactory(project=project)
     run = TrainingRunFactory(project=project, round=round_)
@@ -158,6 +178,8 @@ def _world(slug: str) -> World:
     objects = {
         "slug": project.slug,
         "task_id": task.pk,
+        "prompt_id": task.prompt_id,
+        "ranking_id": ranking.pk,
         "round_id": round_.pk,
         "run_id": run.pk,
         "reply_id": PlaygroundReplyFactory(project=project, user=labeler).pk,
@@ -168,6 +190,8 @@ def _world(slug: str) -> World:
 MISSING = {
     "slug": "no-such-project",
     "task_id": MISSING_ID,
+    "prompt_id": MISSING_ID,
+    "ranking_id": MISSING_ID,
     "round_id": MISSING_ID,
     "run_id": MISSING_ID,
     "reply_id": MISSING_ID,

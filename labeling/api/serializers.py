@@ -60,6 +60,10 @@ class ProjectOut(serializers.ModelSerializer):
             "top_p",
             "lease_seconds",
             "training_config",
+            "gate_min_rm_accuracy",
+            "gate_max_rm_drop",
+            "gate_kl_factor",
+            "moderation_rules",
             "created_at",
         ]
         read_only_fields = fields
@@ -97,6 +101,14 @@ class ProjectUpdateIn(StrictInput):
     top_p = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     lease_seconds = serializers.IntegerField(min_value=10, required=False)
     training_config = serializers.JSONField(required=False, help_text=TRAINING_CONFIG_HELP)
+    gate_min_rm_accuracy = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+    gate_max_rm_drop = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+    gate_kl_factor = serializers.FloatField(min_value=0.0, required=False)
+    moderation_rules = serializers.JSONField(
+        required=False,
+        help_text='{"words": [...], "regexes": [...], "classifier": SPEC, "labels": [...], '
+        '"threshold": 0.5}, every key optional (docs/concepts.md, "Moderation").',
+    )
 
 
 class MemberOut(serializers.ModelSerializer):
@@ -134,7 +146,17 @@ class MemberIn(StrictInput):
 class PromptOut(serializers.ModelSerializer):
     class Meta:
         model = Prompt
-        fields = ["id", "text", "chat", "source", "split", "metadata", "created_at"]
+        fields = [
+            "id",
+            "text",
+            "chat",
+            "source",
+            "split",
+            "metadata",
+            "moderation",
+            "moderation_reasons",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -144,6 +166,10 @@ class PromptImportOut(serializers.Serializer):
     duplicate_lines = serializers.ListField(
         child=serializers.IntegerField(),
         help_text="Lines (or list positions, from 1) of prompts the project already had.",
+    )
+    flagged = serializers.IntegerField(
+        help_text="New prompts the moderation rules flagged: stored, held out of rounds "
+        "until an admin releases them."
     )
 
 
@@ -159,6 +185,12 @@ class PromptImportIn(serializers.Serializer):
 class ResponseOut(serializers.Serializer):
     id = serializers.IntegerField()
     text = serializers.CharField()
+    duplicate_of = serializers.IntegerField(
+        allow_null=True,
+        required=False,
+        help_text="The id of an earlier response of this task whose text this one nearly "
+        "repeats (sampling could not avoid it), else null.",
+    )
 
 
 class LabelerCountsOut(serializers.Serializer):
@@ -166,6 +198,12 @@ class LabelerCountsOut(serializers.Serializer):
     done_total = serializers.IntegerField()
     skipped = serializers.IntegerField()
     remaining = serializers.IntegerField()
+
+
+class RoundProgressOut(serializers.Serializer):
+    number = serializers.IntegerField()
+    done = serializers.IntegerField()
+    wanted = serializers.IntegerField()
 
 
 class NextTaskOut(serializers.Serializer):
@@ -181,6 +219,11 @@ class NextTaskOut(serializers.Serializer):
     flag_vocabulary = serializers.ListField(child=serializers.CharField())
     guidelines = serializers.CharField(help_text="Markdown.")
     counts = LabelerCountsOut()
+    round_progress = RoundProgressOut(
+        allow_null=True,
+        help_text="The task's round: rankings submitted of those wanted (tasks x overlap), "
+        "from the round's counter; null for a task of no round.",
+    )
 
 
 class RankingIn(StrictInput):

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from labeling.api import stats, views
+from labeling.api import review, stats, views
 
 urlpatterns = [
     path("projects/", views.ProjectListApi.as_view(), name="api-project-list"),
@@ -19,6 +19,16 @@ urlpatterns = [
         "projects/<slug:slug>/prompts/import/",
         views.PromptImportSlashApi.as_view(),
         name="api-prompt-import-slash",
+    ),
+    path(
+        "projects/<slug:slug>/prompts/<int:prompt_id>/release/",
+        views.PromptModerationApi.as_view(action="release"),
+        name="api-prompt-release",
+    ),
+    path(
+        "projects/<slug:slug>/prompts/<int:prompt_id>/drop/",
+        views.PromptModerationApi.as_view(action="drop"),
+        name="api-prompt-drop",
     ),
     path("projects/<slug:slug>/tasks/next/", views.NextTaskApi.as_view(), name="api-task-next"),
     path(
@@ -45,4 +55,29 @@ urlpatterns = [
         stats.LabelerStatsApi.as_view(),
         name="api-labeler-stats",
     ),
+    # Second looks (labeling/api/review.py): labelers' history, revisions, skipped tasks;
+    # admins' review and gold tasks.
+    path("projects/<slug:slug>/history/", review.HistoryApi.as_view(), name="api-history"),
+    path(
+        "rankings/<int:ranking_id>/revise/",
+        review.RankingReviseApi.as_view(),
+        name="api-ranking-revise",
+    ),
+    path("tasks/<int:task_id>/unskip/", review.TaskReturnApi.as_view(), name="api-task-unskip"),
+    path(
+        "projects/<slug:slug>/review/tasks/",
+        review.ReviewTaskListApi.as_view(),
+        name="api-review-tasks",
+    ),
+    path(
+        "projects/<slug:slug>/review/tasks/<int:task_id>/",
+        review.ReviewTaskDetailApi.as_view(),
+        name="api-review-task",
+    ),
+    path(
+        "rankings/<int:ranking_id>/review/",
+        review.RankingReviewApi.as_view(),
+        name="api-ranking-review",
+    ),
+    path("tasks/<int:task_id>/gold/", review.TaskGoldApi.as_view(), name="api-task-gold"),
 ]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -41,6 +41,7 @@ from labeling.models import Demonstration, Project, Prompt
 from labeling.services.demonstrations import demonstration_create
 from labeling.services.imports import PromptIn, parse_prompt_file, parse_prompt_list
 from labeling.services.leasing import task_lease_next, task_skip
+from labeling.services.moderation import prompt_drop, prompt_release
 from labeling.services.projects import membership_add, project_create, project_update
 from labeling.services.prompts import prompts_import
 from labeling.services.rankings import ranking_submit
@@ -117,6 +118,7 @@ class PromptListQuery(s.StrictInput):
     # DRF's metaclass takes declared fields off the class, so this does not shadow
     # Field.source at run time; mypy cannot know that.
     source = serializers.CharField(max_length=200, required=False)  # type: ignore[assignment]
+    moderation = serializers.ChoiceField(choices=Prompt.Moderation.choices, required=False)
     cursor = serializers.CharField(required=False)
     page_size = serializers.IntegerField(min_value=1, required=False)
 
@@ -132,6 +134,8 @@ class PromptListApi(APIView):
         prompts = selectors.prompts_for_project(project=project, split=query.get("split"))
         if "source" in query:
             prompts = prompts.filter(source=query["source"])
+        if "moderation" in query:
+            prompts = prompts.filter(moderation=query["moderation"])
         paginator = IdCursorPagination()
         page = paginator.paginate_queryset(prompts, request, view=self)
         return paginator.get_paginated_response(s.PromptOut(page, many=True).data)
@@ -159,6 +163,31 @@ class PromptImportApi(APIView):
         items, source = _prompt_items(request)
         result = prompts_import(project=project, items=items, source=source)
         return Response(s.PromptImportOut(result).data, status=status.HTTP_201_CREATED)
+
+
+class PromptModerationApi(APIView):
+    """An admin's decision on a prompt the moderation filter flagged: `release` (used in
+    rounds again) or `drop` (kept, never used). Admins only."""
+
+    action = ""
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: s.PromptOut,
+            409: error_response(
+                "Nothing to release (the prompt is not flagged or dropped), "
+                "or the prompt is dropped already."
+            ),
+        },
+    )
+    def post(self, request: Request, slug: str, prompt_id: int) -> Response:
+        project = selectors.access_project(user=request.user, slug=slug, admin=True)
+        prompt = selectors.prompt_of_project(project=project, prompt_id=prompt_id)
+        if prompt is None:
+            raise Http404("No such prompt.")
+        decide = prompt_release if self.action == "release" else prompt_drop
+        return Response(s.PromptOut(decide(prompt=prompt)).data)
 
 
 @extend_schema_view(post=extend_schema(exclude=True))
@@ -211,7 +240,7 @@ class NextTaskApi(APIView):
 
 def _next_task_out(project: Project, assignment: Any, user: Any) -> dict[str, Any]:
     task = assignment.task
-    responses = task.responses.order_by("position").values("id", "text")
+    responses = task.responses.order_by("position").values("id", "text", "duplicate_of")
     return s.NextTaskOut(
         {
             "id": task.pk,
@@ -224,8 +253,17 @@ def _next_task_out(project: Project, assignment: Any, user: Any) -> dict[str, An
             "flag_vocabulary": project.flag_vocabulary,
             "guidelines": project.guidelines,
             "counts": selectors.labeler_counts(project=project, user=user),
+            "round_progress": _round_progress(task),
         }
     ).data
+
+
+def _round_progress(task: Any) -> dict[str, int] | None:
+    """The round's own counters (no query beyond loading the round)."""
+    if not task.round_id:
+        return None
+    round_ = task.round
+    return {"number": round_.number, "done": round_.progress_done, "wanted": round_.progress_total}
 
 
 class RankingCreateApi(APIView):

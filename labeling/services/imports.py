@@ -107,6 +107,8 @@ class ImportResult:
     duplicates: int
     # Line numbers (or list positions) of the records that were already there.
     duplicate_lines: list[int] = field(default_factory=list)
+    # New prompts the project's moderation rules flagged (stored, held out of rounds).
+    flagged: int = 0
 
 
 # --- Entry points ----------------------------------------------------------------------

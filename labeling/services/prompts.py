@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from core.exceptions import ConflictError
 from labeling.models import Project, Prompt
 from labeling.services.imports import ImportResult, PromptIn
+from labeling.services.moderation import moderate_new, moderation_rules
 
 # Keeps `IN (...)` lists under SQLite's limit on query parameters.
 CHUNK = 500
@@ -25,9 +26,12 @@ def prompts_import(*, project: Project, items: list[PromptIn], source: str = "")
             duplicate_lines.append(item.line)
             continue
         new[key] = _prompt_row(project, item, source)
-    _bulk_create(list(new.values()))
+    flagged = _bulk_create(project, list(new.values()))
     return ImportResult(
-        created=len(new), duplicates=len(duplicate_lines), duplicate_lines=duplicate_lines
+        created=len(new),
+        duplicates=len(duplicate_lines),
+        duplicate_lines=duplicate_lines,
+        flagged=flagged,
     )
 
 
@@ -54,7 +58,7 @@ def prompts_get_or_create(
     for item in items:
         if item.content_hash not in found and item.content_hash not in new:
             new[item.content_hash] = _prompt_row(project, item, source)
-    _bulk_create(list(new.values()))
+    _bulk_create(project, list(new.values()))
     return {**found, **new}
 
 
@@ -70,7 +74,10 @@ def _prompt_row(project: Project, item: PromptIn, source: str) -> Prompt:
     )
 
 
-def _bulk_create(prompts: list[Prompt]) -> None:
+def _bulk_create(project: Project, prompts: list[Prompt]) -> int:
+    """Create `prompts` after the project's moderation rules ran on them; returns how many
+    the rules flagged (held out of rounds, labeling.services.moderation)."""
+    flagged = moderate_new(prompts, moderation_rules(project))
     # PostgreSQL and SQLite >= 3.35 return the new primary keys, which callers rely on.
     try:
         with transaction.atomic():
@@ -79,3 +86,4 @@ def _bulk_create(prompts: list[Prompt]) -> None:
         raise ConflictError(
             "Another import added some of these prompts at the same time; retry the import."
         ) from None
+    return flagged

@@ -2,7 +2,9 @@
 
 A ranking is stored once per (task, labeler) and never changed; its comparisons are
 written in the same transaction (InstructGPT section 3.5: every pair of different tie
-groups). "All unacceptable" rankings are kept as safety data and yield no pairs.
+groups). "All unacceptable" rankings are kept as safety data and yield no pairs. A labeler's
+revision (labeling/services/review.py) is a new row that supersedes the old one; only a
+ranking in use (not superseded, not rejected by an admin) yields pairs.
 """
 
 from typing import Any, NoReturn
@@ -43,7 +45,9 @@ def ranking_submit(
         raise ApplicationError(f"source: must be one of {', '.join(RANKING_SOURCES)}")
     task = lock_task(task)
     if Ranking.objects.filter(task=task, labeler=labeler).exists():
-        raise ConflictError("You have already ranked this task; a ranking cannot be changed.")
+        raise ConflictError(
+            "You have already ranked this task (revise it from your recent submissions)."
+        )
     response_ids = list(task.responses.order_by("position").values_list("id", flat=True))
     tie_groups = check_order(order, response_ids, all_unacceptable=all_unacceptable)
     clean_flags = check_flags(flags, response_ids, task.project.flag_vocabulary)
@@ -71,9 +75,16 @@ def ranking_submit(
 
 
 def comparisons_from_ranking(*, ranking: Ranking) -> list[Comparison]:
-    """The ranking's comparisons, created if missing (idempotent; none if all unacceptable)."""
+    """The ranking's comparisons, created if missing (idempotent). None for an "all
+    unacceptable" ranking, a superseded one (its revision has the pairs) or a rejected one."""
+    if (
+        ranking.all_unacceptable
+        or ranking.superseded_at is not None
+        or ranking.review == Ranking.Review.REJECTED
+    ):
+        return []
     existing = list(ranking.comparisons.order_by("id"))
-    if existing or ranking.all_unacceptable:
+    if existing:
         return existing
     return Comparison.objects.bulk_create(build_comparisons(ranking))
 
@@ -164,7 +175,9 @@ def _check_lease(task: RankingTask, labeler: Any) -> Assignment:
     if assignment.status == Assignment.Status.SKIPPED:
         raise ConflictError("You skipped this task.")
     if assignment.status == Assignment.Status.SUBMITTED:
-        raise ConflictError("You have already ranked this task; a ranking cannot be changed.")
+        raise ConflictError(
+            "You have already ranked this task (revise it from your recent submissions)."
+        )
     now = timezone.now()
     expired = assignment.expires_at <= now
     if expired and (

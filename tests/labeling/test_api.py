@@ -164,7 +164,7 @@ def test_import_prompts_as_a_json_list(admin_client_api, project) -> None:
         f"{API}/projects/{project.slug}/prompts/import", body, format="json"
     )
     assert response.status_code == 201
-    assert response.json() == {"created": 2, "duplicates": 1, "duplicate_lines": [3]}
+    assert response.json() == {"created": 2, "duplicates": 1, "duplicate_lines": [3], "flagged": 0}
     assert Prompt.objects.filter(project=project, chat__isnull=False).count() == 1
 
 
@@ -252,7 +252,7 @@ def test_next_task_leases_and_returns_the_same_task(labeler_client, project) -> 
     assert [r["id"] for r in data["responses"]] == list(
         task.responses.order_by("position").values_list("id", flat=True)
     )
-    assert set(data["responses"][0]) == {"id", "text"}
+    assert set(data["responses"][0]) == {"id", "text", "duplicate_of"}
     assert data["counts"]["remaining"] == 1
     assert labeler_client.get(url).json()["id"] == task.pk  # the lease holds
 

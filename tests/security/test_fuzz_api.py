@@ -97,14 +97,24 @@ def _seed_project(
     prompts = PromptFactory.create_batch(3, project=project)
     DemonstrationFactory(project=project, prompt=prompts[2], author=users[0])
     replies = [PlaygroundReplyFactory(project=project, user=user) for user in users]
-    ids: dict[str, list[str | int]] = {"slug": [slug], "reply_id": [r.pk for r in replies]}
+    ids: dict[str, list[str | int]] = {
+        "slug": [slug],
+        "reply_id": [r.pk for r in replies],
+        "prompt_id": [p.pk for p in prompts],
+    }
     if mid_round:
         round_ = RoundFactory(project=project, number=1, sampling_policy=policy, num_prompts=2)
         tasks = [RankingTaskFactory(project=project, prompt=p, round=round_) for p in prompts[:2]]
-        comparisons_from_ranking(ranking=RankingFactory(task=tasks[0], labeler=users[-1]))
+        ranking = RankingFactory(task=tasks[0], labeler=users[-1])
+        comparisons_from_ranking(ranking=ranking)
         run = TrainingRunFactory(project=project, round=round_, kind="generate", status="succeeded")
         MetricPointFactory.create_batch(2, run=run)
-        ids |= {"task_id": [t.pk for t in tasks], "round_id": [round_.pk], "run_id": [run.pk]}
+        ids |= {
+            "task_id": [t.pk for t in tasks],
+            "round_id": [round_.pk],
+            "run_id": [run.pk],
+            "ranking_id": [ranking.pk],
+        }
     return ids
 
 
