@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Modules under training.ml.commands, in help order; each may register several commands.
-COMMAND_MODULES = ("generate", "sft", "rm", "ppo", "bench", "gpu_check")
+COMMAND_MODULES = ("generate", "sft", "rm", "ppo", "dpo", "rloo", "best_of_n", "bench", "gpu_check")
 EXIT_BAD_INPUT = 2
 
 

@@ -1,10 +1,14 @@
 """The schema of a project's `training_config`: every key the product reads, in one place.
 
     {"prompts_per_round": int,
+     "recipe": "ppo" | "dpo" | "best_of_n" | "rloo",   # the policy stage of a round
      "generate": {...},   # the sampling run of a round
      "rm": {...},         # training.ml.configs.RMConfig + eval_fraction of the rankings
      "ppo": {...},        # training.ml.configs.PPOConfig + init_from, continue_kl_controller, rules
-     "sft": {...}}        # training.ml.configs.SFTConfig
+     "sft": {...},        # training.ml.configs.SFTConfig
+     "dpo": {...},        # training.ml.configs.DPOConfig (recipe "dpo")
+     "best_of_n": {...},  # training.ml.configs.BestOfNConfig (recipe "best_of_n")
+     "rloo": {...}}       # training.ml.configs.RLOOConfig (recipe "rloo")
 
 Types and ranges come from the dataclass fields' metadata (`training.ml.configs.setting`),
 so the trainers and this door refuse the same values; the keys read by the services
@@ -22,7 +26,10 @@ from typing import Any
 from core.exceptions import ApplicationError
 from training.ml.configs import (
     MAX_BATCH,
+    BestOfNConfig,
+    DPOConfig,
     PPOConfig,
+    RLOOConfig,
     RMConfig,
     SFTConfig,
     field_problem,
@@ -30,7 +37,12 @@ from training.ml.configs import (
     setting,
 )
 from training.ml.rules import parse_rules
-from training.services.rounds import DEFAULT_PROMPTS_PER_ROUND, MAX_PROMPTS_PER_ROUND
+from training.services.rounds import (
+    DEFAULT_PROMPTS_PER_ROUND,
+    DEFAULT_RECIPE,
+    MAX_PROMPTS_PER_ROUND,
+    RECIPES,
+)
 
 ROOT = "training_config"
 RULES_KEY = "rules"  # of "ppo": a list of rule strings, checked by training.ml.rules
@@ -46,6 +58,12 @@ class RoundSettings:
         "there are).",
         ge=1,
         le=MAX_PROMPTS_PER_ROUND,
+    )
+    recipe: str = setting(
+        DEFAULT_RECIPE,
+        "How a round's policy stage trains when its start names no recipe: PPO against the "
+        "round's RM, listwise DPO on the rankings, best-of-N then SFT, or RLOO.",
+        choices=RECIPES,
     )
 
 
@@ -90,6 +108,10 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "rm": (RMConfig, RMRunSettings),
     "ppo": (PPOConfig, PPORunSettings),
     "sft": (SFTConfig,),
+    # The policy stage's other recipes (training_config["recipe"], or the round's).
+    "dpo": (DPOConfig,),
+    "best_of_n": (BestOfNConfig,),
+    "rloo": (RLOOConfig,),
 }
 # Where the service, not the dataclass, gives the default.
 DEFAULT_NOTES = {
@@ -98,6 +120,13 @@ DEFAULT_NOTES = {
     ("ppo", "top_p"): "the project's top_p",
     ("ppo", "checkpoint_every"): "a quarter of steps",
     ("ppo", "continue_kl_controller"): "true with init_from=policy, else false",
+    ("rloo", "num_samples"): "the project's K",
+    ("rloo", "max_new_tokens"): "the project's max_new_tokens",
+    ("rloo", "temperature"): "the project's temperature",
+    ("rloo", "top_p"): "the project's top_p",
+    ("best_of_n", "max_new_tokens"): "the project's max_new_tokens",
+    ("best_of_n", "temperature"): "the project's temperature",
+    ("best_of_n", "top_p"): "the project's top_p",
 }
 
 
@@ -218,3 +247,32 @@ def _json(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     return str(value)
+
+
+@dataclass(frozen=True)
+class SchemaField:
+    """One key of the schema, for forms that edit training_config (the settings page)."""
+
+    section: str  # "" for a top-level key
+    name: str
+    kinds: tuple[type, ...]  # the Python types allowed (NoneType for a nullable key)
+    default: str  # as schema_markdown shows it
+    help: str
+    bounds: dict[str, Any]  # ge / gt / le / lt / choices, as the dataclass metadata
+
+    @property
+    def path(self) -> str:
+        return f"{ROOT}.{self.section}.{self.name}" if self.section else f"{ROOT}.{self.name}"
+
+
+def schema_fields() -> list[SchemaField]:
+    """Every key of the schema with its types, default, help and range, in the order of
+    schema_markdown (ppo.rules, a list of rule strings, is not among them)."""
+    out = []
+    for section, classes in [("", TOP_LEVEL), *SECTIONS.items()]:
+        for name, (cls, f) in _fields(classes).items():
+            bounds = {k: v for k, v in f.metadata.items() if k != "help"}
+            default = DEFAULT_NOTES.get((section, name), _json(f.default))
+            kinds = field_types(cls)[name]
+            out.append(SchemaField(section, name, kinds, default, f.metadata["help"], bounds))
+    return out

@@ -22,6 +22,9 @@ _ROLE_OF_KIND = {
     ModelVersion.Kind.BASE: ModelVersion.Role.POLICY,
     ModelVersion.Kind.SFT: ModelVersion.Role.POLICY,
     ModelVersion.Kind.PPO: ModelVersion.Role.POLICY,
+    ModelVersion.Kind.DPO: ModelVersion.Role.POLICY,
+    ModelVersion.Kind.BEST_OF_N: ModelVersion.Role.POLICY,
+    ModelVersion.Kind.RLOO: ModelVersion.Role.POLICY,
     ModelVersion.Kind.RM: ModelVersion.Role.REWARD,
 }
 # Specs the ML core resolves itself; everything else must be a verified folder.
@@ -107,6 +110,19 @@ def model_version_promote(*, version: ModelVersion, metrics: dict | None = None)
     if metrics:
         locked.metrics = {**locked.metrics, **metrics_jsonable(metrics)}
     locked.save(update_fields=["status", "is_current", "metrics", "updated_at"])
+    return locked
+
+
+@transaction.atomic
+def model_version_ready(*, version: ModelVersion, metrics: dict | None = None) -> ModelVersion:
+    """Verify the artifact and mark the version ready without making it current (a round's
+    model waits for the promotion gate, `training.services.gate`)."""
+    artifact_verify(artifact=version.artifact)
+    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    locked.status = ModelVersion.Status.READY
+    if metrics:
+        locked.metrics = {**locked.metrics, **metrics_jsonable(metrics)}
+    locked.save(update_fields=["status", "metrics", "updated_at"])
     return locked
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from labeling.models import Demonstration, Project, Prompt, Ranking
+from training.models import Round
 
 
 @dataclass
@@ -22,12 +23,17 @@ class RMData:
 
 
 def ranked_examples(*, project: Project) -> list:
-    """Every usable ranking of the project as a RankedExample (all-unacceptable ones skipped)."""
+    """Every usable ranking of the project as a RankedExample, for the RM and DPO: the
+    current revision of each (superseded ones skipped), not rejected by a reviewer, not
+    all-unacceptable."""
     from training.ml.preferences import RankedExample
 
     pseudonyms = dict(project.memberships.values_list("user_id", "pseudonym"))
     rankings = (
-        Ranking.objects.filter(task__project=project, all_unacceptable=False)
+        Ranking.objects.filter(
+            task__project=project, all_unacceptable=False, superseded_at__isnull=True
+        )
+        .exclude(review=Ranking.Review.REJECTED)
         .select_related("task__prompt")
         .prefetch_related("task__responses")
         .order_by("id")
@@ -80,6 +86,17 @@ def split_rm_data(examples: list, *, eval_fraction: float = 0.1, seed: int = 0) 
 
 def training_prompts(*, project: Project, split: str = Prompt.Split.TRAIN) -> list:
     return [p.as_input for p in project.prompts.filter(split=split).order_by("id")]
+
+
+def round_train_prompts(*, round_: Round) -> list:
+    """The train prompts the round sampled (its ranking tasks'), each once, in prompt order:
+    what best-of-N and RLOO train on."""
+    prompts = (
+        Prompt.objects.filter(tasks__round=round_, split=Prompt.Split.TRAIN)
+        .distinct()
+        .order_by("id")
+    )
+    return [p.as_input for p in prompts]
 
 
 def demonstration_pairs(*, project: Project) -> list[tuple]:

@@ -8,7 +8,8 @@ torch is imported lazily inside the bodies so the web process never loads it.
 
 from core.exceptions import ApplicationError
 from training.models import TrainingRun
-from training.services.run_bodies import generate, ppo, rm, sft
+from training.services.run_bodies import best_of_n, dpo, generate, ppo, rloo, rm, sft
+from training.services.run_bodies import eval as eval_run
 from training.services.runs import RunBody
 
 BODIES: dict[str, RunBody] = {
@@ -16,6 +17,10 @@ BODIES: dict[str, RunBody] = {
     TrainingRun.Kind.RM: rm.rm_body,
     TrainingRun.Kind.PPO: ppo.ppo_body,
     TrainingRun.Kind.SFT: sft.sft_body,
+    TrainingRun.Kind.DPO: dpo.dpo_body,
+    TrainingRun.Kind.BEST_OF_N: best_of_n.best_of_n_body,
+    TrainingRun.Kind.RLOO: rloo.rloo_body,
+    TrainingRun.Kind.EVAL: eval_run.eval_body,  # the promotion gate's policy check
 }
 
 
