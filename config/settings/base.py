@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here (no CDN)
     "axes",
     "core",
     "labeling",
@@ -194,6 +195,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Labeling, comparisons export, rounds and models of RLHF Studio.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery ---------------------------------------------------------------------------
@@ -222,6 +226,11 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # --- Models and devices ---------------------------------------------------------------
 RLHF_DEVICE = env.str("RLHF_DEVICE", default="auto")
 RLHF_DTYPE = env.str("RLHF_DTYPE", default="auto")
+# Devices (processes) one RM or SFT run trains on: above 1, the worker runs it through
+# `accelerate launch --num_processes N` as a child process (training.services.launcher),
+# with RLHF_ACCELERATE_CONFIG as its --config_file when set (else DDP on this node).
+RLHF_GPUS_PER_RUN = env.int("RLHF_GPUS_PER_RUN", default=1)
+RLHF_ACCELERATE_CONFIG = env.str("RLHF_ACCELERATE_CONFIG", default="")
 RLHF_ARTIFACT_DIR = Path(env.str("RLHF_ARTIFACT_DIR", default=str(VAR_DIR / "models")))
 RLHF_DEFAULT_BASE_MODEL = env.str("RLHF_DEFAULT_BASE_MODEL", default="default")
 # Folders whose models (save_pretrained folders, .gguf files) projects may name as their

@@ -1,4 +1,4 @@
-"""RM and SFT under ``accelerate launch`` with 2 gloo processes give the one-process run.
+"""RM, SFT, DPO and PPO under ``accelerate launch`` with 2 gloo processes give the one-process run.
 
 ``--batch-size`` is the global batch: the same command on 1 and 2 processes trains on the
 same steps, so the saved weights agree up to float reduction order (DDP sums the two
@@ -110,6 +110,14 @@ def sft_args(data: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def dpo_args(data: Path, out: Path) -> list[str]:
+    return [
+        "dpo", "--model", "tiny", "--device", "cpu", "--data", str(data), "--out", str(out),
+        "--eval-data", str(data), "--batch-size", "4", "--lr", "1e-3", "--beta", "0.5",
+        "--max-length", "32", "--max-sequences-per-forward", "4", "--seed", "3",
+    ]  # fmt: skip
+
+
 def test_reward_model_on_two_processes_matches_one(rankings: Path, tmp_path: Path) -> None:
     one = result_line(run(rm_args(rankings, tmp_path / "one")))
     two = result_line(run(rm_args(rankings, tmp_path / "two"), processes=2))
@@ -130,11 +138,28 @@ def test_sft_on_two_processes_matches_one(demos: Path, tmp_path: Path) -> None:
     assert max_weight_diff(tmp_path / "one", tmp_path / "two") < TOLERANCE
 
 
-def test_a_batch_not_divisible_by_the_processes_is_an_error(rankings: Path, tmp_path: Path) -> None:
-    failed = run(rm_args(rankings, tmp_path / "rm", batch=3), processes=2)
-    assert failed.returncode != 0
+def test_listwise_dpo_on_two_processes_matches_one(rankings: Path, tmp_path: Path) -> None:
+    one = result_line(run(dpo_args(rankings, tmp_path / "one")))
+    two = result_line(run(dpo_args(rankings, tmp_path / "two"), processes=2))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps"] == two["steps"] == 3 and one["dpo/pairs"] == two["dpo/pairs"] == 9 * 5
+    assert two["dpo/loss"] == pytest.approx(one["dpo/loss"], abs=1e-5)  # global metrics
+    assert two["dpo/eval_accuracy"] == one["dpo/eval_accuracy"]  # sharded reference + eval
+    assert two["dpo/eval_loss"] == pytest.approx(one["dpo/eval_loss"], abs=1e-5)
+    assert max_weight_diff(tmp_path / "one", tmp_path / "two") < TOLERANCE
+
+
+def test_a_batch_not_divisible_by_the_processes_is_an_error(
+    rankings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Checked before the ranks form a group (so in this process, with the WORLD_SIZE
+    that torchrun / accelerate launch export)."""
+    from training.ml.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(rm_args(rankings, tmp_path / "rm", batch=3)) == 2
     message = "error: --batch-size 3 is the global batch and must be divisible by the 2 processes"
-    assert message in failed.stderr.splitlines()
+    assert message in capsys.readouterr().err.splitlines()
     assert not (tmp_path / "rm").exists()
 
 
@@ -149,15 +174,59 @@ def test_an_fsdp_config_fails_loudly_instead_of_running_ddp(rankings: Path, tmp_
     assert not (tmp_path / "rm").exists()
 
 
-def test_ppo_under_several_processes_refuses_instead_of_training_copies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    lines = [{"prompt": f"Tell me about {word}."} for word in ("rivers", "stones", "clouds")]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def ppo_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "ppo", "--model", "tiny", "--reward-model", "tiny", "--device", "cpu",
+        "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "4",
+        "--mini-batch-size", "3", "--ppo-epochs", "2", "--max-new-tokens", "6",
+        "--lr", "1e-3", "--init-kl-coef", "0.5", "--kl-horizon", "8", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["full+ptx", "lora"])
+def test_ppo_on_two_processes_matches_one(
+    variant: str, prompts: Path, demos: Path, tmp_path: Path
 ) -> None:
+    """3 prompts at --batch-size 4: every step wraps around the prompt set; minibatches of
+    3 of the 4 episodes leave one rank 1 row and the other 2 (or 0 and 3), so the losses
+    must be normalised by the global token count; PPO-ptx shards its batch of 4 texts."""
+    extra = ["--ptx-data", str(demos), "--ptx-coef", "0.5"] if variant == "full+ptx" else []
+    extra += ["--lora-r", "4"] if variant == "lora" else []
+    one = result_line(run(ppo_args(prompts, tmp_path / "one", *extra)))
+    two = result_line(run(ppo_args(prompts, tmp_path / "two", *extra), processes=2))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["step"] == two["step"] == 2
+    # the same rollouts (one seed per episode), so the same global metrics and controller
+    assert two["env/response_length"] == one["env/response_length"]
+    assert two["env/score_mean"] == pytest.approx(one["env/score_mean"], abs=1e-5)
+    assert two["objective/kl"] == pytest.approx(one["objective/kl"], abs=1e-5)
+    assert two["kl_coef"] == pytest.approx(one["kl_coef"], rel=1e-6)
+    assert one["kl_coef"] != 0.5  # the controller moved, from the global KL
+    assert two["losses/policy_loss"] == pytest.approx(one["losses/policy_loss"], abs=1e-5)
+    assert two["losses/value_loss"] == pytest.approx(one["losses/value_loss"], abs=1e-5)
+    if variant == "full+ptx":
+        assert two["losses/ptx_loss"] == pytest.approx(one["losses/ptx_loss"], abs=1e-5)
+    assert max_weight_diff(tmp_path / "one", tmp_path / "two") < TOLERANCE
+
+
+def test_ppo_refuses_a_global_batch_the_processes_cannot_split(
+    prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """As for train-rm: checked before the ranks form a group or a model loads."""
     from training.ml.cli import main
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "Say hi."}\n{"prompt": "Say bye."}\n')
-    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch export
-    argv = ["ppo", "--model", "tiny", "--rule", "length:<=3:-1", "--data", str(prompts)]
-    assert main([*argv, "--out", str(tmp_path / "policy")]) == 2
-    assert "ppo runs in one process only" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ppo_args(prompts, tmp_path / "policy")
+    args[args.index("--batch-size") + 1] = "3"
+    assert main(args) == 2
+    message = "error: --batch-size 3 is the global batch and must be divisible by the 2 processes"
+    assert message in capsys.readouterr().err.splitlines()
     assert not (tmp_path / "policy").exists()

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from training.ml.fsdp_check import FSDP_CONFIG, fsdp_command, fsdp_report
 from training.ml.gpu_check import CheckFailed, CheckSettings, _check_trained, run_checks
 
 
@@ -50,10 +51,40 @@ def test_it_runs_without_django_or_gguf() -> None:
     """A bare GPU box has torch, transformers, accelerate, peft, safetensors only."""
     code = (
         "import sys; sys.modules['gguf'] = None; sys.modules['django'] = None\n"
-        "import training.ml.gpu_check, training.ml.commands.gpu_check\n"
+        "import training.ml.gpu_check, training.ml.commands.gpu_check, training.ml.fsdp_check\n"
         "print('ok')"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_fsdp_is_skipped_below_two_gpus_and_says_why() -> None:
+    for devices in (0, 1):
+        report = fsdp_report(devices=devices, shape="135m", steps=3)
+        assert report == {
+            "skipped": f"FSDP shards over 2+ CUDA devices; this machine has {devices}"
+        }
+
+
+def test_the_fsdp_stage_launches_the_shipped_config_on_every_gpu() -> None:
+    command = fsdp_command(processes=8, shape="1b", steps=3, port=29500)
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[command.index("--config_file") + 1] == str(FSDP_CONFIG)
+    assert "distributed_type: FSDP" in FSDP_CONFIG.read_text()
+    assert command[command.index("--num_processes") + 1] == "8"
+    assert command[-6:] == ["-m", "training.ml.fsdp_check", "--shape", "1b", "--steps", "3"]
+
+
+def test_the_fsdp_stage_fails_when_accelerate_does_not_set_up_fsdp() -> None:
+    """Run without the launcher (as a wrong config would), a rank reports it and exits 1."""
+    done = subprocess.run(
+        [sys.executable, "-m", "training.ml.fsdp_check", "--shape", "tiny", "--steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout) == {"ok": False, "error": "accelerate set up NO, not FSDP"}

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 T = TypeVar("T")
+GRAD_BUCKET_NUMEL = 2**25  # elements per gradient all-reduce of ``sum_gradients`` (128 MiB fp32)
 
 # accelerate launch exports these for the engines it starts (accelerate.utils.launch)
 ENGINE_FLAGS = {
@@ -99,6 +100,35 @@ class Distributed:
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
+
+    def sum_gradients(self, params: Sequence[nn.Parameter]) -> None:
+        """Sum ``params``' gradients over the ranks in place (a missing gradient counts as
+        zeros and comes back as the sum), in flat buckets of one dtype and at most
+        ``GRAD_BUCKET_NUMEL`` elements, one all-reduce each: for trainers that all-reduce
+        by hand instead of wrapping their models in DDP. A no-op when alone."""
+        if not self.enabled:
+            return
+        buckets: dict[torch.dtype, list[list[torch.Tensor]]] = {}
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            groups = buckets.setdefault(param.grad.dtype, [[]])
+            if groups[-1] and sum(g.numel() for g in groups[-1]) >= GRAD_BUCKET_NUMEL:
+                groups.append([])
+            groups[-1].append(param.grad)
+        for grads in (bucket for groups in buckets.values() for bucket in groups):
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            for grad, summed in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                grad.copy_(summed.view_as(grad))
+
+    def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's (a no-op when alone): every rank
+        starts from the same weights, as DDP's constructor ensures."""
+        if self.enabled:
+            with torch.no_grad():
+                for tensor in tensors:
+                    torch.distributed.broadcast(tensor, src=0)
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any (a stop must be taken together)."""

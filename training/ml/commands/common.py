@@ -48,6 +48,18 @@ def add_training_args(parser: argparse.ArgumentParser, *, out_help: str) -> None
     parser.add_argument("--batch-size", type=int, default=None, help="examples per step")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--max-length", type=int, default=None, help="max tokens per sequence")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON object of config fields (as a project's training_config section); "
+        "flags given override it",
+    )
+    parser.add_argument(
+        "--metrics-jsonl",
+        metavar="FILE",
+        help='append one line {"step", "values"} per optimizer step (rank 0), for a '
+        "supervising process",
+    )
     add_memory_args(parser)
 
 
@@ -93,27 +105,90 @@ def quiet_transformers() -> None:
 
 def distributed_from_args(args: argparse.Namespace, *, global_batch: int | None = None) -> Any:
     """This process's ``training.ml.distributed.Distributed`` (``SINGLE`` without a
-    launcher); ``global_batch`` must split evenly over the processes."""
+    launcher); ``global_batch`` must split evenly over the processes, which is checked
+    before they form a group."""
     from training.ml.devices import resolve_device
-    from training.ml.distributed import DistributedError, init_distributed
+    from training.ml.distributed import (
+        Distributed,
+        DistributedError,
+        init_distributed,
+        launched_world_size,
+    )
 
     try:
-        dist = init_distributed(cpu=resolve_device(args.device).type == "cpu")
         if global_batch is not None:
-            dist.check_global_batch(global_batch)
+            Distributed(world_size=launched_world_size()).check_global_batch(global_batch)
+        dist = init_distributed(cpu=resolve_device(args.device).type == "cpu")
     except (DistributedError, ValueError) as error:
         raise CommandError(str(error)) from None
     return dist
 
 
-def main_progress(dist: Any, desc: str, keys: list[str]) -> Any:
-    """A context giving the ``on_metrics`` bar: a ``MetricsProgress`` on rank 0, None on
-    the other ranks (one bar per run)."""
+def config_from_args(args: argparse.Namespace, cls: type, flag_to_field: dict[str, str]) -> Any:
+    """A validated trainer config ``cls``: ``--config``'s fields, then the flags given; an
+    unknown field or a value out of range is a CommandError."""
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            values = json.loads(Path(args.config).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CommandError(f"--config {args.config}: {error}") from None
+        if not isinstance(values, dict):
+            raise CommandError(f"--config {args.config} must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            name = f"{cls.__name__} field {unknown[0]!r}"
+            raise CommandError(f"--config {args.config}: unknown {name}")
+    values.update(overrides(args, flag_to_field))
+    if getattr(args, "gradient_checkpointing", False):
+        values["gradient_checkpointing"] = True
+    config = cls(**values)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return config
+
+
+class MetricsLines:
+    """An ``on_metrics`` callback that appends ``{"step", "values"}`` as one JSON line per
+    call to a file (flushed at once, so a supervising process can tail it), then calls
+    ``inner`` (the progress bar)."""
+
+    def __init__(self, path: str, inner: Any) -> None:
+        self.file = Path(path).expanduser().open("a", encoding="utf-8")
+        self.inner = inner
+
+    def __call__(self, step: int, values: dict[str, Any]) -> None:
+        line = {"step": step, "values": _jsonable(values)}
+        self.file.write(json.dumps(line, sort_keys=True) + "\n")
+        self.file.flush()
+        self.inner(step, values)
+
+    def __enter__(self) -> MetricsLines:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.inner.__exit__(*exc)
+
+
+def main_progress(dist: Any, desc: str, keys: list[str], metrics_jsonl: str | None = None) -> Any:
+    """A context giving the ``on_metrics`` callback: on rank 0 a ``MetricsProgress`` bar
+    (which also appends each step to ``metrics_jsonl`` when given), None on the other
+    ranks (one bar and one metrics file per run)."""
     import contextlib
 
     from training.ml.progress import MetricsProgress
 
-    return MetricsProgress(desc, keys=keys) if dist.is_main else contextlib.nullcontext()
+    if not dist.is_main:
+        return contextlib.nullcontext()
+    bar = MetricsProgress(desc, keys=keys)
+    return MetricsLines(metrics_jsonl, bar) if metrics_jsonl else bar
 
 
 def single_process_only(command: str) -> None:

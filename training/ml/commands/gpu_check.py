@@ -1,4 +1,6 @@
-"""``gpu-check``: generation, SFT, RM and PPO in bf16 on CUDA, a few steps each (one JSON line).
+"""``gpu-check``: generation, SFT, RM and PPO in bf16 on CUDA, a few steps each, then FSDP
+over every GPU through accelerate when there are 2+ (one JSON line; its ``fsdp`` entry says
+why FSDP was skipped on one GPU).
 
 Exits 3 with one line when there is no CUDA device; 1 when a stage's check fails.
 """
@@ -27,6 +29,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--device", default="cuda", help="a CUDA device, e.g. cuda:1")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per stage")
+    parser.add_argument(
+        "--no-fsdp", action="store_true", help="skip the FSDP stage (2+ GPUs, the first shape)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -36,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device is available here; nothing was run.", file=sys.stderr)
         return EXIT_NO_GPU
+    from training.ml.fsdp_check import fsdp_report
     from training.ml.gpu_check import SHAPES, CheckFailed, CheckSettings, run_checks
 
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -50,5 +56,11 @@ def run(args: argparse.Namespace) -> int:
     except CheckFailed as error:
         print(json.dumps({"ok": False, "error": str(error)}))
         return EXIT_CHECK_FAILED
-    print(json.dumps({"ok": True, **report}))
-    return 0
+    if args.no_fsdp:
+        report["fsdp"] = {"skipped": "--no-fsdp"}
+    else:
+        devices = torch.cuda.device_count()
+        report["fsdp"] = fsdp_report(devices=devices, shape=shapes[0], steps=args.steps)
+    ok = report["fsdp"].get("ok", True)  # a skipped stage does not fail the check
+    print(json.dumps({"ok": ok, **report}))
+    return 0 if ok else EXIT_CHECK_FAILED

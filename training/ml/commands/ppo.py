@@ -11,6 +11,11 @@ adapters plus its head on the --reward-model base (--critic, if given, must be t
 the reference is the --model base with the adapters off (--ref-model, if given, must be
 --model) and the RM scorer the RM base with them off: two base copies, not four, stored
 in --dtype. The adapters are merged into the saved policy.
+
+Under ``accelerate launch --num_processes N`` (DDP) ``--batch-size`` is the global batch of
+prompts (divisible by N): each rank rolls out and trains on its slice of every step and the
+run is the one-process run (``training.ml.ppo_ranks``); rank 0 alone shows progress,
+writes checkpoints and the policy, and prints the result line.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from training.ml.commands.common import (
     CommandError,
     add_model_args,
     check_out_dir,
+    device_from_args,
+    distributed_from_args,
     emit_result,
     overrides,
     precision_from_args,
     quiet_transformers,
     set_threads_from_env,
-    single_process_only,
     weights_dtype,
 )
 
@@ -150,9 +156,12 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     out = check_out_dir(args.out)
     checkpoints = _checkpoint_dir(args, out)
     config = _config(args, len(prompts))
-    single_process_only("ppo")
     set_threads_from_env()
     quiet_transformers()
+    dist = distributed_from_args(args, global_batch=config.batch_size)
+    import torch
+
+    torch.manual_seed(config.seed)  # a new value head's init: the same on every run
     models = _load_models(args)
     result = _train(
         models,
@@ -163,13 +172,20 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
         checkpoints,
         resume=args.resume,
         precision=precision_from_args(args),
+        dist=dist,
     )
+    result["processes"] = dist.world_size
     if result["status"] != "completed":
-        emit_result({**result, "out": None, "checkpoint_dir": str(checkpoints or "")})
+        if dist.is_main:
+            emit_result({**result, "out": None, "checkpoint_dir": str(checkpoints or "")})
         return EXIT_CANCELLED
-    _save(models[0], models[4], out, result, config)
-    if checkpoints is not None and not args.keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    if dist.is_main:  # every rank holds the same weights; rank 0 writes them
+        _save(models[0], models[4], out, result, config)
+        if checkpoints is not None and not args.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    dist.wait()
+    if not dist.is_main:
+        return 0  # rank 0 alone prints the result line
     return {**result, "out": str(out)}
 
 
@@ -227,11 +243,10 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 
 def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     """(policy, ref_policy, critic, reward_model or None, tokenizer) on --device/--dtype."""
-    from training.ml.devices import resolve_device
     from training.ml.loading import load_causal_lm
     from training.ml.reward.model import load_reward_model
 
-    device = resolve_device(args.device)
+    device = device_from_args(args)  # this rank's device under a launcher
     if args.lora_r is not None:  # frozen bases under the adapters, in --dtype
         return _load_lora_models(args, device)
     trained = weights_dtype(args, trained=True)  # policy and critic: fp32 master weights
@@ -276,8 +291,12 @@ def _train(
     *,
     resume: bool,
     precision: Any,
+    dist: Any,
 ) -> dict[str, Any]:
-    """train_ppo with progress bars; the first Ctrl-C stops after the current step."""
+    """train_ppo with progress bars (rank 0's); the first Ctrl-C stops after the current
+    step."""
+    import contextlib
+
     from training.ml.ppo import train_ppo
     from training.ml.ppo_checkpoint import CheckpointError
     from training.ml.progress import MetricsProgress
@@ -292,7 +311,10 @@ def _train(
     previous = signal.signal(signal.SIGINT, request_stop)
     policy, ref_policy, critic, reward_model, tokenizer = models
     try:
-        with MetricsProgress("ppo", total=config.steps, keys=METRIC_KEYS) as progress:
+        bar: Any = contextlib.nullcontext()
+        if dist.is_main:
+            bar = MetricsProgress("ppo", total=config.steps, keys=METRIC_KEYS)
+        with bar as progress:
             return train_ppo(
                 policy,
                 ref_policy,
@@ -308,6 +330,7 @@ def _train(
                 checkpoint_dir=checkpoints,
                 resume=resume,
                 precision=precision,
+                dist=dist,
             )
     except CheckpointError as error:
         raise CommandError(str(error)) from None

@@ -17,10 +17,10 @@ from training.ml.commands.common import (
     add_model_args,
     add_training_args,
     check_out_dir,
+    config_from_args,
     device_from_args,
     distributed_from_args,
     main_progress,
-    overrides,
     precision_from_args,
     quiet_transformers,
     set_threads_from_env,
@@ -103,12 +103,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any] | int:
     if args.calibration_data:
         calibration = [(d.prompt, d.response) for d in read_demonstrations(args.calibration_data)]
     out = check_out_dir(args.out)
-    config = RMConfig(**overrides(args, FLAG_TO_FIELD))
-    config.gradient_checkpointing = args.gradient_checkpointing
-    try:
-        config.validate()
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    config = config_from_args(args, RMConfig, FLAG_TO_FIELD)
     set_threads_from_env()
     quiet_transformers()
     dist = distributed_from_args(args, global_batch=config.batch_size)
@@ -119,7 +114,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any] | int:
         args.model, device=device_from_args(args), dtype=weights_dtype(args, trained=True)
     )
     keys = ["rm/loss", "rm/accuracy", "rm/eval_accuracy", "charts/pairs_per_s"]
-    with main_progress(dist, "train-rm", keys) as progress:
+    with main_progress(dist, "train-rm", keys, args.metrics_jsonl) as progress:
         result = train_reward_model(
             model,
             tokenizer,

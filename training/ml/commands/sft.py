@@ -7,14 +7,13 @@ import json
 from typing import Any
 
 from training.ml.commands.common import (
-    CommandError,
     add_model_args,
     add_training_args,
     check_out_dir,
+    config_from_args,
     distributed_from_args,
     load_model_from_args,
     main_progress,
-    overrides,
     precision_from_args,
     set_threads_from_env,
 )
@@ -59,17 +58,12 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     from training.ml.saving import save_pretrained_atomic
     from training.ml.sft import SFTConfig, train_sft
 
-    config = SFTConfig(**overrides(args, FLAG_TO_FIELD))
-    config.gradient_checkpointing = args.gradient_checkpointing
-    try:
-        config.validate()
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    config = config_from_args(args, SFTConfig, FLAG_TO_FIELD)
     set_threads_from_env()
     dist = distributed_from_args(args, global_batch=config.batch_size)
     model, tokenizer = load_model_from_args(args, trained=True)
     keys = ["sft/loss", "sft/eval_loss", "sft/lr"]
-    with main_progress(dist, "sft", keys) as progress:
+    with main_progress(dist, "sft", keys, args.metrics_jsonl) as progress:
         result = train_sft(
             model,
             tokenizer,
