@@ -16,12 +16,16 @@ BENCHMARKS = [
     f"{RM_ALL_PARAMS} fp32 --out bench/out/rm_vs_trl_all_params_fp32_1thread.json",
     f"{RM_ALL_PARAMS} bf16 --out bench/out/rm_vs_trl_all_params_bf16_1thread.json",
     "bench.rm_hh_rlhf",
+    "bench.dpo_vs_trl",  # listwise DPO vs TRL's DPOTrainer: fp32 and bf16, 2 seeds, 1 thread
     "bench.ppo_throughput",
     "bench.precision_curves",
     "bench.sampling_vs_hf",
     "bench.ppo_memory",
     "bench.labeling_load",
-    "bench.loop_efficacy",
+    "bench.loop_efficacy --seeds 0",  # PPO, two rounds at the full size
+    # One table row per recipe at one budget, 2 seeds, one round each (issue 12)
+    "bench.loop_efficacy --quick --recipe ppo dpo best_of_n rloo "
+    "--out bench/out/loop_efficacy_recipes.json",
 ]
 
 

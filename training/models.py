@@ -16,6 +16,10 @@ class ModelVersion(TimeStampedModel):
         SFT = "sft"
         RM = "rm"
         PPO = "ppo"
+        # The policy stage's other recipes (Round.Recipe): each names the policy it trained.
+        DPO = "dpo"
+        BEST_OF_N = "best_of_n"
+        RLOO = "rloo"
 
     class Role(models.TextChoices):
         POLICY = "policy"
@@ -29,7 +33,7 @@ class ModelVersion(TimeStampedModel):
     project = models.ForeignKey(
         "labeling.Project", on_delete=models.CASCADE, related_name="model_versions"
     )
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     role = models.CharField(max_length=8, choices=Role.choices)
     version = models.PositiveIntegerField(help_text="1, 2, ... per project.")
     parent = models.ForeignKey(
@@ -193,7 +197,8 @@ class MetricPoint(models.Model):
 
 
 class PlaygroundReply(TimeStampedModel):
-    """One reply of the current policy to a playground prompt: queued, then done or failed.
+    """One reply of the current policy to a playground prompt: queued, running (a worker is
+    sampling it), then done or failed.
 
     The row is the record (the Celery message carries only its id); thumbs on the reply
     are stored as a labeling Feedback, linked here so a second click changes the rating
@@ -202,6 +207,7 @@ class PlaygroundReply(TimeStampedModel):
 
     class Status(models.TextChoices):
         QUEUED = "queued"
+        RUNNING = "running", "generating"  # a worker took it and is sampling
         DONE = "done"
         FAILED = "failed"
 
@@ -221,6 +227,9 @@ class PlaygroundReply(TimeStampedModel):
     error = models.TextField(blank=True)
     feedback = models.OneToOneField(
         "labeling.Feedback", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker began sampling the reply."
     )
 
     class Meta:

@@ -29,7 +29,7 @@ def access_run(*, user, run_id: int, admin: bool = True) -> TrainingRun:
 def rounds_for_project(*, project: Project) -> QuerySet[Round]:
     return (
         Round.objects.filter(project=project)
-        .select_related("project", "sampling_policy", "reward_model", "policy")
+        .select_related("project", "sampling_policy", "reward_model", "policy", "reviewed_by")
         .order_by("-number")
     )
 
@@ -70,6 +70,14 @@ def current_policy_for_project(*, project: Project) -> ModelVersion | None:
     ).first()
 
 
+def round_prompts(*, project: Project) -> QuerySet[Prompt]:
+    """The prompts a round may sample: train prompts the moderation filter has not held
+    out (labeling.services.moderation)."""
+    return Prompt.objects.filter(
+        project=project, split=Prompt.Split.TRAIN, moderation__in=Prompt.USABLE_MODERATION
+    )
+
+
 def prompts_for_round(*, round_: Round) -> list[Prompt]:
     """Train prompts not yet tasked in this round, preferring prompts never ranked before."""
     project = round_.project
@@ -77,9 +85,7 @@ def prompts_for_round(*, round_: Round) -> list[Prompt]:
     missing = round_.num_prompts - len(already)
     if missing <= 0:
         return []
-    candidates = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).exclude(
-        pk__in=already
-    )
+    candidates = round_prompts(project=project).exclude(pk__in=already)
     used = set(RankingTask.objects.filter(project=project).values_list("prompt_id", flat=True))
     fresh = [p for p in candidates.order_by("id") if p.pk not in used]
     reused = [p for p in candidates.order_by("id") if p.pk in used]

@@ -8,4 +8,5 @@ frontend/templates. Pages driven by a script are shells that get their settings 
 - labeling.py: home, project list, ranking screen, demonstrations
 - rounds.py: the admins' round dashboard
 - playground.py: chat with the current policy
+- settings.py (+ settings_forms.py): the project admins' settings page
 """

@@ -37,6 +37,7 @@ def playground(request: HttpRequest, slug: str) -> HttpResponse:
             "/0/", "/{id}/"
         ),
         "pollMs": POLL_MS,
+        "maxNewTokens": project.max_new_tokens,
     }
     context = {
         "project": project,

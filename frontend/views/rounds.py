@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET
 
 from labeling.models import Project
 from labeling.selectors import access_project
-from training.services.rounds import DEFAULT_PROMPTS_PER_ROUND
+from training.services.rounds import DEFAULT_PROMPTS_PER_ROUND, DEFAULT_RECIPE, RECIPES
 
 POLL_MS = 2000
 
@@ -54,6 +54,8 @@ def _dashboard_config(request: HttpRequest, project: Project) -> dict[str, Any]:
             "round": _by_id("api-round-detail", "round_id"),
             "advance": _by_id("api-round-advance", "round_id"),
             "cancel": _by_id("api-round-cancel", "round_id"),
+            "approve": _by_id("api-round-approve", "round_id"),
+            "reject": _by_id("api-round-reject", "round_id"),
             "metrics": _by_id("api-run-metrics", "run_id"),
         },
     }
@@ -68,5 +70,7 @@ def rounds_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "section": "rounds",
         "dashboard_config": _dashboard_config(request, project),
         "exports": _export_links(project),
+        "recipes": RECIPES,  # the start form's choice; empty: the project's default
+        "default_recipe": project.training_config.get("recipe", DEFAULT_RECIPE),
     }
     return render(request, "training/rounds.html", context)

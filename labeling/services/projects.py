@@ -11,6 +11,7 @@ from rest_framework.authtoken.models import Token
 from core.exceptions import ApplicationError
 from labeling import seams
 from labeling.models import Membership, Project
+from labeling.services.moderation import check_moderation_rules, moderation_rescan
 
 UPDATABLE_FIELDS = {
     "name",
@@ -24,6 +25,10 @@ UPDATABLE_FIELDS = {
     "top_p",
     "lease_seconds",
     "training_config",
+    "gate_min_rm_accuracy",
+    "gate_max_rm_drop",
+    "gate_kl_factor",
+    "moderation_rules",
 }
 MAX_FLAG_LENGTH = 40
 
@@ -70,10 +75,17 @@ def project_update(*, project: Project, **fields: Any) -> Project:
         fields["training_config"] = seams.check_training_config(fields["training_config"])
     if "flag_vocabulary" in fields:
         fields["flag_vocabulary"] = check_flag_vocabulary(fields["flag_vocabulary"])
+    rules_changed = "moderation_rules" in fields
+    if rules_changed:
+        fields["moderation_rules"] = check_moderation_rules(
+            project=project, config=fields["moderation_rules"]
+        )
     for name, value in fields.items():
         setattr(project, name, value)
     _full_clean(project)
     project.save()
+    if rules_changed:
+        moderation_rescan(project=project)
     return project
 
 
@@ -108,6 +120,45 @@ def membership_add(
         membership.role = role
         membership.save(update_fields=["role", "updated_at"])
     return membership
+
+
+@transaction.atomic
+def membership_change_role(*, project: Project, username: str, role: str) -> Membership:
+    """Give an existing member `role` (membership_add's rules); the project keeps at least
+    one admin, so its last admin cannot become a labeler."""
+    membership = _membership_locked(project, username)
+    if role == Membership.Role.LABELER and membership.role == Membership.Role.ADMIN:
+        _refuse_last_admin(project, "demoted")
+    return membership_add(project=project, username=username, role=role)
+
+
+@transaction.atomic
+def membership_remove(*, project: Project, username: str) -> None:
+    """End a membership (the user account, their rankings and API token stay); the
+    project's last admin cannot be removed."""
+    membership = _membership_locked(project, username)
+    if membership.role == Membership.Role.ADMIN:
+        _refuse_last_admin(project, "removed")
+    membership.delete()
+
+
+def _membership_locked(project: Project, username: str) -> Membership:
+    membership = (
+        Membership.objects.select_for_update()
+        .filter(project=project, user__username=username)
+        .first()
+    )
+    if membership is None:
+        raise ApplicationError(f"username: {username!r} is not a member of this project")
+    return membership
+
+
+def _refuse_last_admin(project: Project, what: str) -> None:
+    admins = Membership.objects.select_for_update().filter(
+        project=project, role=Membership.Role.ADMIN
+    )
+    if len(admins) <= 1:
+        raise ApplicationError(f"username: the project's last admin cannot be {what}")
 
 
 def api_token_create(*, username: str) -> str:

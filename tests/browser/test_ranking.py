@@ -243,15 +243,19 @@ def test_desktop_screenshot_with_long_responses(page, project, labeler) -> None:
     RankingTaskFactory(project=project, responses=[_long_text(i) for i in range(4)])
     log_in(page, labeler.username)
     open_label_page(page, project)
-    assert page.locator(".card__expand:visible").count() == 4  # long texts are collapsed
+    # K = 4 on a wide screen: side by side by default, every card in one row.
+    assert page.locator(".cards.cards--compare").count() == 1
+    tops = page.eval_on_selector_all(".card", "cs => cs.map(c => c.getBoundingClientRect().top)")
+    assert len(set(tops)) == 1
     page.keyboard.press("2")
     page.keyboard.press("=")
     page.keyboard.press("4")
-    _screenshot(page, "rank-desktop.png")
-    page.click("#layout-toggle")
-    assert page.locator(".cards.cards--compare").count() == 1
-    assert page.locator(".card__expand:visible").count() == 0  # side by side shows all
     _screenshot(page, "rank-desktop-compare.png")
+    page.click("#layout-toggle")
+    assert page.locator(".cards.cards--compare").count() == 0
+    assert page.locator(".card__expand:visible").count() == 4  # long texts are collapsed
+    assert page.locator(".card__body.is-cut").count() == 4  # and faded
+    _screenshot(page, "rank-desktop.png")
 
 
 def _long_text(i: int) -> str:

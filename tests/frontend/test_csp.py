@@ -29,8 +29,18 @@ PAGES = {
     "project-demonstrate": {"slug": "{slug}"},
     "project-playground": {"slug": "{slug}"},
     "project-rounds": {"slug": "{slug}"},
+    "project-history": {"slug": "{slug}"},
+    "project-revise": {"slug": "{slug}", "ranking_id": "1"},
+    "project-review": {"slug": "{slug}"},
+    "project-review-task": {"slug": "{slug}", "task_id": "1"},
+    "project-settings": {"slug": "{slug}"},
 }
-OTHER_PAGES = ["/accounts/login/", "/projects/no-such-project/label/", "/no-such-page/"]
+OTHER_PAGES = [
+    "/accounts/login/",
+    "/projects/no-such-project/label/",
+    "/no-such-page/",
+    "/api/docs/",
+]
 
 
 def _directives(header: str) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.http import HttpRequest
 
-from labeling.models import Project, RankingTask
+from labeling.models import Project, Ranking, RankingTask
 from training.models import ModelVersion
 
 User = get_user_model()
@@ -38,7 +38,20 @@ def test_demo_sets_up_once_and_keeps_users() -> None:
     assert authenticate(HttpRequest(), username="admin", password=password) == admin
     project = Project.objects.get(slug="demo")
     roles = dict(project.memberships.values_list("user__username", "role"))
-    assert roles == {"admin": "admin", "labeler": "labeler"}
+    assert roles == {
+        "admin": "admin",
+        "labeler": "labeler",
+        "sim-labeler-1": "labeler",
+        "sim-labeler-2": "labeler",
+    }
+    # Overlap 2, half of it ranked by the two simulated labelers: agreement has numbers.
+    assert project.overlap == 2
+    rankings = Ranking.objects.filter(task__project=project)
+    assert rankings.count() == project.tasks.count()  # half of 2 per task
+    assert set(rankings.values_list("labeler__username", flat=True)) == {
+        "sim-labeler-1",
+        "sim-labeler-2",
+    }
     counts = (project.prompts.count(), project.tasks.count())
     assert counts[0] >= 20 and counts[1] >= 8
     assert project.prompts.exclude(chat=None).exists()
@@ -50,7 +63,8 @@ def test_demo_sets_up_once_and_keeps_users() -> None:
     assert second.count("password unchanged") == 2
     assert authenticate(HttpRequest(), username="admin", password=password) == admin
     assert (project.prompts.count(), project.tasks.count()) == counts
-    assert User.objects.count() == 2
+    assert User.objects.count() == 4
+    assert rankings.count() == project.tasks.count()  # simulated once, on first set-up
     assert ModelVersion.objects.filter(project=project).count() == 1
 
     third = run("demo", "--no-server", "--reset-passwords")

@@ -34,7 +34,7 @@ from labeling.models import Comparison, Project, Ranking, RankingTask, Response
 from tests.factories import ProjectFactory, PromptFactory
 from training.ml.reward.model import is_reward_model_folder
 from training.models import ModelVersion, Round, TrainingRun
-from training.services.rounds import round_advance, round_start
+from training.services.rounds import round_advance, round_approve, round_start
 from training.services.simulation import labelers_simulate
 from training.tasks import gpu_execute_run
 
@@ -261,7 +261,8 @@ def _loop_project(**overrides: Any) -> Project:
 
 
 def run_round(project: Project, worker: Worker) -> Round:
-    """Start a round, let synthetic labelers rank, and wait until it is done."""
+    """Start a round, let synthetic labelers rank, and wait until it is done; where the
+    promotion gate stops it (tiny random models), approve it as an admin would."""
     round_ = round_start(project=project)
     wait_for(
         _stage_is(round_.pk, Round.Stage.LABELING, Round.Stage.FAILED),
@@ -274,13 +275,18 @@ def run_round(project: Project, worker: Worker) -> Round:
     assert round_.tasks.count() == 4
     summary = labelers_simulate(project=project, preference="length:longer", labelers=2)
     assert summary["rankings"] == 4 and summary["open_tasks_left"] == 0
-    wait_for(
-        _stage_is(round_.pk, Round.Stage.DONE, Round.Stage.FAILED),
-        what="RM and PPO (done)",
-        round_id=round_.pk,
-        worker=worker,
-    )
-    round_.refresh_from_db()
+    return finish_round(round_, worker)
+
+
+def finish_round(round_: Round, worker: Worker, what: str = "RM and PPO (done)") -> Round:
+    """Wait until the round is done, approving it where the promotion gate stops it."""
+    resting = (Round.Stage.DONE, Round.Stage.FAILED, Round.Stage.NEEDS_REVIEW)
+    while True:
+        wait_for(_stage_is(round_.pk, *resting), what=what, round_id=round_.pk, worker=worker)
+        round_.refresh_from_db()
+        if round_.stage != Round.Stage.NEEDS_REVIEW:
+            break
+        round_approve(round_=round_)
     assert round_.stage == Round.Stage.DONE, _describe(round_.pk)
     return round_
 
@@ -301,7 +307,7 @@ def test_a_round_runs_through_rm_and_ppo_on_a_real_worker(start_worker) -> None:
     first = run_round(project, worker)
 
     runs = {r.kind: r for r in first.runs.all()}
-    assert set(runs) == {"generate", "rm", "ppo"}
+    assert set(runs) == {"generate", "rm", "ppo", "eval"}  # eval: the policy gate's figures
     assert all(r.status == TrainingRun.Status.SUCCEEDED for r in runs.values())
     assert all(r.worker for r in runs.values())  # executed by the worker, not in here
     assert runs["ppo"].points.count() == 2  # one metric point per PPO step
@@ -402,14 +408,7 @@ def test_a_worker_killed_during_rm_training_fails_the_run_and_the_round_can_be_r
         transaction.on_commit(lambda: gpu_execute_run.delay(rm_run.pk))
         round_advance(round_=second)
 
-    wait_for(
-        _stage_is(second.pk, Round.Stage.DONE, Round.Stage.FAILED),
-        what="the retried round",
-        round_id=second.pk,
-        worker=worker,
-    )
-    second.refresh_from_db()
-    assert second.stage == Round.Stage.DONE, _describe(second.pk)
+    finish_round(second, worker, what="the retried round")
     rm_runs = list(second.runs.filter(kind="rm").order_by("id").values_list("status", flat=True))
     assert rm_runs == [TrainingRun.Status.FAILED, TrainingRun.Status.SUCCEEDED]
     assert current_models(project) == {
@@ -497,3 +496,70 @@ def test_two_workers_sample_the_shards_of_one_round(start_worker) -> None:
     )
     assert Response.objects.filter(task__round=round_).count() == 4 * 3
     assert round_.metrics["generate/shards"] == 4
+
+
+def test_a_round_cancelled_mid_generation_stops_sampling_and_serves_nothing(
+    start_worker,
+) -> None:
+    """Cancel while the worker decodes the second of three batches: the sampler sees the
+    cancel between decoding steps (the run says so in its log) instead of finishing the
+    batch, the first batch's tasks are closed, and after a new round starts the labeler
+    is served only the new round's tasks."""
+    from labeling.services.leasing import task_lease_next
+    from labeling.services.rankings import ranking_submit
+    from tests.factories import MembershipFactory
+    from training.services.rounds import round_cancel
+
+    worker = start_worker()
+    project = _loop_project()
+    project.max_new_tokens = 128  # ~3 s a batch for tiny on one core
+    project.training_config = {
+        **FAST_CONFIG,
+        "prompts_per_round": 3,
+        "generate": {"prompts_per_batch": 1, "batch_size": 3},
+    }
+    project.save(update_fields=["training_config", "max_new_tokens"])
+    labeler = MembershipFactory(project=project, role="labeler").user
+    first = round_start(project=project)
+    wait_for(
+        lambda: RankingTask.objects.filter(round=first).count() >= 1,
+        what="the first batch's task",
+        round_id=first.pk,
+        worker=worker,
+    )
+    round_cancel(round_=first)
+    run = first.runs.get(kind="generate")
+    wait_for(
+        lambda: TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.CANCELLED,
+        what="the generate run to stop",
+        round_id=first.pk,
+        worker=worker,
+        timeout=30,
+    )
+    run.refresh_from_db()
+    assert "stopped between decoding steps" in run.logs, run.logs
+    stored = RankingTask.objects.filter(round=first)
+    assert stored.count() < 3
+    assert not stored.filter(status=RankingTask.Status.OPEN).exists()
+    first.refresh_from_db()
+    assert (first.stage, first.failed_stage) == ("cancelled", "generating")
+
+    project.max_new_tokens = 8
+    project.save(update_fields=["max_new_tokens"])
+    second = round_start(project=project)
+    wait_for(
+        _stage_is(second.pk, Round.Stage.LABELING, Round.Stage.FAILED),
+        what="round 2 samples",
+        round_id=second.pk,
+        worker=worker,
+    )
+    assert Round.objects.get(pk=second.pk).stage == Round.Stage.LABELING, _describe(second.pk)
+    served = []
+    while (lease := task_lease_next(project=project, labeler=labeler)) is not None:
+        served.append(lease.task)
+        ids = list(lease.task.responses.order_by("position").values_list("id", flat=True))
+        ranking_submit(
+            task=lease.task, labeler=labeler, order=[[i] for i in ids], flags={}, time_spent_ms=1
+        )
+    assert [t.round_id for t in served] == [second.pk] * 3
+    assert stored.count() == RankingTask.objects.filter(round=first).count()  # nothing later

@@ -23,7 +23,7 @@ LORA_CONFIG = {
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_a_lora_round_shares_the_bases_resumes_and_publishes_a_merged_policy(
-    db, settings, tmp_path, on_commit, monkeypatch
+    db, settings, tmp_path, on_commit, through_gate, monkeypatch
 ) -> None:
     from training.ml import ppo
     from training.ml.loading import load_causal_lm
@@ -59,14 +59,14 @@ def test_a_lora_round_shares_the_bases_resumes_and_publishes_a_merged_policy(
             ids = list(lease.task.responses.order_by("position").values_list("id", flat=True))
             ranking_submit(task=lease.task, labeler=labeler, order=[[i] for i in ids],
                            flags={}, time_spent_ms=900)  # fmt: skip
-    round_.refresh_from_db()
+    through_gate(round_)  # the RM gate may stop the round: approved
     assert (round_.stage, round_.failed_stage) == ("failed", "training_ppo")
     saved = ppo_checkpoints(round_, registry.reference_policy(project=project))
     assert (saved / "step-000002" / "policy.safetensors").is_file()  # adapters only
 
     with on_commit():
         rounds.round_advance(round_=round_)  # retry: resumes from the adapter checkpoint
-    round_.refresh_from_db()
+    through_gate(round_)
     assert round_.stage == "done", round_.error
     assert shared == [True, True]  # reference = policy base, RM scorer = critic base
     assert calls == [0, 1, 2, 2, 3]

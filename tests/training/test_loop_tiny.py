@@ -30,6 +30,7 @@ def tiny_project(db, settings, tmp_path):
         base_model="tiny", k=3, overlap=1, max_new_tokens=6, training_config=TINY_CONFIG
     )
     PromptFactory.create_batch(4, project=project)
+    PromptFactory.create_batch(2, project=project, split="eval")  # the policy gate's prompts
     return project
 
 
@@ -45,7 +46,9 @@ def _label_everything(project, labeler) -> int:
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on_commit):
+def test_round_on_tiny_samples_trains_and_hands_over_the_policy(
+    tiny_project, on_commit, through_gate
+):
     project = tiny_project
     labeler = MembershipFactory(project=project, role="labeler").user
     with on_commit():
@@ -59,8 +62,13 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on
 
     with on_commit():
         assert _label_everything(project, labeler) == 3  # the last one advances the round
-    round1.refresh_from_db()
+    through_gate(round1)
     assert round1.stage == "done", round1.error
+    # The gate measured both of its stages on the real bodies' figures.
+    assert isinstance(round1.gate["training_rm"]["new"]["heldout_accuracy"], float)
+    policy_gate = round1.gate["training_ppo"]
+    assert policy_gate["new"]["eval_prompts"] == 2
+    assert all(isinstance(policy_gate["new"][k], float) for k in ("score", "kl_to_ref"))
 
     rm, policy = round1.reward_model, round1.policy
     assert rm.kind == "rm" and rm.is_current and rm.status == "ready"
@@ -87,8 +95,11 @@ def test_round_on_tiny_samples_trains_and_hands_over_the_policy(tiny_project, on
     # reference (init_from "reference", the default), not from round 1's policy.
     with on_commit():
         _label_everything(project, labeler)
-    round2.refresh_from_db()
+    through_gate(round2)
     assert round2.stage == "done", round2.error
+    # Round 1's RM was current: round 2's RM run measured it on the same split.
+    assert round2.gate["training_rm"]["current"]["model"] == rm.label
+    assert isinstance(round2.gate["training_rm"]["current"]["heldout_accuracy"], float)
     assert round2.policy.parent == registry.reference_policy(project=project) != policy
     assert round2.policy.is_current and not ModelVersion.objects.get(pk=policy.pk).is_current
 
@@ -118,7 +129,7 @@ def test_sft_on_demonstrations_becomes_the_policy_and_the_reference(tiny_project
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", ["resume", "corrupt", "config changed"])
 def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(
-    tiny_project, on_commit, monkeypatch, case
+    tiny_project, on_commit, through_gate, monkeypatch, case
 ):
     """The worker dies after step 2 of 4 (checkpoint every 2): the retry runs steps 3-4 only.
     A corrupt checkpoint, or one trained with another config (an admin changed the PPO
@@ -147,7 +158,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(
         round_ = rounds.round_start(project=project, num_prompts=2)
     with on_commit():
         _label_everything(project, labeler)
-    round_.refresh_from_db()
+    through_gate(round_)
     assert (round_.stage, round_.failed_stage) == ("failed", "training_ppo")
     assert calls == [0, 1, 2]
     saved = ppo_checkpoints(round_, registry.reference_policy(project=project))
@@ -160,7 +171,7 @@ def test_a_retried_ppo_stage_resumes_from_the_failed_attempts_checkpoint(
 
     with on_commit():
         rounds.round_advance(round_=round_)  # retry the failed stage
-    round_.refresh_from_db()
+    through_gate(round_)
     assert round_.stage == "done", round_.error
     retry = TrainingRun.objects.filter(round=round_, kind="ppo").latest("id")
     if case in ("corrupt", "config changed"):

@@ -240,3 +240,33 @@ def test_one_member_cannot_fill_the_queue(short_project, labeler, labeler_client
     assert response.status_code == 409
     assert "waiting" in response.json()["detail"]
     assert PlaygroundReply.objects.count() == playground.MAX_QUEUED_PER_USER
+
+
+def test_the_reply_says_running_while_a_worker_samples_it(
+    short_project, labeler, labeler_client, monkeypatch
+) -> None:
+    """The page tells "queued" from "generating" by what the API says during sampling."""
+    from training.ml import sampling
+
+    reply = PlaygroundReply.objects.create(project=short_project, user=labeler, prompt="Hi.")
+    seen: list[dict] = []
+    real = sampling.sample_responses
+
+    def watching(*args, **kwargs):
+        seen.append(labeler_client.get(f"/api/v1/playground/{reply.pk}/").json())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample_responses", watching)
+    assert labeler_client.get(f"/api/v1/playground/{reply.pk}/").json()["status"] == "queued"
+    done = playground.playground_reply_generate(reply=reply)
+    assert [s["status"] for s in seen] == ["running"] and seen[0]["started_at"]
+    assert done.status == "done" and done.text.strip() and done.started_at is not None
+
+
+def test_a_reply_left_running_by_a_dead_worker_is_sampled_when_redelivered(
+    short_project, labeler
+) -> None:
+    reply = PlaygroundReply.objects.create(
+        project=short_project, user=labeler, prompt="Again.", status="running"
+    )
+    assert playground.playground_reply_generate(reply=reply).status == "done"

@@ -28,7 +28,14 @@ def _artifact(path):
 
 class Bodies:
     """Stand-ins for the ML bodies that follow the same contract: produce a verified
-    artifact through the registry, or fail."""
+    artifact through the registry, or fail. Their figures pass the promotion gate (the
+    gate itself: test_gate.py)."""
+
+    RM_METRICS = {"accuracy": 0.75, "rm/heldout_accuracy": 0.75, "rm/heldout_pairs": 6}
+    EVAL_METRICS = {
+        "gate/eval_prompts": 2, "gate/new_score": 1.0, "gate/baseline_score": 0.5,
+        "gate/score_gain": 0.5, "gate/kl_to_ref": 1.0,
+    }  # fmt: skip
 
     def __init__(self, tmp_path) -> None:
         self.tmp_path, self.calls, self.fail = tmp_path, [], set()
@@ -44,12 +51,18 @@ class Bodies:
                 for prompt in run.project.prompts.all()[: round_.num_prompts]:
                     RankingTaskFactory(project=run.project, prompt=prompt, round=round_)
                 return {"tasks": round_.tasks.count()}
-            kind_of = {"rm": "rm", "ppo": "ppo"}[kind]
-            version = registry.model_version_create(project=run.project, kind=kind_of)
+            if kind == "eval":
+                return dict(self.EVAL_METRICS)
+            version = registry.model_version_create(project=run.project, kind=kind)
             _artifact(self.tmp_path / f"{kind}-{version.version}")
             version.artifact = str(self.tmp_path / f"{kind}-{version.version}")
             version.save()
-            metrics = {"accuracy": 0.75, **({"kl_coef": 0.08} if kind == "ppo" else {})}
+            metrics = {**self.RM_METRICS, **({"kl_coef": 0.08} if kind == "ppo" else {})}
+            current = registry.current_reward_model(project=run.project)
+            if kind == "rm" and current is not None:  # measured on the same split, as rm_body
+                metrics.update(
+                    {"rm/current_model": current.label, "rm/current_heldout_accuracy": 0.75}
+                )
             return publish(run, version, lambda out: None, metrics)
 
         return body
@@ -96,7 +109,7 @@ def test_a_round_walks_every_stage(bodies, project_with_prompts, on_commit):
         rounds.round_advance(round_=round_)
     round_.refresh_from_db()
     assert round_.stage == "done", round_.error
-    assert bodies.calls == ["generate", "rm", "ppo"]
+    assert bodies.calls == ["generate", "rm", "ppo", "eval"]  # eval: the policy gate's figures
     assert round_.reward_model.is_current and round_.policy.is_current
     assert round_.policy.kind == "ppo"
     assert round_.metrics["rm/accuracy"] == 0.75
@@ -228,7 +241,7 @@ def test_advancing_a_round_reaps_its_dead_stage_run_and_retries_it(
     assert stale.status == "failed" and "stopped responding" in stale.error
     assert elsewhere.status == "running"
     assert round_.stage == "done", round_.error
-    assert bodies.calls == ["rm", "ppo"]
+    assert bodies.calls == ["rm", "ppo", "eval"]
 
 
 @pytest.mark.django_db
@@ -436,20 +449,20 @@ def test_without_num_prompts_a_round_takes_at_most_the_train_prompts(project, bo
     assert rounds.round_start(project=project).num_prompts == 5  # prompts_per_round is 16
 
 
-def test_a_round_records_its_recipe_and_refuses_unbuilt_ones(
+def test_a_round_records_its_recipe_and_refuses_unknown_ones(
     admin_client_api, project, bodies
 ) -> None:
-    """PRODUCT.md's `{"num_prompts": N, "recipe": "ppo"}`: the round shows its recipe; a
-    recipe whose run kind does not exist yet is a 400, never a silent PPO round."""
+    """PRODUCT.md's `{"num_prompts": N, "recipe": "dpo"}`: the round shows its recipe; an
+    unknown recipe is a 400 naming the field, never a silent PPO round."""
     PromptFactory.create_batch(3, project=project)
     url = f"/api/v1/projects/{project.slug}/rounds/"
-    for recipe in ("dpo", "best_of_n", "rloo", "sft"):
+    for recipe in ("sft", "DPO", "", None, 3):
         response = admin_client_api.post(url, {"num_prompts": 2, "recipe": recipe}, format="json")
         assert response.status_code == 400, recipe
         assert response.json()["detail"].startswith("recipe: "), recipe
     assert not Round.objects.filter(project=project).exists()
-    response = admin_client_api.post(url, {"num_prompts": 2, "recipe": "ppo"}, format="json")
+    response = admin_client_api.post(url, {"num_prompts": 2, "recipe": "dpo"}, format="json")
     assert response.status_code == 201, response.content
-    assert response.json()["recipe"] == "ppo"
+    assert response.json()["recipe"] == "dpo"
     detail = admin_client_api.get(f"/api/v1/rounds/{response.json()['id']}/")
-    assert detail.json()["recipe"] == "ppo"
+    assert detail.json()["recipe"] == "dpo"

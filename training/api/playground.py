@@ -22,7 +22,7 @@ class PlaygroundReplyOut(serializers.ModelSerializer):
         model = PlaygroundReply
         fields = [
             "id", "status", "prompt", "text", "finished", "policy_version", "error",
-            "rating", "created_at",
+            "rating", "created_at", "started_at",
         ]  # fmt: skip
 
     def get_policy_version(self, obj: PlaygroundReply) -> str | None:

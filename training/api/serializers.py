@@ -1,7 +1,9 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from training.models import ModelVersion, Round, TrainingRun
-from training.services.generate_stage import generate_stage_progress
+from training.services.progress import round_progress, run_progress
 from training.services.rounds import MAX_PROMPTS_PER_ROUND
 
 
@@ -31,8 +33,9 @@ class RunOut(serializers.ModelSerializer):
             "started_at", "finished_at", "heartbeat_at",
         ]  # fmt: skip
 
-    def get_progress(self, obj: TrainingRun) -> dict[str, int]:
-        return {"done": obj.progress_done, "total": obj.progress_total}
+    def get_progress(self, obj: TrainingRun) -> dict[str, Any]:
+        """done/total in `unit`, the phase and sub-step, elapsed and ETA (`progress`)."""
+        return run_progress(obj)
 
 
 class RoundOut(serializers.ModelSerializer):
@@ -43,36 +46,33 @@ class RoundOut(serializers.ModelSerializer):
     policy = ModelVersionOut(read_only=True, allow_null=True)
     runs = RunOut(many=True, read_only=True)
     project = serializers.CharField(source="project.slug", read_only=True)
+    reviewed_by = serializers.CharField(
+        source="reviewed_by.username", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Round
         fields = [
             "id", "project", "number", "recipe", "stage", "progress", "num_prompts", "metrics",
             "error", "failed_stage", "sampling_policy", "reward_model", "policy", "runs",
+            "review_stage", "gate", "reviewed_by", "reviewed_at", "review_decision",
             "created_at", "updated_at",
         ]  # fmt: skip
 
-    def get_progress(self, obj: Round) -> dict[str, int]:
+    def get_progress(self, obj: Round) -> dict[str, Any]:
         """Labeling progress, or the running step's progress while a run works (while
-        generating: the responses of every shard)."""
-        if obj.stage == Round.Stage.GENERATING:
-            done, total = generate_stage_progress(obj.runs.all())
-            if total:
-                return {"done": done, "total": total}
-        running = next((r for r in obj.runs.all() if r.status == "running"), None)
-        if running is not None and running.progress_total:
-            return {"done": running.progress_done, "total": running.progress_total}
-        return {"done": obj.progress_done, "total": obj.progress_total}
+        generating: the responses of every shard), with phase, elapsed and ETA: the one
+        computation the dashboard and `--wait` show too (`training.services.progress`)."""
+        return round_progress(obj, runs=obj.runs.all())
 
 
 class RoundStartIn(serializers.Serializer):
     recipe = serializers.ChoiceField(
-        # Until their run kinds exist, the other recipes are refused here (a 400).
-        choices=[(Round.Recipe.PPO.value, Round.Recipe.PPO.label)],
+        choices=Round.Recipe.choices,
         required=False,
-        default=Round.Recipe.PPO,
-        help_text="The policy stage's recipe; ppo only in this version (dpo, best_of_n and "
-        "rloo are planned).",
+        help_text="How the policy stage trains: ppo (RM + PPO), dpo (listwise, on the "
+        "rankings), best_of_n (sample N, SFT on the RM's best) or rloo (default: the "
+        'project\'s training_config "recipe", else ppo). The RM is trained in every round.',
     )
     num_prompts = serializers.IntegerField(
         required=False,

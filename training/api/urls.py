@@ -9,6 +9,10 @@ urlpatterns = [
         "rounds/<int:round_id>/advance/", views.RoundAdvanceApi.as_view(), name="api-round-advance"
     ),
     path("rounds/<int:round_id>/cancel/", views.RoundCancelApi.as_view(), name="api-round-cancel"),
+    path(
+        "rounds/<int:round_id>/approve/", views.RoundApproveApi.as_view(), name="api-round-approve"
+    ),
+    path("rounds/<int:round_id>/reject/", views.RoundRejectApi.as_view(), name="api-round-reject"),
     path("projects/<slug:slug>/models/", views.ModelListApi.as_view(), name="api-model-list"),
     path("projects/<slug:slug>/runs/", views.RunListApi.as_view(), name="api-run-list"),
     path("projects/<slug:slug>/sft/", views.SftStartApi.as_view(), name="api-sft-start"),

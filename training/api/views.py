@@ -43,7 +43,7 @@ class RoundListApi(APIView):
         round_ = rounds.round_start(
             project=project,
             num_prompts=data.validated_data.get("num_prompts"),
-            recipe=data.validated_data["recipe"],
+            recipe=data.validated_data.get("recipe"),
             user=request.user,
         )
         return Response(_round_out(round_), status=status.HTTP_201_CREATED)
@@ -77,6 +77,26 @@ class RoundCancelApi(APIView):
     def post(self, request: Request, round_id: int) -> Response:
         round_ = selectors.access_round(user=request.user, round_id=round_id)
         return Response(_round_out(rounds.round_cancel(round_=round_, user=request.user)))
+
+
+class RoundApproveApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: RoundOut, 409: error_response("The round is not in needs_review.")},
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        round_ = selectors.access_round(user=request.user, round_id=round_id)
+        return Response(_round_out(rounds.round_approve(round_=round_, user=request.user)))
+
+
+class RoundRejectApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: RoundOut, 409: error_response("The round is not in needs_review.")},
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        round_ = selectors.access_round(user=request.user, round_id=round_id)
+        return Response(_round_out(rounds.round_reject(round_=round_, user=request.user)))
 
 
 class ModelListApi(APIView):

@@ -82,7 +82,7 @@ def playground_reply_request(*, project: Project, user: Any, prompt: Any) -> Pla
     content = check_playground_prompt(prompt)
     waiting = PlaygroundReply.objects.filter(
         user=user,
-        status=PlaygroundReply.Status.QUEUED,
+        status__in=(PlaygroundReply.Status.QUEUED, PlaygroundReply.Status.RUNNING),
         created_at__gte=timezone.now() - QUEUED_WINDOW,
     ).count()
     if waiting >= MAX_QUEUED_PER_USER:
@@ -119,14 +119,21 @@ def _loaded_policy(artifact: str) -> tuple[Any, Any]:
 def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
     """Sample the reply from the current policy and store it (idempotent on the row).
 
-    Only a queued reply is worked on, and only a queued reply is written: a redelivered
-    message for a finished reply does nothing. The text is stored as the ML core's decoding
-    makes it storable (NUL and lone surrogates become U+FFFD, counted in the sample).
+    Only an unfinished reply is worked on, and only an unfinished reply is written: a
+    redelivered message for a finished reply does nothing. The reply says `running` (with
+    `started_at`) while a worker samples it, so the page can tell "queued" from
+    "generating"; a message redelivered after its worker died samples it again (the same
+    seed, the same text). The text is stored as the ML core's decoding makes it storable
+    (NUL and lone surrogates become U+FFFD, counted in the sample).
     """
     from training.ml.sampling import GenerationSettings, sample_responses
 
-    if reply.status != PlaygroundReply.Status.QUEUED:
+    unfinished = (PlaygroundReply.Status.QUEUED, PlaygroundReply.Status.RUNNING)
+    if reply.status not in unfinished:
         return reply
+    PlaygroundReply.objects.filter(pk=reply.pk, status__in=unfinished).update(
+        status=PlaygroundReply.Status.RUNNING, started_at=timezone.now()
+    )
     project = reply.project
     try:
         policy = current_policy(project=project)
@@ -154,9 +161,7 @@ def playground_reply_generate(*, reply: PlaygroundReply) -> PlaygroundReply:
     except Exception as exc:  # the reply shows the error; the worker keeps serving
         logger.exception("playground reply %s failed", reply.pk)
         fields = {"status": PlaygroundReply.Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
-    PlaygroundReply.objects.filter(pk=reply.pk, status=PlaygroundReply.Status.QUEUED).update(
-        **fields
-    )
+    PlaygroundReply.objects.filter(pk=reply.pk, status__in=unfinished).update(**fields)
     reply.refresh_from_db()
     return reply
 

@@ -2,6 +2,12 @@
 
     generating -> labeling -> building_pairs -> training_rm -> training_ppo -> done
           \\______________\\_____________\\_____________\\______-> failed | cancelled
+                                            training_rm | training_ppo -> needs_review
+
+The promotion gate (`gate`) runs after the RM stage and after the policy stage (on the
+figures of the stage's eval run): a round's new models become current only when it
+passes, or when an admin approves the round it stopped in needs_review (`round_approve`;
+`round_reject` ends the round as done, its models never current).
 
 Each stage that needs a GPU is a TrainingRun on the `gpu` queue (the generate stage one
 per shard of its prompts, `generate_stage`); when it finishes, `round_on_run_finished`
@@ -12,19 +18,22 @@ idempotent bodies).
 """
 
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, F, Max, Q, Sum
 
 from core.exceptions import ApplicationError, ConflictError
-from labeling.models import Comparison, Project, Prompt, Ranking, RankingTask
+from labeling.models import Comparison, Project, Ranking, RankingTask
+from labeling.services.task_slots import of_self
 from training import dispatch
-from training.models import Round, TrainingRun
+from training.models import ModelVersion, Round, TrainingRun
+from training.selectors import round_prompts
+from training.services import gate
 from training.services.generate_stage import (
     generate_stage_finished,
     generate_stage_metrics,
     generate_stage_retry,
     generate_stage_start,
 )
-from training.services.registry import current_policy
+from training.services.registry import current_policy, model_version_promote
 from training.services.runs import run_create, run_request_cancel, runs_reap_stale
 
 Stage = Round.Stage
@@ -34,12 +43,27 @@ ACTIVE = {
     Stage.BUILDING_PAIRS,
     Stage.TRAINING_RM,
     Stage.TRAINING_PPO,
+    Stage.NEEDS_REVIEW,  # waits for an admin: a new round waits too
 }
 _RUN_OF_STAGE = {
     Stage.GENERATING: TrainingRun.Kind.GENERATE,
     Stage.TRAINING_RM: TrainingRun.Kind.RM,
-    Stage.TRAINING_PPO: TrainingRun.Kind.PPO,
+    Stage.TRAINING_PPO: TrainingRun.Kind.PPO,  # the round's recipe decides: _stage_kind
 }
+# The policy stage (training_ppo, whatever the recipe) runs the kind of the round's recipe.
+_KIND_OF_RECIPE = {
+    Round.Recipe.PPO: TrainingRun.Kind.PPO,
+    Round.Recipe.DPO: TrainingRun.Kind.DPO,
+    Round.Recipe.BEST_OF_N: TrainingRun.Kind.BEST_OF_N,
+    Round.Recipe.RLOO: TrainingRun.Kind.RLOO,
+}
+_STAGE_OF_KIND = {
+    **{kind: stage for stage, kind in _RUN_OF_STAGE.items()},
+    **{kind: Stage.TRAINING_PPO for kind in _KIND_OF_RECIPE.values()},
+    TrainingRun.Kind.EVAL: Stage.TRAINING_PPO,  # the policy gate's figures (run_bodies.eval)
+}
+RECIPES = tuple(Round.Recipe.values)
+DEFAULT_RECIPE = Round.Recipe.PPO.value
 DEFAULT_PROMPTS_PER_ROUND = 16
 MAX_PROMPTS_PER_ROUND = 100_000
 
@@ -53,13 +77,14 @@ def round_start(
     *,
     project: Project,
     num_prompts: int | None = None,
-    recipe: str = Round.Recipe.PPO,
+    recipe: str | None = None,
     user=None,
 ) -> Round:
     """Open the next round: the current policy samples K responses for `num_prompts` prompts.
 
     Without `num_prompts`, the round takes `prompts_per_round` of training_config, or all
-    the train prompts if there are fewer; a `num_prompts` above them is refused (400)."""
+    the train prompts if there are fewer; a `num_prompts` above them is refused (400).
+    Without `recipe`, the policy stage trains with training_config's `recipe` (ppo)."""
     Project.objects.select_for_update().get(pk=project.pk)
     active = Round.objects.filter(project=project, stage__in=ACTIVE).first()
     if active:
@@ -72,7 +97,7 @@ def round_start(
     round_ = Round.objects.create(
         project=project,
         number=number,
-        recipe=Round.Recipe(recipe),
+        recipe=_recipe(project, recipe),
         stage=Stage.GENERATING,
         num_prompts=wanted,
         sampling_policy=policy,
@@ -83,11 +108,30 @@ def round_start(
     return round_
 
 
+def _recipe(project: Project, recipe: str | None) -> Round.Recipe:
+    chosen = recipe if recipe is not None else project.training_config.get("recipe")
+    if chosen is None:
+        return Round.Recipe(DEFAULT_RECIPE)
+    if chosen not in RECIPES:
+        raise ApplicationError(
+            f"recipe: must be one of {', '.join(RECIPES)}, not {chosen!r}",
+            extra={"field": "recipe"},
+        )
+    return Round.Recipe(chosen)
+
+
+def _stage_kind(round_: Round, stage: str) -> str:
+    """The run kind of a stage: the policy stage's is the round's recipe's."""
+    if stage == Stage.TRAINING_PPO:
+        return _KIND_OF_RECIPE[Round.Recipe(round_.recipe)]
+    return _RUN_OF_STAGE[Stage(stage)]
+
+
 def _prompt_count(project: Project, num_prompts: int | None) -> int:
     """How many prompts a new round samples. The generate run may take every train prompt
     of the project (fresh ones first, then ones ranked before: selectors.prompts_for_round), so
     that count is the limit."""
-    available = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).count()
+    available = round_prompts(project=project).count()
     default = project.training_config.get("prompts_per_round", DEFAULT_PROMPTS_PER_ROUND)
     if num_prompts is not None and num_prompts < 1:
         raise ApplicationError("num_prompts: must be a positive integer")
@@ -103,7 +147,7 @@ def _prompt_count(project: Project, num_prompts: int | None) -> int:
 def _start_stage_run(round_: Round, stage: str, *, retry: bool = False) -> None:
     """Queue the stage's run (the generate stage: its shards; a retry of it, the shards
     that failed)."""
-    kind = _RUN_OF_STAGE[Stage(stage)]
+    kind = _stage_kind(round_, stage)
     config = dict(round_.project.training_config.get(kind, {}))
     if kind == TrainingRun.Kind.GENERATE:
         (generate_stage_retry if retry else generate_stage_start)(round_=round_, config=config)
@@ -131,6 +175,7 @@ def _last_kl_coef(round_: Round) -> float | None:
             project=round_.project, kind=TrainingRun.Kind.PPO, status=TrainingRun.Status.SUCCEEDED
         )
         .exclude(round=round_)
+        .exclude(round__review_decision=gate.REJECTED)  # its policy never sampled
         .order_by("-finished_at")
         .values_list("metrics", flat=True)
         .first()
@@ -153,6 +198,8 @@ def round_advance(*, round_: Round, user=None) -> Round:
         return _retry(round_)
     if round_.stage in (Stage.DONE, Stage.CANCELLED):
         raise ConflictError(f"Round {round_.number} is {round_.stage}; start a new round.")
+    if round_.stage == Stage.NEEDS_REVIEW:
+        raise ConflictError(f"Round {round_.number} needs review: approve or reject it.")
     raise ConflictError(
         f"Round {round_.number} is {round_.stage}; it moves on by itself when that finishes."
     )
@@ -164,6 +211,8 @@ def _retry(round_: Round) -> Round:
     round_.save(update_fields=["stage", "error", "failed_stage", "updated_at"])
     if stage == Stage.BUILDING_PAIRS:
         _queue_build_pairs(round_)
+    elif stage == Stage.TRAINING_PPO and _policy_trained(round_):
+        _start_policy_eval(round_)  # only the gate's eval run failed: the policy stands
     elif stage in _RUN_OF_STAGE:
         _start_stage_run(round_, stage, retry=True)
     return round_
@@ -234,8 +283,10 @@ def round_cancel(*, round_: Round, user=None) -> Round:
     RankingTask.objects.filter(round=round_, status=RankingTask.Status.OPEN).update(
         status=RankingTask.Status.CLOSED
     )
+    if round_.stage != Stage.FAILED:
+        round_.failed_stage = round_.stage  # where it stopped (a failed round keeps its own)
     round_.stage = Stage.CANCELLED
-    round_.save(update_fields=["stage", "updated_at"])
+    round_.save(update_fields=["stage", "failed_stage", "updated_at"])
     return round_
 
 
@@ -246,7 +297,7 @@ def round_on_run_finished(*, run: TrainingRun) -> Round | None:
     if run.round_id is None:
         return None
     round_ = _lock(run.round)  # type: ignore[arg-type]
-    expected = {v: k for k, v in _RUN_OF_STAGE.items()}.get(TrainingRun.Kind(run.kind))
+    expected = _STAGE_OF_KIND.get(TrainingRun.Kind(run.kind))
     if round_.stage != expected:
         return round_  # cancelled meanwhile, or a stale redelivery
     if _superseded(run):
@@ -268,15 +319,88 @@ def round_on_run_finished(*, run: TrainingRun) -> Round | None:
         round_labeling_progress(round_=round_, save=False)
     elif round_.stage == Stage.TRAINING_RM:
         round_.reward_model = run.output
-        round_.stage = Stage.TRAINING_PPO
+        result = gate.gate_check_reward_model(round_=round_, version=run.output)
+        if gate.gate_record(round_=round_, stage=gate.RM_GATE, result=result):
+            _promote(run.output)
+            round_.stage = Stage.TRAINING_PPO
+    elif run.kind == TrainingRun.Kind.EVAL:
+        kind = _stage_kind(round_, Stage.TRAINING_PPO)
+        result = gate.gate_check_policy(round_=round_, kind=kind, metrics=run.metrics)
+        if gate.gate_record(round_=round_, stage=gate.POLICY_GATE, result=result):
+            _promote(round_.policy)
+            round_.stage = Stage.DONE
     elif round_.stage == Stage.TRAINING_PPO:
-        round_.policy = run.output
+        round_.policy = run.output  # not current: the gate's eval run comes first
+    round_.save()
+    if round_.stage == Stage.TRAINING_PPO and run.kind == TrainingRun.Kind.RM:
+        _start_stage_run(round_, Stage.TRAINING_PPO)
+    elif round_.stage == Stage.TRAINING_PPO and run.kind != TrainingRun.Kind.EVAL:
+        _start_policy_eval(round_)
+    elif round_.stage == Stage.LABELING and round_.progress_total == 0:
+        return _enter_building_pairs(round_)
+    return round_
+
+
+def _promote(version: ModelVersion | None) -> None:
+    if version is None:
+        raise ApplicationError("The round has no model to promote.")
+    model_version_promote(version=version)
+
+
+def _policy_trained(round_: Round) -> bool:
+    """Whether the policy stage's latest training run succeeded (so only its eval remains)."""
+    kind = _stage_kind(round_, Stage.TRAINING_PPO)
+    latest = TrainingRun.objects.filter(round=round_, kind=kind).order_by("-pk").first()
+    return (
+        round_.policy_id is not None
+        and latest is not None
+        and latest.status == TrainingRun.Status.SUCCEEDED
+    )
+
+
+def _start_policy_eval(round_: Round) -> None:
+    """Queue the policy gate's eval run: the new policy against the sampling policy on
+    held-out prompts (`run_bodies.eval`)."""
+    run_create(project=round_.project, round=round_, kind=TrainingRun.Kind.EVAL)
+
+
+@transaction.atomic
+def round_approve(*, round_: Round, user=None) -> Round:
+    """An admin's approval of a round the gate stopped: after the RM gate the new RM
+    becomes current and the policy stage starts; after the policy gate the new policy
+    becomes current and the round is done. Who and when are kept (`gate.gate_decide`)."""
+    round_ = _lock(round_)
+    if round_.stage != Stage.NEEDS_REVIEW:
+        raise ConflictError(
+            f"Round {round_.number} is {round_.stage}; only a round in needs_review is approved."
+        )
+    reviewed = round_.review_stage
+    gate.gate_decide(round_=round_, decision=gate.APPROVED, user=user)
+    if reviewed == gate.RM_GATE:
+        _promote(round_.reward_model)
+        round_.stage = Stage.TRAINING_PPO
+    else:
+        _promote(round_.policy)
         round_.stage = Stage.DONE
     round_.save()
     if round_.stage == Stage.TRAINING_PPO:
         _start_stage_run(round_, Stage.TRAINING_PPO)
-    elif round_.stage == Stage.LABELING and round_.progress_total == 0:
-        return _enter_building_pairs(round_)
+    return round_
+
+
+@transaction.atomic
+def round_reject(*, round_: Round, user=None) -> Round:
+    """An admin's rejection of a round the gate stopped: the round ends `done` with
+    `review_decision` "rejected"; its new models are kept as ready versions, never made
+    current, so the current policy and RM stay what they were."""
+    round_ = _lock(round_)
+    if round_.stage != Stage.NEEDS_REVIEW:
+        raise ConflictError(
+            f"Round {round_.number} is {round_.stage}; only a round in needs_review is rejected."
+        )
+    gate.gate_decide(round_=round_, decision=gate.REJECTED, user=user)
+    round_.stage = Stage.DONE
+    round_.save()
     return round_
 
 
@@ -301,24 +425,44 @@ def rounds_reap_stale_runs(
 
 
 def round_labeling_progress(*, round_: Round, save: bool = True) -> Round:
-    """Progress of labeling = rankings submitted / rankings wanted (tasks x overlap)."""
-    tasks = RankingTask.objects.filter(round=round_)
-    agg = tasks.aggregate(done=Count("rankings"), total=Count("id", distinct=True))
-    wanted = sum(tasks.values_list("overlap", flat=True))
-    round_.progress_done, round_.progress_total = agg["done"], wanted
+    """Progress of labeling = rankings submitted / rankings wanted (tasks x overlap), from
+    the tasks' counters (a revision is no new ranking). One aggregate over the round's
+    tasks, when labeling starts; each submission then adds one (round_on_ranking_submitted)."""
+    agg = RankingTask.objects.filter(round=round_).aggregate(
+        done=Sum("rankings_count"), wanted=Sum("overlap")
+    )
+    round_.progress_done, round_.progress_total = agg["done"] or 0, agg["wanted"] or 0
     if save:
         round_.save(update_fields=["progress_done", "progress_total", "updated_at"])
     return round_
 
 
-@transaction.atomic
 def round_on_ranking_submitted(*, task: RankingTask) -> None:
-    """Update labeling progress; when every task of the round has its overlap, advance."""
+    """A ranking of `task` committed: count it in its round's progress, and move the round
+    on when no task of it is open any more (every task has its overlap).
+
+    `task` is the row `ranking_submit` saved (its status is the committed one). The
+    labeler's request runs this after the submission committed, so it takes no lock on the
+    project and none on the round while labeling goes on: the progress is one
+    `UPDATE ... SET progress_done = progress_done + 1` (in autocommit: the row is locked
+    for that statement only). Only a submission that completed its task can have ended
+    labeling (the last open task is closed by its own last ranking); it counts the round's
+    open tasks on the (round, status) index. A COUNT, not EXISTS ... LIMIT 1: PostgreSQL
+    plans the latter as a sequential scan that walks every older round's tasks, since a
+    round's tasks lie together at the end of the table. Two last submissions at once may
+    both count none open; the round's row lock and the stage re-check under it let one
+    advance.
+    """
     if task.round_id is None:
         return
-    round_ = _lock(task.round)  # type: ignore[arg-type]
-    if round_.stage != Stage.LABELING:
+    labeling = Round.objects.filter(pk=task.round_id, stage=Stage.LABELING)
+    if not labeling.update(progress_done=F("progress_done") + 1):
+        return  # the round is not labeling (advanced early, cancelled)
+    if task.status == RankingTask.Status.OPEN:
         return
-    round_labeling_progress(round_=round_)
-    if not RankingTask.objects.filter(round=round_, status=RankingTask.Status.OPEN).exists():
-        _enter_building_pairs(round_)
+    if RankingTask.objects.filter(round_id=task.round_id, status=RankingTask.Status.OPEN).count():
+        return
+    with transaction.atomic():
+        round_ = Round.objects.select_for_update(of=of_self()).get(pk=task.round_id)
+        if round_.stage == Stage.LABELING:
+            _enter_building_pairs(round_)

@@ -26,6 +26,7 @@ from core.exceptions import ApplicationError
 from labeling.models import Project
 from training import dispatch
 from training.models import MetricPoint, Round, TrainingRun
+from training.services import progress as progress_
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,36 @@ class RunReporter:
 
     run_id: int
     min_interval: float = 1.0
+    clock: Callable[[], float] = time.time  # wall time of the phase figures (ETA maths)
     _last_write: float = 0.0
     _last_cancel_check: float = 0.0
     _pending: dict[str, Any] = field(default_factory=dict)
+    _detail: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, done: int, total: int) -> None:
+        """The run's overall work in its unit (`progress.RUN_UNITS`)."""
         self._pending.update(progress_done=done, progress_total=total)
         self._flush(force=done >= total)
+
+    def phase(
+        self, name: str, done: int = 0, total: int = 0, *, unit: str = "steps", step: str = ""
+    ) -> None:
+        """What the run does now (`progress.LOADING`, `SAMPLING`, ...) with its own
+        done/total in `unit` and a sub-step label; `progress_detail` on the row. Throttled
+        like `progress`, but a new phase or sub-step (PPO's rollout, then each update epoch),
+        or a phase that reaches its total, is written at once."""
+        detail = progress_.phase_detail(
+            self._detail, phase=name, done=done, total=total, unit=unit, step=step, now=self.clock()
+        )
+        new = progress_.is_new_phase(self._detail, detail) or self._detail.get("step") != step
+        self._detail = detail
+        self._pending["progress_detail"] = detail
+        self._flush(force=new or (total > 0 and done >= total))
+
+    def train_step(self, done: int, total: int, *, step: str = "") -> None:
+        """A training run's step: the "training" phase and the overall counters at once."""
+        self._pending.update(progress_done=done, progress_total=total)
+        self.phase(progress_.TRAINING, done, total, unit="steps", step=step)
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         clean = metrics_jsonable(values)

@@ -97,6 +97,28 @@ export class RankingState {
     return true;
   }
 
+  // A plain copy for sessionStorage (a half-finished ranking survives a reload).
+  snapshot() {
+    return { groups: this.order(), history: [...this.history], tieNext: this.tieNext };
+  }
+
+  // Take back a snapshot of the same responses; false (and nothing changed) when it does
+  // not fit them: unknown or repeated ids, or groups and history that disagree.
+  restore(snapshot) {
+    const groups = snapshot?.groups;
+    const history = snapshot?.history;
+    if (!Array.isArray(groups) || !Array.isArray(history)) return false;
+    const flat = groups.flat();
+    const known = (id) => this.ids.includes(id);
+    if (groups.some((group) => !Array.isArray(group) || group.length === 0)) return false;
+    if (!flat.every(known) || new Set(flat).size !== flat.length) return false;
+    if (history.length !== flat.length || !history.every((id) => flat.includes(id))) return false;
+    this.groups = groups.map((group) => [...group]);
+    this.history = [...history];
+    this.tieNext = Boolean(snapshot.tieNext) && this.groups.length > 0 && !this.isComplete();
+    return true;
+  }
+
   #detachKeepingHistory(id) {
     if (this.isPlaced(id)) this.#detach(id);
     else this.history.push(id);

@@ -30,15 +30,17 @@ export function renderPrompt(container, task) {
 }
 
 function flagChips(card, vocabulary) {
-  const chips = vocabulary.map((flag) => {
+  const chips = vocabulary.map((flag, index) => {
     const input = el("input", { attrs: { type: "checkbox", value: flag, "data-flag": flag } });
-    return el("label", { className: "chip" }, [input, el("span", { text: flag })]);
+    const key = index < 9 ? el("kbd", { className: "chip__key", text: index + 1, attrs: { "aria-hidden": "true" } }) : null;
+    return el("label", { className: "chip" }, [input, key, el("span", { text: flag })]);
   });
   const legend = el("legend", { className: "visually-hidden", text: `Flags for response ${card.number}` });
   return el("fieldset", { className: "card__flags" }, [legend, ...chips]);
 }
 
-// card: {id, number, text}; the number is what the labeler sees and types.
+// card: {id, number, text, duplicateOf}; the number is what the labeler sees and types;
+// duplicateOf is the number of an earlier response this one nearly repeats, or null.
 export function buildCard(card, vocabulary) {
   const place = el("button", {
     className: "btn btn--small card__place",
@@ -51,6 +53,11 @@ export function buildCard(card, vocabulary) {
     el("span", { className: "card__rank", attrs: { "data-role": "rank" } }),
     place,
   ]);
+  const duplicate = card.duplicateOf
+    ? el("p", { className: "card__duplicate" }, [
+      el("span", { className: "badge badge--duplicate", text: `nearly identical to response ${card.duplicateOf}`, attrs: { "data-role": "duplicate" } }),
+    ])
+    : null;
   const body = el("div", { className: "card__body is-collapsed" }, [
     el("div", { className: "card__text", text: card.text, attrs: { "data-role": "text" } }),
   ]);
@@ -59,7 +66,7 @@ export function buildCard(card, vocabulary) {
     text: "Show more",
     attrs: { type: "button", "data-action": "expand", "aria-expanded": "false", hidden: "" },
   });
-  const children = [header, body, expand];
+  const children = [header, duplicate, body, expand].filter(Boolean);
   if (vocabulary.length > 0) children.push(flagChips(card, vocabulary));
   return el(
     "article",
@@ -76,12 +83,14 @@ export function buildCard(card, vocabulary) {
   );
 }
 
-// Show "Show more" only on cards whose text is cut off by the collapsed height.
+// Show "Show more" and the fade only on cards whose text is really cut off by the
+// collapsed height (`is-cut`); a short text is shown whole, unfaded.
 export function updateOverflow(cardNode) {
   const body = cardNode.querySelector(".card__body");
   const button = cardNode.querySelector(".card__expand");
   const collapsed = body.classList.contains("is-collapsed");
-  const overflowing = body.scrollHeight > body.clientHeight + 2;
+  const overflowing = collapsed && body.scrollHeight > body.clientHeight + 2;
+  body.classList.toggle("is-cut", overflowing);
   button.hidden = collapsed ? !overflowing : false;
 }
 
@@ -89,6 +98,7 @@ export function setExpanded(cardNode, expanded) {
   const body = cardNode.querySelector(".card__body");
   const button = cardNode.querySelector(".card__expand");
   body.classList.toggle("is-collapsed", !expanded);
+  if (expanded) body.classList.remove("is-cut");
   button.textContent = expanded ? "Show less" : "Show more";
   button.setAttribute("aria-expanded", String(expanded));
 }

@@ -11,7 +11,11 @@ const CHARTS = {
     ["chart-rm-loss", { title: "Reward model loss", series: [{ key: "rm/loss", label: "train loss" }] }],
     ["chart-rm-accuracy", {
       title: "Reward model accuracy", yMin: 0, yMax: 1,
-      series: [{ key: "rm/accuracy", label: "train" }, { key: "rm/eval_accuracy", label: "held-out" }],
+      series: [
+        { key: "rm/accuracy", label: "train" },
+        { key: "rm/eval_accuracy", label: "held-out" },
+        { key: "rm/heldout_accuracy", label: "held-out + labeler (gate)" },
+      ],
     }],
   ],
   ppo: [

@@ -1,11 +1,13 @@
 // The round dashboard: polls the rounds API every ~2 s, draws the current round's stage
 // and progress, its training curves (incremental metric fetches), the rounds, models and
-// labeler tables; start / advance / cancel POST to the API with the CSRF token.
+// labeler tables; start / advance / cancel, and approve / reject for a round the promotion
+// gate stopped, POST to the API with the CSRF token.
 
 import { el } from "../studio/dom.js";
 import { Curves, perRoundCharts } from "./curves.js";
-import { stageLabel, when } from "./format.js";
+import { duration, stageLabel, when } from "./format.js";
 import { fill, makeClient, readConfig } from "./http.js";
+import { renderReview, reviewNote } from "./review.js";
 import { renderLabelers, renderModels, renderRounds, rmAccuracy } from "./tables.js";
 
 const config = readConfig("dashboard-config");
@@ -20,7 +22,7 @@ const STAGES = [
   ["training_ppo", "PPO"],
   ["done", "Done"],
 ];
-const ACTIVE = new Set(["generating", "labeling", "building_pairs", "training_rm", "training_ppo"]);
+const ACTIVE = new Set(["generating", "labeling", "building_pairs", "training_rm", "training_ppo", "needs_review"]);
 const SLOW_EVERY = 10; // models and labeler stats: every 10th poll, or when a stage changes
 
 const state = { rounds: [], stats: null, ticks: 0, lastKey: "", curveRound: null, busy: false };
@@ -35,14 +37,25 @@ function notice(message, kind = "info") {
 
 // --------------------------------------------------------------------------- current round
 
+// The stage a round stopped at: the one that failed or was cancelled (failed_stage), the
+// gate's stage of a round in review or rejected, else the stage it is in.
+function stoppedAt(round) {
+  if (round.stage === "needs_review" || round.review_decision === "rejected") return round.review_stage;
+  if (round.stage === "failed" || round.stage === "cancelled") return round.failed_stage;
+  return round.stage;
+}
+
+const STOPPED_CLASS = { failed: "is-failed", cancelled: "is-cancelled", needs_review: "is-review" };
+
 function renderStages(round) {
-  const reached = round ? STAGES.findIndex(([s]) => s === (round.failed_stage || round.stage)) : -1;
+  const reached = round ? STAGES.findIndex(([s]) => s === stoppedAt(round)) : -1;
+  const rejected = round && round.review_decision === "rejected";
   const items = STAGES.map(([stage, label], i) => {
     let status = "";
-    if (round && round.stage === "done") status = "is-done";
+    if (round && round.stage === "done" && !rejected) status = "is-done";
     else if (round && i < reached) status = "is-done";
     else if (round && i === reached) {
-      status = round.stage === "failed" ? "is-failed" : round.stage === "cancelled" ? "is-cancelled" : "is-current";
+      status = rejected ? "is-rejected" : STOPPED_CLASS[round.stage] || "is-current";
     }
     return el("li", { className: `stage ${status}`, attrs: { "aria-current": status === "is-current" ? "step" : null } }, [
       el("span", { className: "stage__dot", attrs: { "aria-hidden": "true" } }),
@@ -52,7 +65,7 @@ function renderStages(round) {
   $("stages").replaceChildren(...items);
 }
 
-function progressRow(label, done, total, detail) {
+function progressRow(label, done, total, detail, timing = "") {
   const bar = el("progress", { attrs: { max: Math.max(total, 1), value: Math.min(done, total) } });
   if (!total) bar.removeAttribute("value"); // indeterminate until the run knows its total
   return el("div", { className: "progress-row" }, [
@@ -61,7 +74,37 @@ function progressRow(label, done, total, detail) {
       el("span", { className: "muted", text: total ? `${done} / ${total}` : detail || "starting…" }),
     ]),
     bar,
+    el("div", { className: "progress-row__timing muted small", text: timing, attrs: { hidden: !timing } }),
   ]);
+}
+
+// "sampling (batch 2/5) · 16 / 84 responses · 1 200 / 8 000 tokens · elapsed 12 s · ETA 40 s"
+// from a `progress` object of the API (training/services/progress.py computes it).
+function progressTiming(progress) {
+  const parts = [];
+  if (progress.phase) parts.push(progress.step ? `${progress.phase} (${progress.step})` : progress.phase);
+  if (progress.total && progress.unit) parts.push(`${progress.done} / ${progress.total} ${progress.unit}`);
+  if (progress.phase_total && progress.phase_unit && progress.phase_unit !== progress.unit) {
+    parts.push(`${progress.phase_done} / ${progress.phase_total} ${progress.phase_unit}`);
+  }
+  if (progress.elapsed_s !== null && progress.elapsed_s !== undefined) parts.push(`elapsed ${duration(progress.elapsed_s)}`);
+  if (progress.phase && progress.phase !== "queued" && progress.phase !== "labeling") {
+    parts.push(progress.eta_s === null || progress.eta_s === undefined ? "ETA —" : `ETA ${duration(progress.eta_s)}`);
+  }
+  return parts.join(" · ");
+}
+
+// A row for a `progress` of the API; the bar follows the finest counter it has (tokens
+// within generation), the numbers on the right are the overall done / total.
+function apiProgressRow(label, progress, detail) {
+  const fine = progress.phase_total ? [progress.phase_done, progress.phase_total] : [progress.done, progress.total];
+  const row = progressRow(label, progress.done, progress.total, detail, progressTiming(progress));
+  const bar = row.querySelector("progress");
+  if (fine[1]) {
+    bar.max = fine[1];
+    bar.value = Math.min(fine[0], fine[1]);
+  }
+  return row;
 }
 
 function renderProgress(round) {
@@ -69,11 +112,21 @@ function renderProgress(round) {
   if (round && round.stage === "labeling") {
     rows.push(progressRow("Rankings collected", round.progress.done, round.progress.total));
   }
-  for (const run of round ? round.runs : []) {
-    if (run.status === "running") {
-      rows.push(progressRow(`${run.kind.toUpperCase()} run #${run.id}`, run.progress.done, run.progress.total));
-    } else if (run.status === "queued") {
-      rows.push(progressRow(`${run.kind.toUpperCase()} run #${run.id}`, 0, 0, "queued: waiting for a GPU worker"));
+  const active = round ? round.runs.filter((run) => run.status === "running" || run.status === "queued") : [];
+  // The round's own progress as the API computes it (while generating: every shard summed),
+  // so the dashboard never shows other counters than the API does.
+  if (round && round.stage !== "labeling" && active.length) {
+    const waiting = active.every((run) => run.status === "queued");
+    const stage = stageLabel(round.stage);
+    const label = active.length === 1
+      ? `${active[0].kind.toUpperCase()} run #${active[0].id}`
+      : `${stage[0].toUpperCase()}${stage.slice(1)}: ${active.length} runs`;
+    rows.push(apiProgressRow(label, round.progress, waiting ? "queued: waiting for a GPU worker" : ""));
+  }
+  if (active.length > 1) { // several shards: one row each as well
+    for (const run of active) {
+      rows.push(apiProgressRow(`${run.kind.toUpperCase()} run #${run.id}`, run.progress,
+        run.status === "queued" ? "queued: waiting for a GPU worker" : ""));
     }
   }
   $("progress-list").replaceChildren(...rows);
@@ -87,12 +140,17 @@ function renderCurrent(round) {
   $("round-title").textContent = round ? `Round ${round.number} · ${stage[0].toUpperCase()}${stage.slice(1)}` : "No round yet";
   if (round) {
     const parts = [`sampled from ${round.sampling_policy ? round.sampling_policy.label : "—"}`,
-      `${round.num_prompts} prompts`, `started ${when(round.created_at)}`];
+      `${round.num_prompts} prompts`, `recipe ${round.recipe}`, `started ${when(round.created_at)}`];
     const acc = rmAccuracy(round);
     if (acc !== null) parts.push(`RM held-out accuracy ${(acc * 100).toFixed(1)}%`);
     if (round.policy) parts.push(`new policy ${round.policy.label}`);
+    if (round.review_decision) parts.push(reviewNote(round));
     $("round-subtitle").textContent = parts.join(" · ");
   }
+  renderReview($("review-panel"), $("review-body"), round);
+  const reviewing = Boolean(round && round.stage === "needs_review");
+  $("approve-round").disabled = state.busy || !reviewing;
+  $("reject-round").disabled = state.busy || !reviewing;
   const error = $("round-error");
   error.hidden = !(round && round.stage === "failed");
   if (round && round.stage === "failed") {
@@ -160,16 +218,29 @@ async function refreshSlow() {
 // --------------------------------------------------------------------------- polling
 
 async function tick() {
-  state.rounds = await api.get(config.urls.rounds);
+  state.rounds = await withTimeout(api.get(config.urls.rounds));
   const latest = state.rounds[0] || null;
+  // Progress first: the slower tables below must not hold it back (an action in flight
+  // renders once it is settled).
+  if (!state.busy) renderCurrent(latest);
   const key = state.rounds.map((r) => `${r.id}:${r.stage}`).join(",");
-  if (key !== state.lastKey || state.ticks % SLOW_EVERY === 0) await refreshSlow();
+  if (key !== state.lastKey || state.ticks % SLOW_EVERY === 0) await withTimeout(refreshSlow());
   state.lastKey = key;
   state.ticks += 1;
   renderCurrent(latest);
   renderHistory();
   curves.follow(renderCurveSelector());
   await curves.refresh(api, config.urls.metrics);
+}
+
+// A request that never answers must not stop the polling (the next poll is only scheduled
+// once this one settles): give up on it after a few poll intervals.
+function withTimeout(promise, ms = Math.max(10000, config.pollMs * 5)) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = window.setTimeout(() => reject(new Error(`no answer within ${Math.round(ms / 1000)} s`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => window.clearTimeout(timer));
 }
 
 async function poll() {
@@ -205,6 +276,8 @@ $("start-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const raw = $("num-prompts").value.trim();
   const body = raw ? { num_prompts: Number(raw) } : {};
+  const recipe = $("recipe").value;
+  if (recipe) body.recipe = recipe;
   act("Started", () => api.post(config.urls.rounds, body));
 });
 
@@ -218,6 +291,18 @@ $("cancel-round").addEventListener("click", () => {
   if (!round) return;
   if (!window.confirm(`Cancel round ${round.number}? Open tasks close; rankings already made are kept.`)) return;
   act("Cancelled", () => api.post(fill(config.urls.cancel, round.id)));
+});
+
+$("approve-round").addEventListener("click", () => {
+  const round = state.rounds[0];
+  if (round) act("Approved", () => api.post(fill(config.urls.approve, round.id)));
+});
+
+$("reject-round").addEventListener("click", () => {
+  const round = state.rounds[0];
+  if (!round) return;
+  if (!window.confirm(`Reject round ${round.number}? It ends, and the current models stay current.`)) return;
+  act("Rejected", () => api.post(fill(config.urls.reject, round.id)));
 });
 
 $("curve-round").addEventListener("change", (event) => {

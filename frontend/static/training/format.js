@@ -26,6 +26,15 @@ export function seconds(ms) {
   return s < 90 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
 }
 
+// Seconds as a person writes them: "12 s", "3 min 05 s", "1 h 02 min".
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "—";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
 const STAGE_NAMES = { training_rm: "training RM", training_ppo: "training PPO" };
 
 export function stageLabel(stage) {

@@ -56,14 +56,30 @@ function setBusy(value) {
 
 const sleep = (ms) => new Promise((resolve) => window.setTimeout(resolve, ms));
 
-async function waitForReply(id, body) {
-  const started = Date.now();
+const seconds = (ms) => `${Math.max(0, Math.round(ms / 1000))} s`;
+
+// What the server says about the reply, in words: queued (waiting for a worker) or
+// generating (a worker is sampling it, since `started_at`), with the time each has taken.
+export function waitingText(reply, sentAt, now, maxNewTokens) {
+  if (reply.status === "running") {
+    const since = Date.parse(reply.started_at);
+    const took = Number.isNaN(since) ? "" : ` · ${seconds(now - since)}`;
+    return `Generating (up to ${maxNewTokens} tokens)${took}…`;
+  }
+  const waited = now - sentAt;
+  if (waited > SLOW_AFTER_MS) {
+    return `Queued for ${seconds(waited)}: no worker of the default queue is free yet (one that also trains may be in a run). Waiting…`;
+  }
+  return `Queued for a worker · ${seconds(waited)}…`;
+}
+
+async function waitForReply(id, label) {
+  const sentAt = Date.now();
   for (;;) {
     const reply = await api.get(fill(config.replyUrl, id));
-    if (reply.status !== "queued") return reply;
-    if (Date.now() - started > SLOW_AFTER_MS) {
-      body.lastChild.textContent = "Still queued: no worker of the default queue is free yet (one that also trains may be in a run). Waiting…";
-    }
+    if (reply.status !== "queued" && reply.status !== "running") return reply;
+    label.textContent = waitingText(reply, sentAt, Date.now(), config.maxNewTokens);
+    label.closest(".thinking").dataset.status = reply.status;
     await sleep(config.pollMs);
   }
 }
@@ -134,11 +150,11 @@ async function ask(conversation) {
   const { turn, body } = addTurn("assistant", "");
   body.replaceChildren(el("span", { className: "thinking" }, [
     el("span", { className: "spinner", attrs: { "aria-hidden": "true" } }),
-    el("span", { text: "Thinking…" }),
+    el("span", { className: "thinking__label", text: "Sending…", attrs: { "data-role": "waiting" } }),
   ]));
   try {
     const queued = await api.post(config.requestUrl, { prompt: conversation });
-    const reply = await waitForReply(queued.id, body.firstChild);
+    const reply = await waitForReply(queued.id, body.querySelector("[data-role=waiting]"));
     if (reply.status === "failed") throw new Error(`The policy failed: ${reply.error}`);
     showReply(reply, turn, body);
     return reply;

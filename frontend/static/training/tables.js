@@ -12,7 +12,7 @@ export function rmAccuracy(round) {
 }
 
 function policyMetric(round, key) {
-  const value = round.policy?.metrics?.[key] ?? round.metrics?.[`ppo/${key}`];
+  const value = round.policy?.metrics?.[key] ?? round.metrics?.[`${round.recipe || "ppo"}/${key}`];
   return typeof value === "number" ? value : null;
 }
 
@@ -41,7 +41,8 @@ export function renderRounds(table, empty, rounds, perRound) {
     ]);
     return el("tr", { attrs: { "data-round": round.number } }, [
       el("th", { text: `#${round.number}`, attrs: { scope: "row" } }),
-      el("td", {}, [stageBadge(round.stage)]),
+      el("td", {}, [stageBadge(round.review_decision === "rejected" ? "rejected" : round.stage)]),
+      cell(round.recipe),
       cell(when(round.created_at)),
       versionCell(round.sampling_policy),
       cell(round.num_prompts, "num"),

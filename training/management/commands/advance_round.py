@@ -17,7 +17,7 @@ class Command(BaseCommand):
         round_ = round_advance(round_=latest_round(project))
         self.stdout.write(f"Round {round_.number} is now {round_.stage}.")
         if opts["wait"]:
-            round_ = follow(round_, write=self.stdout.write)
+            round_ = follow(round_, write=self.stdout.write, out=self.stdout)
             self.stdout.write(f"Round {round_.number} is {round_.stage}.")
             if round_.error:
                 self.stderr.write(round_.error)

@@ -7,9 +7,16 @@ Migrates, creates the users `admin` (superuser, project admin) and `labeler` wit
 passwords, a project "demo" with sample prompts, ranking tasks and the default policy,
 then serves the web app and a Celery worker until Ctrl-C. Running it again keeps the
 users, their passwords (unless --reset-passwords) and the data: imports deduplicate.
+
+The project wants two rankings per task (overlap 2), and on first set-up two simulated
+labelers (`sim-labeler-1`, `-2`, preferring shorter answers, with noise) rank half of what
+is wanted, so agreement and the review screen have numbers before anyone ranks. The web
+server runs with DEBUG off (a 404 shows the product's page, never Django's list of URL
+patterns) and serves the static files itself (`runserver --insecure`).
 """
 
 import importlib.util
+import os
 import secrets
 import signal
 import subprocess
@@ -30,6 +37,7 @@ from labeling.services.projects import membership_add, project_create, project_u
 from labeling.services.prompts import prompts_import
 from labeling.services.task_imports import tasks_import_responses
 from training.services.registry import current_policy
+from training.services.simulation import labelers_simulate, rankings_wanted
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PROMPTS_FILE = FIXTURES / "demo_prompts.jsonl"
@@ -41,9 +49,14 @@ harmless. Tie responses that are equally good. Flag anything harmful or untruthf
 choose *all unacceptable* when no response should ever be shown to a user.
 
 Keyboard: press a card's number to place it next, `=` to tie the next card with the
-previous one, Backspace to undo, Enter to submit, `s` to skip.
+previous one, Backspace to undo, Enter to submit, `s` to skip; `f` then a flag's number
+flags the card placed last, `u` marks all unacceptable, `g` shows these guidelines.
 """
 STOP_TIMEOUT_S = 10
+DEMO_OVERLAP = 2
+SIMULATED_LABELERS = 2
+SIMULATED_PREFERENCE = "length:shorter"
+SIMULATED_NOISE = 1.0  # Bradley-Terry temperature: the two disagree now and then
 
 
 class Command(BaseCommand):
@@ -78,12 +91,13 @@ class Command(BaseCommand):
 
     def set_up_project(self) -> Project:
         project = Project.objects.filter(slug=SLUG).first()
+        created = project is None
         if project is None:
             project = project_create(
                 slug=SLUG,
                 name="Demo project",
                 k=4,
-                overlap=1,
+                overlap=DEMO_OVERLAP,
                 guidelines=GUIDELINES,
                 base_model=default_base_model(),
                 # A round must finish in minutes on a laptop CPU: short samples, few PPO
@@ -110,7 +124,23 @@ class Command(BaseCommand):
         )
         policy = current_policy(project=project)  # the base model becomes policy v1
         self.stdout.write(f"Current policy: {policy.label} ({policy.artifact}).")
+        if created:
+            self.simulate_labelers(project)
         return project
+
+    def simulate_labelers(self, project: Project) -> None:
+        """Half the wanted rankings, by simulated labelers (first set-up only)."""
+        summary = labelers_simulate(
+            project=project,
+            preference=SIMULATED_PREFERENCE,
+            labelers=SIMULATED_LABELERS,
+            noise=SIMULATED_NOISE,
+            max_tasks=rankings_wanted(project=project) // 2,
+        )
+        self.stdout.write(
+            f"Simulated labelers {', '.join(summary['labelers'])} submitted "
+            f"{summary['rankings']} rankings (preference {SIMULATED_PREFERENCE})."
+        )
 
     def print_summary(self, project: Project, passwords: dict[str, str | None], port: int) -> None:
         url = f"http://127.0.0.1:{port}"
@@ -123,7 +153,8 @@ class Command(BaseCommand):
             f"  Rank:       {url}/projects/{project.slug}/label/",
             f"  Rounds:     {url}/projects/{project.slug}/rounds/",
             f"  Admin:      {url}/admin/",
-            f"  API schema: {url}/api/schema/",
+            f"  Settings:   {url}/projects/{project.slug}/settings/",
+            f"  API docs:   {url}/api/docs/",
             "",
         ]
         self.stdout.write("\n".join(lines))
@@ -150,14 +181,19 @@ class Command(BaseCommand):
                 "runserver",
                 f"127.0.0.1:{port}",
                 "--noreload",
+                "--insecure",  # serve the static files with DEBUG off
             ],
             "training worker": worker("gpu", "gpu", "--beat"),
             "worker": worker("default", "default"),
         }
         stop_on_signals()
         # Own process groups: Ctrl-C reaches only this command, which then stops both in turn.
+        # DEBUG off for the web server: error pages are the product's, never Django's
+        # debug pages (which list every URL pattern and settings).
+        env = os.environ | {"DJANGO_DEBUG": "false"}
         processes = {
-            name: subprocess.Popen(cmd, cwd=base, process_group=0) for name, cmd in commands.items()
+            name: subprocess.Popen(cmd, cwd=base, process_group=0, env=env)
+            for name, cmd in commands.items()
         }
         self.stdout.write("Web server and workers started; press Ctrl-C to stop them.")
         self.stdout.flush()

@@ -13,7 +13,11 @@ from django.utils import timezone
 from core.exceptions import ApplicationError
 from training.models import ModelVersion, Round, TrainingRun
 from training.services.config_schema import run_config_fields
-from training.services.registry import model_version_fail, model_version_promote
+from training.services.registry import (
+    model_version_fail,
+    model_version_promote,
+    model_version_ready,
+)
 from training.services.runs import RunCancelled, RunReporter
 
 # Trained models load in fp32 (master weights); RLHF_DTYPE is their autocast dtype and the
@@ -73,15 +77,27 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
 def publish(
     run: TrainingRun, version: ModelVersion, save: Callable[[Path], Any], metrics: dict
 ) -> dict[str, Any]:
-    """Write the artifact atomically, verify it, then make it current.
+    """Write the artifact atomically, verify it and mark it ready; a run outside a round
+    (SFT) also makes it current.
 
-    Promotion holds the run's row lock and requires the run to be still `running`: a run
-    the reaper failed meanwhile (its heartbeats stalled) must not make its model current
-    behind a round that already says it failed.
+    A round's run never promotes its model: the round does, once the promotion gate passed
+    or an admin approved (`rounds`, `gate`), so the previous models stay current until then.
+    The write holds the run's row lock and requires the run to be still `running` (a run
+    the reaper failed meanwhile must not leave a ready model behind a round that says it
+    failed) and its round not cancelled (under the round's lock, taken first as
+    `round_cancel` does): a model finished after a cancel is marked failed, never ready.
     """
     try:
         save(Path(version.artifact))
         with transaction.atomic():
+            if run.round_id is not None:
+                stage = (
+                    Round.objects.select_for_update()
+                    .values_list("stage", flat=True)
+                    .get(pk=run.round_id)
+                )
+                if stage == Round.Stage.CANCELLED:
+                    raise RunCancelled()
             alive = TrainingRun.objects.select_for_update().filter(
                 pk=run.pk, status=TrainingRun.Status.RUNNING
             )
@@ -90,10 +106,16 @@ def publish(
                     f"Run {run.pk} was marked failed while it worked (no heartbeat in time); "
                     "its model was not made current."
                 )
-            version = model_version_promote(version=version, metrics=metrics)
+            if run.round_id is None:
+                version = model_version_promote(version=version, metrics=metrics)
+            else:
+                version = model_version_ready(version=version, metrics=metrics)
             # In the same locked write: the run owns its output, and its fresh heartbeat
             # keeps the reaper off until run_execute records the success.
             alive.update(output=version, heartbeat_at=timezone.now())
+    except RunCancelled:
+        model_version_fail(version=version, error="Its round was cancelled before it finished.")
+        raise
     except Exception as exc:
         model_version_fail(version=version, error=str(exc))
         raise

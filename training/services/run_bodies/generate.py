@@ -13,6 +13,7 @@ from core.exceptions import ApplicationError
 from labeling.models import Prompt, RankingTask, Response
 from training.models import Round, TrainingRun
 from training.selectors import prompts_for_round
+from training.services import progress
 from training.services.run_bodies.common import (
     check_cancel,
     device_and_dtype,
@@ -21,6 +22,7 @@ from training.services.run_bodies.common import (
     stable_seed,
 )
 from training.services.runs import RunCancelled, RunReporter
+from training.services.sample_screening import resample_near_duplicates, screen_prompts
 
 
 def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     replaced.
     """
     from training.ml.loading import load_causal_lm
-    from training.ml.sampling import GenerationSettings, sample_responses
+    from training.ml.sampling import GenerationSettings, SamplingStopped, sample_responses
 
     round_ = round_of(run, "project", "sampling_policy")
     project, policy = round_.project, required(round_.sampling_policy, "a sampling policy")
@@ -53,6 +55,8 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     replaced = 0
     if prompts:
         device, dtype = device_and_dtype()
+        prompts = screen_prompts(project=project, prompts=prompts, device=device, log=reporter.log)
+        reporter.phase(progress.LOADING)
         model, tokenizer = load_causal_lm(policy.artifact, device=device, dtype=dtype)
         gen = GenerationSettings(
             max_new_tokens=project.max_new_tokens,
@@ -60,25 +64,55 @@ def generate_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
             top_p=project.top_p,
         )
         batch = int(run.config.get("prompts_per_batch", 4))
+        budget = total * gen.max_new_tokens  # the shard's token budget: K x max_new_tokens
+        batches = -(-len(prompts) // batch)
         for start in range(0, len(prompts), batch):
             check_cancel(reporter)
             chunk = prompts[start : start + batch]
             done_before = (len(tasked) + start) * project.k
+            label = f"batch {start // batch + 1}/{batches}"
 
             def on_progress(done: int, _chunk_total: int, base: int = done_before) -> None:
                 reporter.progress(base + done, total)
 
-            samples = sample_responses(
-                model,
-                tokenizer,
-                [p.as_input for p in chunk],
-                k=project.k,
-                settings=gen,
-                batch_size=int(run.config.get("batch_size", 8)),
-                on_progress=on_progress,
-                seeds=[stable_seed(project.pk, round_.number, p.pk) for p in chunk],
-            )
-            replaced += _store_tasks(round_, chunk, samples, gen)
+            def on_tokens(
+                used: int, _budget: int, base: int = done_before, label: str = label
+            ) -> None:
+                tokens = base * gen.max_new_tokens + used
+                reporter.phase(progress.SAMPLING, tokens, budget, unit="tokens", step=label)
+
+            try:
+                samples = sample_responses(
+                    model,
+                    tokenizer,
+                    [p.as_input for p in chunk],
+                    k=project.k,
+                    settings=gen,
+                    batch_size=int(run.config.get("batch_size", 8)),
+                    on_progress=on_progress,
+                    on_tokens=on_tokens,
+                    seeds=[stable_seed(project.pk, round_.number, p.pk) for p in chunk],
+                    should_stop=reporter.should_stop,  # asked every decoding step
+                )
+
+                def resample(rows: list[int], seeds: list[int], chunk: list = chunk) -> list:
+                    again = sample_responses(
+                        model,
+                        tokenizer,
+                        [chunk[i].as_input for i in rows],
+                        k=1,
+                        settings=gen,
+                        batch_size=int(run.config.get("batch_size", 8)),
+                        seeds=seeds,
+                        should_stop=reporter.should_stop,
+                    )
+                    return [row[0] for row in again]
+
+                samples, duplicates = resample_near_duplicates(samples, resample)
+            except SamplingStopped:
+                reporter.log("cancelled: the sampler stopped between decoding steps")
+                raise RunCancelled() from None
+            replaced += _store_tasks(round_, chunk, samples, duplicates, gen)
             reporter.progress(done_before + len(chunk) * project.k, total)
     if replaced:
         reporter.log(f"replaced {replaced} NUL or lone-surrogate characters in sampled text")
@@ -99,7 +133,13 @@ def _shard_prompts(run: TrainingRun, round_: Round) -> list[Prompt]:
     return [by_id[i] for i in ids if i in by_id]  # a prompt deleted meanwhile is skipped
 
 
-def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) -> int:
+def _store_tasks(
+    round_: Round,
+    prompts: list[Prompt],
+    samples: list,
+    duplicates: list[list[int | None]],
+    gen: Any,
+) -> int:
     """One task per prompt with its K responses, unless the prompt has its task in the
     round already; return how many characters of the stored responses the decoding
     replaced (`Sample.replaced_chars`).
@@ -123,7 +163,7 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
                 "prompt_id", flat=True
             )
         )
-        for prompt, responses in zip(prompts, samples, strict=True):
+        for prompt, responses, repeats in zip(prompts, samples, duplicates, strict=True):
             if prompt.pk in existing:
                 continue  # a duplicated shard stored it meanwhile
             try:
@@ -135,7 +175,7 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
                         overlap=round_.project.overlap,
                         source="policy",
                     )
-                    Response.objects.bulk_create(
+                    rows = Response.objects.bulk_create(
                         Response(
                             task=task,
                             position=i,
@@ -149,7 +189,19 @@ def _store_tasks(round_: Round, prompts: list[Prompt], samples: list, gen: Any) 
                         )
                         for i, s in enumerate(responses)
                     )
+                    _mark_duplicates(rows, repeats)
             except IntegrityError:
                 continue  # the unique constraint (round, prompt): stored by another writer
             replaced += sum(s.replaced_chars for s in responses)
     return replaced
+
+
+def _mark_duplicates(rows: list[Response], repeats: list[int | None]) -> None:
+    """`duplicate_of` of each response that nearly repeats an earlier one of its task."""
+    marked = []
+    for row, earlier in zip(rows, repeats, strict=True):
+        if earlier is not None:
+            row.duplicate_of = rows[earlier]
+            marked.append(row)
+    if marked:
+        Response.objects.bulk_update(marked, ["duplicate_of"])

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from core.exceptions import ApplicationError
 from training.models import ModelVersion, Round, TrainingRun
-from training.services import training_data
+from training.services import launcher, progress, training_data
 from training.services.config_schema import PPO_INIT_CHOICES
 from training.services.registry import model_version_create, reference_policy
 from training.services.run_bodies.common import (
@@ -87,6 +87,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
     round_ = round_of(run, "project", "sampling_policy", "reward_model")
     project = run.project
+    launcher.log_in_process(reporter, "ppo", "PPO runs are not launched over processes yet")
     start = ppo_init_version(round_, run.config)
     rm_version = required(round_.reward_model, "a reward model")
     device, dtype = device_and_dtype()
@@ -117,6 +118,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
         reward_model, _ = load_reward_model(rm_version.artifact, device=device, dtype=dtype)
         return ref_policy, reward_model
 
+    reporter.phase(progress.LOADING)
     policy, tokenizer, critic = load_trained()
     ref_policy, reward_model = load_frozen(policy, critic)
     if "checkpoint_every" not in run.config:
@@ -130,7 +132,10 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
         reporter.metrics(step, values)
-        reporter.progress(step, config.steps)
+        reporter.train_step(step, config.steps)
+
+    def on_substep(step: int, label: str) -> None:  # step: the one in progress, 1-based
+        reporter.train_step(step - 1, config.steps, step=f"{label} · step {step}/{config.steps}")
 
     while True:
         try:
@@ -145,6 +150,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
                 rules=rules,
                 ptx_texts=ptx,
                 on_metrics=on_metrics,
+                on_substep=on_substep,
                 should_stop=reporter.should_stop,
                 checkpoint_dir=str(checkpoints),
                 precision=precision(),
@@ -170,6 +176,7 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     version = model_version_create(
         project=project, kind=ModelVersion.Kind.PPO, parent=start, metrics=metrics
     )
+    reporter.phase(progress.SAVING)
     published = publish(run, version, saver(policy, tokenizer), metrics)
     remove_checkpoints(checkpoints)  # the published version is the final state
     return published
