@@ -8,7 +8,10 @@ hyperparameters (lr, cosine to 10%, no warmup, no weight decay, grad clip 1.0, o
 epoch, the same optimizer steps: B prompts per step for us, the 6B pairs of the same
 number of prompts for TRL). Ours forwards each response of a prompt once (K = 4
 sequences per prompt); TRL forwards chosen and rejected of each of the C(4,2) = 6 pairs
-(12 sequences per prompt), so the limit of the pairs/s ratio is 12 / 4 = 3. Both score
+(12 sequences per prompt), so the sequence-forward ratio is 12 / 4 = 3 (the
+``ratio_limit`` below). Ours also forwards each prompt's shared prefix once for its K
+responses (``training.ml.reward.batches.SharedPrefix``), so it computes fewer positions
+than K full sequences: ``positions_ratio`` is TRL's forwarded positions over ours. Both score
 at the last real token, both group batches by length (our buckets; TRL's
 ``group_by_length`` sampler), and both are evaluated by the same code on the same
 held-out rankings. Model: a random-init Llama saved from a scaled-up ``tiny`` config
@@ -296,6 +299,7 @@ def compare(ours: dict[str, Any], trl: dict[str, Any], limit: float) -> dict[str
         "ratio_pairs_per_s": ratio,
         "ratio_pairs_per_cpu_s": ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"],
         "ratio_limit": limit,
+        "positions_ratio": trl["padded_tokens"] / ours["padded_tokens"],
         "share_of_limit": ratio / limit,
         "accuracy_gap_points": gap,
         "meets_bar": ratio >= 0.9 * limit and abs(gap) <= 1.0,

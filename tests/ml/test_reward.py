@@ -14,7 +14,14 @@ from training.ml.loading import load_causal_lm
 from training.ml.losses import kwise_ranking_loss
 from training.ml.model_files import ModelLoadError
 from training.ml.preferences import RankedExample
-from training.ml.reward.batches import collate_rankings, encode_rankings, pad_right, score_rankings
+from training.ml.reward.batches import (
+    RankingBatch,
+    collate_rankings,
+    encode_rankings,
+    pad_right,
+    score_rankings,
+    shared_prefix_length,
+)
 from training.ml.reward.evaluate import calibrate_offset, evaluate_reward_model, score_texts
 from training.ml.reward.model import OFFSET_KEY, RewardModel, load_reward_model, save_reward_model
 from training.ml.reward.train import plan_steps, split_eval, train_reward_model
@@ -148,6 +155,58 @@ def test_training_forwards_each_response_exactly_once(rm: RewardModel, tokenizer
     finally:
         hook.remove()
     assert rows == [12, 12]  # 2 steps x 3 prompts x K=4, where pairwise would need 2 x 4 x 6
+
+
+def _scores_and_grads(rm: RewardModel, batch: RankingBatch) -> tuple[torch.Tensor, list]:
+    rm.zero_grad(set_to_none=True)
+    scores = score_rankings(rm, batch)
+    (scores * torch.linspace(-1.0, 1.0, scores.numel()).view_as(scores)).sum().backward()
+    return scores.detach(), [p.grad.clone() for p in rm.parameters()]
+
+
+def test_a_shared_prompt_is_forwarded_once_with_the_flat_scores_and_gradients(
+    rm: RewardModel, tokenizer
+) -> None:
+    encoded = encode_rankings(tokenizer, banana_rankings(3, seed=4), max_length=128)
+    shared = collate_rankings(encoded, tokenizer.pad_token_id, rm.device)
+    flat = collate_rankings(encoded, tokenizer.pad_token_id, rm.device, share_prefix=False)
+    assert shared.prefix is not None and flat.prefix is None
+    assert shared.prefix.input_ids.shape[0] == 3 and shared.input_ids.shape[0] == 12
+    assert shared.tokens == flat.tokens and shared.positions < flat.positions / 2
+    rows: list[int] = []
+    hook = rm.seq.model.register_forward_hook(
+        lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        scores, grads = _scores_and_grads(rm, shared)
+    finally:
+        hook.remove()
+    assert rows == [3, 12]  # the 3 prompts once, then the 12 responses on their cache
+    flat_scores, flat_grads = _scores_and_grads(rm, flat)
+    torch.testing.assert_close(scores, flat_scores, atol=1e-5, rtol=1e-5)
+    for (name, _), grad, expected in zip(rm.named_parameters(), grads, flat_grads, strict=True):
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_scores_a_shared_prefix_as_joined_sequences(
+    rm: RewardModel, tokenizer
+) -> None:
+    encoded = encode_rankings(tokenizer, banana_rankings(2, seed=5), max_length=128)
+    shared = collate_rankings(encoded, tokenizer.pad_token_id, rm.device)
+    flat = collate_rankings(encoded, tokenizer.pad_token_id, rm.device, share_prefix=False)
+    rm._base().activation_checkpointing_enable()  # its blocks drop a KV cache in training
+    rm.train()
+    scores, _ = _scores_and_grads(rm, shared)
+    flat_scores, _ = _scores_and_grads(rm, flat)
+    torch.testing.assert_close(scores, flat_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_a_prompt_cut_differently_per_response_shares_no_prefix(tokenizer) -> None:
+    # at 32 tokens the chat template's start is cut by a different amount per response
+    encoded = encode_rankings(tokenizer, banana_rankings(2, seed=1), max_length=32)
+    assert min(shared_prefix_length(r.sequences) for r in encoded) == 0
+    assert collate_rankings(encoded, tokenizer.pad_token_id, torch.device("cpu")).prefix is None
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # each keeps a token of its own
 
 
 def test_rm_on_tiny_learns_a_synthetic_preference(rm: RewardModel, tokenizer) -> None:

@@ -8,6 +8,7 @@ passes that chose the tokens.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -135,7 +136,8 @@ def pick_tokens(
     """Next token per row from ``(B, V)`` float logits; row ``b`` uses ``generators[b]``."""
     if settings.temperature <= 0:
         return logits.argmax(-1)
-    probs = top_p_filter(logits / settings.temperature, settings.top_p).softmax(-1)
+    tempered = logits if settings.temperature == 1.0 else logits / settings.temperature
+    probs = top_p_filter(tempered, settings.top_p).softmax(-1)
     return inverse_cdf_sample(probs, generators)
 
 
@@ -153,6 +155,10 @@ def inverse_cdf_sample(probs: torch.Tensor, generators: Sequence[torch.Generator
 
 
 # --------------------------------------------------------------------------- decoding loop
+
+
+class SamplingStopped(Exception):
+    """Raised by ``sample_responses`` when its ``should_stop`` callback answered True."""
 
 
 @dataclass
@@ -188,8 +194,13 @@ def _decode_batch(
     settings: GenerationSettings,
     eos_ids: set[int],
     pad_id: int,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[_Row]:
-    """Sample one response per prompt row; a row leaves the batch at EOS."""
+    """Sample one response per prompt row; a row leaves the batch at EOS. ``should_stop``
+    is asked before every decoding step; True raises ``SamplingStopped``. ``on_step(used)``
+    follows every step with the batch's token budget used: the tokens decoded by rows
+    still running plus ``max_new_tokens`` for each row that ended (its whole budget)."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
     positions = position_ids_from_attention_mask(mask)
@@ -205,6 +216,8 @@ def _decode_batch(
     )
     eos = torch.tensor(sorted(eos_ids), device=device)
     for step in range(settings.max_new_tokens):
+        if should_stop is not None and should_stop():
+            raise SamplingStopped()
         logits = out.logits[:, -1, :].float()  # (b, V)
         tokens = pick_tokens(logits, settings, live.generators)  # (b,)
         token_logp = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)  # (b,)
@@ -213,6 +226,9 @@ def _decode_batch(
         running = (~ended).nonzero().squeeze(-1)  # (b',) lines still decoding
         if running.numel() == 0 or step == settings.max_new_tokens - 1:
             break
+        if on_step is not None:
+            alive = running.numel()
+            on_step((len(rows) - alive) * settings.max_new_tokens + alive * (step + 1))
         if running.numel() < len(live.index):
             live.keep(running, out.past_key_values)
             tokens = tokens[running]
@@ -257,6 +273,8 @@ def sample_responses(
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
     seeds: Sequence[int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> list[list[Sample]]:
     """``k`` responses for each prompt (chat template applied); ``result[i][j]``.
 
@@ -265,7 +283,12 @@ def sample_responses(
     ``settings.seed``: response ``j`` of prompt ``i`` then uses ``seeds[i] + j``, so a
     prompt's responses keep their seeds whichever prompts share the call.
     ``on_progress(done, total)`` counts responses. The model is put in eval mode and
-    restored afterwards.
+    restored afterwards. ``should_stop()`` is asked before every decoding step (a cheap
+    callback: it runs once per token); when it answers True the call raises
+    ``SamplingStopped`` and returns nothing, so a cancelled run stops within one step.
+    ``on_tokens(used, budget)`` follows every decoding step: ``budget`` is
+    ``max_new_tokens`` per response, ``used`` the budget spent so far (a response that
+    ended early counts its whole budget), reaching ``budget`` at the end.
     """
     if k < 1 or batch_size < 1 or settings.max_new_tokens < 1:
         raise ValueError("k, batch_size and max_new_tokens must be >= 1")
@@ -283,9 +306,14 @@ def sample_responses(
     results: list[Sample | None] = [None] * total
     was_training = model.training
     model.eval()
+    budget = total * settings.max_new_tokens
     try:
         for start in range(0, total, batch_size):
             chunk = order[start : start + batch_size]
+            on_step = None
+            if on_tokens is not None:
+                spent = start * settings.max_new_tokens
+                on_step = functools.partial(_spent_tokens, on_tokens, spent, budget)
             rows = _decode_batch(
                 model,
                 [encoded[r // k] for r in chunk],
@@ -293,14 +321,24 @@ def sample_responses(
                 settings,
                 eos_ids,
                 pad_id,
+                should_stop,
+                on_step,
             )
             for r, row in zip(chunk, rows, strict=True):
                 results[r] = _to_sample(tokenizer, row, row_seeds[r])
+            if on_tokens is not None:
+                on_tokens((start + len(chunk)) * settings.max_new_tokens, budget)
             if on_progress is not None:
                 on_progress(min(start + batch_size, total), total)
     finally:
         model.train(was_training)
     return [[s for s in results[i * k : (i + 1) * k] if s is not None] for i in range(len(prompts))]
+
+
+def _spent_tokens(
+    on_tokens: Callable[[int, int], None], spent: int, budget: int, used: int
+) -> None:
+    on_tokens(spent + used, budget)
 
 
 def _to_sample(tokenizer: PreTrainedTokenizerBase, row: _Row, seed: int) -> Sample:

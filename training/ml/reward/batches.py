@@ -3,6 +3,13 @@
 A step's B prompts with K_b responses each become ONE right-padded batch of
 N = sum(K_b) sequences; ``slots`` maps each row back to its (prompt, response) cell of a
 (B, K) score grid, and the rankings become a (B, K, K) preference matrix.
+
+The K sequences of a prompt start with the same tokens (the chat-templated prompt), and
+under causal attention those tokens' hidden states do not depend on what follows. So the
+batch holds each prompt's shared prefix once (``SharedPrefix``, B rows) and each
+sequence's remainder (N rows); ``RewardModel`` forwards the prefixes once and the
+remainders on their prefix's key/value cache: the same scores and gradients as the flat
+batch, without computing the prompt K times.
 """
 
 from __future__ import annotations
@@ -76,8 +83,21 @@ def encode_rankings(
 
 
 @dataclass
+class SharedPrefix:
+    """The tokens all K sequences of a prompt start with, one right-padded row per prompt."""
+
+    input_ids: Tensor  # (B, P)
+    attention_mask: Tensor  # (B, P)
+    rows: Tensor  # (N,) the prefix row each sequence continues
+
+
+@dataclass
 class RankingBatch:
-    """B rankings flattened into one padded batch of N = sum(K_b) sequences."""
+    """B rankings flattened into one padded batch of N = sum(K_b) sequences.
+
+    With ``prefix`` set, ``input_ids``/``attention_mask`` hold what follows each
+    sequence's shared prefix; sequence ``n`` is ``prefix[prefix.rows[n]] + input_ids[n]``.
+    """
 
     input_ids: Tensor  # (N, T) right-padded
     attention_mask: Tensor  # (N, T)
@@ -85,6 +105,21 @@ class RankingBatch:
     prefer: Tensor  # (B, K, K) bool
     distance: Tensor  # (B, K, K) tie-group distance of each pair
     pairs: int
+    prefix: SharedPrefix | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the N sequences, a shared prefix counted in each of its sequences."""
+        own = int(self.attention_mask.sum())
+        if self.prefix is None:
+            return own
+        return own + int(self.prefix.attention_mask.sum(-1)[self.prefix.rows].sum())
+
+    @property
+    def positions(self) -> int:
+        """Positions the forward computes, padding included (each shared prefix once)."""
+        shared = 0 if self.prefix is None else self.prefix.input_ids.numel()
+        return shared + self.input_ids.numel()
 
 
 def pad_right(
@@ -100,15 +135,42 @@ def pad_right(
     return input_ids.to(device), attention_mask.to(device)
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``sequences`` share, leaving each at least one of its own
+    (the score is read at a sequence's last token, which must follow the prefix)."""
+    shared = 0
+    for column in zip(*sequences, strict=False):
+        if any(token != column[0] for token in column):
+            break
+        shared += 1
+    return min(shared, min(len(seq) for seq in sequences) - 1)
+
+
 def collate_rankings(
-    rankings: Sequence[EncodedRanking], pad_id: int, device: torch.device
+    rankings: Sequence[EncodedRanking],
+    pad_id: int,
+    device: torch.device,
+    *,
+    share_prefix: bool = True,
 ) -> RankingBatch:
+    """One batch of every sequence of ``rankings``. With ``share_prefix`` (and when every
+    ranking's sequences share at least one leading token: a prompt cut differently for
+    two responses shares none) each prompt's common prefix is a ``SharedPrefix`` row."""
     k = max(len(r.sequences) for r in rankings)
-    input_ids, attention_mask = pad_right(
-        [seq for r in rankings for seq in r.sequences], pad_id, device
-    )
     slots = [b * k + i for b, r in enumerate(rankings) for i in range(len(r.sequences))]
     prefer, distance = preference_matrix([r.tie_groups for r in rankings], k, device=device)
+    sequences = [seq for r in rankings for seq in r.sequences]
+    shared = [shared_prefix_length(r.sequences) for r in rankings] if share_prefix else [0]
+    prefix = None
+    if min(shared) >= 1:
+        prefix_ids, prefix_mask = pad_right(
+            [r.sequences[0][:c] for r, c in zip(rankings, shared, strict=True)], pad_id, device
+        )
+        rows = [b for b, r in enumerate(rankings) for _ in r.sequences]
+        prefix = SharedPrefix(prefix_ids, prefix_mask, torch.tensor(rows, device=device))
+        cut = [shared[b] for b in rows]
+        sequences = [seq[c:] for seq, c in zip(sequences, cut, strict=True)]
+    input_ids, attention_mask = pad_right(sequences, pad_id, device)
     return RankingBatch(
         input_ids,
         attention_mask,
@@ -116,12 +178,14 @@ def collate_rankings(
         prefer,
         distance,
         int(prefer.sum()),
+        prefix,
     )
 
 
 def score_rankings(model: RewardModel, batch: RankingBatch) -> Tensor:
-    """(B, K) scores: every response forwarded once in ONE flat batch, then regrouped."""
-    flat = model(batch.input_ids, batch.attention_mask)  # (N,)
+    """(B, K) scores: every response forwarded once in ONE flat batch (each prompt's shared
+    prefix once, when the batch has one), then regrouped."""
+    flat = model(batch.input_ids, batch.attention_mask, batch.prefix)  # (N,)
     b, k = batch.prefer.shape[:2]
     grid = flat.new_zeros(b * k).index_copy(0, batch.slots, flat)  # padding slots stay 0
     return grid.view(b, k)

@@ -13,12 +13,13 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import (
     AutoModelForSequenceClassification,
+    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -29,6 +30,9 @@ from training.ml.model_files import ModelLoadError
 from training.ml.saving import save_pretrained_atomic
 from training.ml.tiny import is_tiny
 from training.ml.tokenization import tokenizer_from_folder
+
+if TYPE_CHECKING:
+    from training.ml.reward.batches import SharedPrefix
 
 OFFSET_KEY = "rlhf_reward_offset"
 
@@ -113,11 +117,53 @@ class RewardModel(nn.Module):
         head = base.get_submodule("score")  # Linear(H, 1), or its LoRA modules_to_save copy
         return head(hidden).squeeze(-1).float() + self.reward_offset  # (B, T)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B,) reward: the head at the last non-pad token of each row, plus the offset."""
-        values = self.token_values(input_ids, attention_mask)  # (B, T)
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, prefix: SharedPrefix | None = None
+    ) -> Tensor:
+        """(B,) reward: the head at the last non-pad token of each row, plus the offset.
+
+        With ``prefix``, row ``n`` is the sequence ``prefix[prefix.rows[n]] + input_ids[n]``
+        (``reward.batches.SharedPrefix``): each prefix row is forwarded once and the rows
+        continue from its key/value cache, so a prompt shared by K responses costs one
+        forward instead of K, for the same scores and gradients up to float rounding.
+        """
+        if prefix is not None and self._base().is_activation_checkpointing:
+            # checkpointed blocks drop the cache: forward the joined sequences instead
+            input_ids = torch.cat([prefix.input_ids[prefix.rows], input_ids], dim=1)
+            attention_mask = torch.cat([prefix.attention_mask[prefix.rows], attention_mask], 1)
+            prefix = None
+        if prefix is None:
+            values = self.token_values(input_ids, attention_mask)  # (B, T)
+        else:
+            values = self._values_after_prefix(input_ids, attention_mask, prefix)
         last = last_token_index(attention_mask)  # (B,)
         return values.gather(1, last[:, None]).squeeze(1)
+
+    def _values_after_prefix(
+        self, input_ids: Tensor, attention_mask: Tensor, prefix: SharedPrefix
+    ) -> Tensor:
+        """(N, T) values of the rows that continue the shared prefixes (B, P)."""
+        base = self._base()
+        backbone = getattr(base, base.base_model_prefix)
+        cache = DynamicCache(config=base.config)
+        backbone(
+            input_ids=prefix.input_ids,
+            attention_mask=prefix.attention_mask,
+            position_ids=position_ids_from_mask(prefix.attention_mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache.batch_select_indices(prefix.rows)  # (B, ...) -> (N, ...), differentiable
+        mask = torch.cat([prefix.attention_mask[prefix.rows], attention_mask], dim=1)
+        hidden = backbone(  # the prefix's padding sits between it and the row: masked
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, prefix.input_ids.shape[1] :],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state  # (N, T, H)
+        head = base.get_submodule("score")
+        return head(hidden).squeeze(-1).float() + self.reward_offset  # (N, T)
 
 
 # --------------------------------------------------------------------------- load / save

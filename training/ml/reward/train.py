@@ -119,7 +119,8 @@ def _step(
     runner: nn.Module | None = None,
 ) -> Tally:
     """Forward/backward one optimizer step's prompts; returns its tallies (loss, correct,
-    pairs, tokens = attended tokens, padded_tokens = tokens including padding).
+    pairs, tokens = the sequences' tokens, padded_tokens = positions forwarded including
+    padding, each prompt's shared prefix once: ``reward.batches.SharedPrefix``).
 
     Under several processes this rank forwards its slice of ``batch`` through ``runner``
     (DDP) and scales the loss by the world size over the GLOBAL count of prompts with
@@ -146,8 +147,8 @@ def _step(
         tally["loss"] += loss.item() * share
         tally["correct"] += int(correct_pairs(scores.detach(), rb.prefer).sum())
         tally["pairs"] += rb.pairs
-        tally["tokens"] += int(rb.attention_mask.sum())
-        tally["padded_tokens"] += rb.attention_mask.numel()
+        tally["tokens"] += rb.tokens
+        tally["padded_tokens"] += rb.positions
     if dist.enabled:
         tally.update(zip(REDUCED, dist.sum([tally[key] for key in REDUCED]), strict=True))
     return tally
