@@ -20,7 +20,7 @@ BENCHMARKS = [
     "bench.ppo_throughput",
     "bench.precision_curves",
     "bench.sampling_vs_hf",
-    "bench.ppo_memory",
+    "bench.ppo_memory --dtype bfloat16 --gradient-checkpointing",  # the docs row
     "bench.labeling_load",
     "bench.loop_efficacy --seeds 0",  # PPO, two rounds at the full size
     # One table row per recipe at one budget, 2 seeds, one round each (issue 12)

@@ -97,3 +97,32 @@ def test_an_explicit_horizon_is_kept() -> None:
     assert kl_horizon(PPOConfig(kl_horizon=10_000)) == 10_000
     assert kl_horizon(PPOConfig(steps=20, batch_size=8)) == 40
     assert kl_horizon(PPOConfig(steps=1, batch_size=1)) == 1
+    assert kl_horizon(PPOConfig(steps=1, batch_size=6)) == 2  # rounded up, not down to 1
+
+
+@pytest.mark.parametrize("batch_size", [6, 7, 9, 13])
+def test_a_one_step_default_horizon_keeps_beta_positive(batch_size: int) -> None:
+    """One step of >= 6 prompts: the default horizon rounds up (2, not 1), so a KL far below
+    target multiplies beta by 1 - 0.2 * batch_size / horizon > 0, never a negative beta."""
+    from training.ml.ppo import PPOConfig, kl_horizon
+
+    config = PPOConfig(steps=1, batch_size=batch_size)
+    assert config.kl_target is not None
+    horizon = kl_horizon(config)
+    assert horizon * 4 >= batch_size  # the gain of the run's one update is at most 4
+    ctl = make_kl_controller(config.init_kl_coef, config.kl_target, horizon)
+    beta = ctl.update(0.0, config.batch_size)
+    assert beta == pytest.approx(config.init_kl_coef * (1 - 0.2 * batch_size / horizon))
+    assert beta > 0
+
+
+def test_the_gain_is_capped_so_beta_stays_positive() -> None:
+    """A horizon shorter than a quarter of an update's episodes (set by hand): the gain is
+    capped at 4, so the factor stays in [0.2, 1.8] instead of going negative."""
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=1)
+    assert ctl.update(0.0, 64) == pytest.approx(0.2 * (1 - 0.2 * 4))
+    assert ctl.value > 0
+    assert ctl.update(100.0, 64) == pytest.approx(0.2 * 0.2 * (1 + 0.2 * 4))
+    for _ in range(50):
+        ctl.update(0.0, 64)
+    assert ctl.value > 0

@@ -21,7 +21,8 @@ from training.ml.ppo_losses import (
     token_rewards,
     value_loss,
 )
-from training.ml.ppo_rollout import PPOModels, collect_rollout, pack_episodes
+from training.ml.ppo_rollout import PPOModels, collect_rollout, pack_episodes, token_logprobs
+from training.ml.precision import Precision
 from training.ml.reward.model import RewardModel
 from training.ml.rules import LengthRule
 from training.ml.sft import SFTConfig, train_sft
@@ -244,6 +245,50 @@ def test_trunk_caches_are_shared_only_between_equal_bottoms() -> None:
     models = PPOModels(policy, other_ref, critic, None)
     prepare_models(models, PPOConfig(train_top_layers=1))
     assert models.policy_trunk is not None and models.ref_trunk is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_match_one_log_softmax_over_the_whole_batch(temperature: float) -> None:
+    """The row-at-a-time maths gives what a (B, R, V) log_softmax gives, entropy included."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 50, generator=gen, dtype=torch.float64) * 4
+    tokens = torch.randint(0, 50, (3, 5), generator=gen)
+    logp, entropy = token_logprobs(logits, tokens, temperature)
+    full = torch.log_softmax(logits / temperature, dim=-1)
+    torch.testing.assert_close(logp, full.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+    assert entropy is not None
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1))
+    assert token_logprobs(logits, tokens, temperature, entropy=False)[1] is None
+
+
+def test_frozen_copies_are_stored_in_frozen_dtype_and_trained_models_stay_fp32() -> None:
+    """Four copies: the reference and the RM take `frozen_dtype` (auto: bf16 under bf16
+    autocast; fp32 training with frozen_dtype bfloat16 too); policy and critic stay fp32;
+    a step trains every trainable tensor and leaves the frozen copies as stored."""
+    bf16 = Precision(compute=torch.bfloat16, device_type="cpu")
+    for precision, config in (
+        (bf16, PPOConfig(steps=1, **SMALL)),
+        (Precision(), PPOConfig(steps=1, frozen_dtype="bfloat16", **SMALL)),
+    ):
+        policy, ref_policy, critic, tokenizer = build()
+        reward_model = RewardModel.from_causal_lm(policy)
+        models = PPOModels(policy, ref_policy, critic, reward_model)
+        params = prepare_models(models, config, precision)
+        for frozen in (ref_policy, reward_model):
+            assert all(p.dtype == torch.bfloat16 for p in frozen.parameters())
+        assert all(p.dtype == torch.float32 for m in (policy, critic) for p in m.parameters())
+        assert {id(p) for p in params} == {
+            id(p) for m in (policy, critic) for p in m.parameters() if p.requires_grad
+        }
+    kept = {n: p.detach().clone() for n, p in ref_policy.named_parameters()}
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    result = train_ppo(
+        policy, ref_policy, critic, reward_model, tokenizer, PROMPTS,
+        PPOConfig(steps=1, frozen_dtype="bfloat16", **SMALL), reward_fn=spaces,
+    )  # fmt: skip
+    assert result["status"] == "completed" and math.isfinite(result["objective/kl"])
+    assert all(torch.equal(p, kept[n]) for n, p in ref_policy.named_parameters())
+    assert all(not torch.equal(p, before[n]) for n, p in policy.named_parameters())
 
 
 def the_count(texts: list[str], prompts: list) -> list[float]:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from training.ml.kl import make_kl_controller
 from training.ml.loading import load_causal_lm
-from training.ml.memory import AdaptersDisabled
+from training.ml.memory import AdaptersDisabled, is_peft
 from training.ml.ppo import PPOConfig, ppo_step, prepare_models, train_ppo
 from training.ml.ppo_checkpoint import latest_checkpoint
 from training.ml.ppo_rollout import PPOModels
@@ -94,12 +94,18 @@ def test_reference_and_rm_scorer_are_the_untouched_bases_while_adapters_train() 
         assert not torch.allclose(critic_scores, rm_scores)
 
 
-def test_bases_stored_in_bf16_stay_bf16_while_the_adapters_train_in_fp32() -> None:
+@pytest.mark.parametrize("loaded", [torch.bfloat16, torch.float32])
+def test_bases_stored_in_bf16_stay_bf16_while_the_adapters_train_in_fp32(
+    loaded: torch.dtype,
+) -> None:
+    """Under bf16 autocast the bases are stored in bf16 (`frozen_dtype` auto), whether they
+    were loaded in bf16 or in fp32; adapters and value head are fp32 masters."""
     policy, critic, tokenizer = build()
-    policy.to(torch.bfloat16), critic.to(torch.bfloat16)
+    policy.to(loaded), critic.to(loaded)
     config = PPOConfig(steps=1, **LORA)
     models = PPOModels(policy, policy, critic, critic)
-    params = prepare_models(models, config)
+    bf16 = Precision(compute=torch.bfloat16, device_type="cpu")
+    params = prepare_models(models, config, bf16)
     frozen = {
         name: p.detach().clone()
         for model in (models.policy, models.critic)
@@ -109,7 +115,6 @@ def test_bases_stored_in_bf16_stay_bf16_while_the_adapters_train_in_fp32() -> No
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen.values())
     assert params and all(p.dtype == torch.float32 for p in params)
     before = [p.detach().clone() for p in params]
-    bf16 = Precision(compute=torch.bfloat16, device_type="cpu")
     kl_ctl = make_kl_controller(config.init_kl_coef, config.kl_target, 100)
     optimizer = torch.optim.Adam(params, lr=config.lr)
     metrics = ppo_step(
@@ -121,6 +126,21 @@ def test_bases_stored_in_bf16_stay_bf16_while_the_adapters_train_in_fp32() -> No
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 assert torch.equal(p, frozen[name]), name
+
+
+def test_fp32_training_keeps_the_bases_fp32_and_refuses_bf16_bases_without_autocast() -> None:
+    """fp32 training: frozen_dtype auto keeps (or makes) the bases fp32; asking for bf16
+    bases is refused, since the fp32 adapters would compute on them without autocast."""
+    policy, critic, _ = build()
+    policy.to(torch.bfloat16)  # loaded in bf16: stored in fp32, the training precision
+    models = PPOModels(policy, policy, critic, critic)
+    prepare_models(models, PPOConfig(steps=1, **LORA))
+    for model in (models.policy, models.critic):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    policy, critic, _ = build()
+    models = PPOModels(policy, policy, critic, critic)
+    with pytest.raises(ValueError, match="autocast"):
+        prepare_models(models, PPOConfig(steps=1, frozen_dtype="bfloat16", **LORA))
 
 
 def test_the_merged_policy_loads_as_a_plain_model_with_the_peft_model_s_logits(
@@ -148,6 +168,9 @@ def test_the_merged_policy_loads_as_a_plain_model_with_the_peft_model_s_logits(
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, peft_logits[-1], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(loaded(**inputs).logits, build()[0](**inputs).logits)
+    # the critic keeps its fp32 adapters on its base (no merged fp32 copy at the run's end)
+    assert is_peft(critic.seq)
+    assert all(p.dtype == torch.float32 for p in critic.parameters() if p.requires_grad)
 
 
 def test_a_lora_run_resumes_exactly_from_its_adapter_checkpoint(tmp_path: Path) -> None:

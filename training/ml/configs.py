@@ -1,4 +1,4 @@
-"""Hyper-parameters of the trainers (reward model, PPO, SFT), with their types and ranges.
+"""Hyper-parameters of the trainers (reward model, PPO, SFT, DPO), with their types and ranges.
 
 Standard library only: the web process checks a project's `training_config` against these
 dataclasses without loading torch. Each field's metadata holds its help text and range
@@ -206,7 +206,8 @@ class PPOConfig:
     kl_horizon: int | None = setting(
         None,
         "horizon of the adaptive controller, in episodes; None: a quarter of the run's "
-        "episodes (steps x batch_size / 4), so beta can move ~2.2x in a run far from target",
+        "episodes (steps x batch_size / 4, rounded up), so beta can move ~2.2x in a run far "
+        "from target",
         ge=1,
     )
     whiten_rewards: bool = setting(False, "scale per-token rewards to unit variance before GAE")
@@ -256,6 +257,14 @@ class PPOConfig:
     )
     cache_frozen_trunk: bool = setting(
         True, "with frozen bottom blocks, run them once per rollout, not in every update pass"
+    )
+    frozen_dtype: str = setting(
+        "auto",
+        "storage dtype of the frozen weights (reference, RM scorer; with LoRA the bases under "
+        "the adapters): auto is the compute dtype under mixed precision (bf16 autocast: "
+        "bfloat16) and as loaded in fp32 training (LoRA bases: float32); trained weights "
+        "stay fp32",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
     checkpoint_every: int = setting(
         0, "steps between checkpoints (0: only on cancel and at the end)", ge=0
@@ -333,3 +342,214 @@ class SFTConfig:
             lora_r=self.lora_r,
             lora_alpha=self.lora_alpha,
         )
+
+
+@dataclass
+class DPOConfig:
+    """Hyperparameters of listwise DPO on K-wise rankings with ties (``training.ml.dpo``)."""
+
+    beta: float = setting(
+        0.1,
+        "DPO's beta: the implicit reward is beta x (log pi - log pi_ref); larger stays nearer "
+        "the reference.",
+        gt=0,
+        le=100,
+    )
+    lr: float = setting(1e-6, "Peak AdamW learning rate (TRL's DPO default: 1e-6).", gt=0, le=1)
+    epochs: float = setting(1.0, "Passes over the rankings (a fraction stops early).", gt=0, le=100)
+    batch_size: int = setting(
+        8,
+        "Prompts per optimizer step (the global batch under several processes); each "
+        "prompt's K responses are forwarded once.",
+        ge=1,
+        le=MAX_BATCH,
+    )
+    max_length: int = setting(
+        512,
+        "Tokens per prompt+response sequence; the prompt is cut from its start first.",
+        ge=8,
+        le=MAX_TOKENS,
+    )
+    warmup_steps: int = setting(
+        0, "Linear warmup steps before the cosine decay.", ge=0, le=MAX_STEPS
+    )
+    min_lr_ratio: float = setting(0.1, "Cosine decay ends at this fraction of `lr`.", ge=0, le=1)
+    weight_decay: float = setting(
+        0.0, "AdamW weight decay on matrices (not on norms or biases).", ge=0
+    )
+    max_grad_norm: float | None = setting(1.0, "Gradient clipping norm (None: no clipping).", gt=0)
+    max_sequences_per_forward: int | None = setting(
+        None,
+        "Split a step into forwards of at most this many sequences (a prompt's K responses "
+        "stay together; gradients accumulate).",
+        ge=1,
+    )
+    eval_fraction: float = setting(
+        0.1,
+        "Share of the prompts held out for the implicit-reward accuracy when no eval set is given.",
+        ge=0,
+        lt=1,
+    )
+    eval_every: int = setting(
+        0, "Evaluate on the held-out rankings every N steps (0: at the start and end only).", ge=0
+    )
+    seed: int = setting(0, "Seed of the batch order and of the eval split.", ge=0, le=MAX_SEED)
+    train_top_layers: int | None = setting(
+        None, "Train only the top N blocks, the final norm and the head (None: all).", ge=0
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Recompute activations in backward to save memory."
+    )
+    lora_r: int | None = setting(
+        None,
+        "Train LoRA adapters (peft) of this rank on q/k/v/o, merged into the policy at the "
+        "end (None: full fine-tuning).",
+        ge=1,
+    )
+    lora_alpha: int = setting(16, "LoRA alpha (adapters scale by alpha / r).", ge=1)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of its type or range, or a bad mix."""
+        check_config(self)
+        if self.lora_r is not None and self.train_top_layers is not None:
+            raise ValueError(
+                "DPOConfig.train_top_layers and lora_r exclude each other: "
+                "with LoRA only the adapters train"
+            )
+
+    def memory(self) -> "MemoryConfig":
+        from training.ml.memory import MemoryConfig  # torch: only where DPO trains
+
+        return MemoryConfig(
+            train_top_layers=self.train_top_layers,
+            gradient_checkpointing=self.gradient_checkpointing,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+        )
+
+
+@dataclass
+class RLOOConfig:
+    """Hyper-parameters of one RLOO run: REINFORCE with a leave-one-out baseline over
+    `num_samples` responses per prompt, no critic (Ahmadian et al. 2024)."""
+
+    steps: int = setting(
+        20, "number of RLOO steps (one rollout + one optimizer step each)", ge=1, le=MAX_STEPS
+    )
+    batch_size: int = setting(
+        4,
+        "prompts per step (global: split over the processes); each is sampled num_samples "
+        "times, so a step has batch_size x num_samples episodes",
+        ge=1,
+        le=MAX_BATCH,
+    )
+    num_samples: int = setting(
+        4,
+        "responses sampled per prompt (N); each one's baseline is the mean reward of the "
+        "other N - 1 (the run body passes the project's K)",
+        ge=2,
+        le=256,
+    )
+    lr: float = setting(1e-5, "Adam learning rate of the policy", gt=0, le=1)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm of the policy", gt=0)
+    init_kl_coef: float = setting(0.2, "initial beta of the KL penalty to the reference", ge=0)
+    kl_target: float | None = setting(
+        6.0,
+        "KL (nats per response) the adaptive controller aims at (the PPO controller); "
+        "None keeps beta fixed",
+        gt=0,
+    )
+    kl_horizon: int | None = setting(
+        None,
+        "horizon of the adaptive controller, in episodes; None: a quarter of the run's "
+        "episodes (steps x batch_size x num_samples / 4)",
+        ge=1,
+    )
+    normalize_advantages: bool = setting(
+        False, "scale the step's advantages to unit standard deviation (mean kept at 0)"
+    )
+    missing_eos_penalty: float = setting(
+        0.0, "subtracted from the score of a response that did not end with EOS"
+    )
+    max_new_tokens: int = setting(64, "length limit of a sampled response", ge=1, le=MAX_TOKENS)
+    max_prompt_length: int = setting(256, "prompt tokens kept (the last ones)", ge=1, le=MAX_TOKENS)
+    temperature: float = setting(
+        1.0,
+        "sampling temperature; log-probs are taken from the same tempered distribution "
+        "(> 0: REINFORCE needs the sampling distribution)",
+        gt=0,
+    )
+    top_p: float = setting(1.0, "nucleus sampling mass", ge=0, le=1)
+    forward_batch_size: int = setting(
+        8,
+        "episodes per forward pass (sampling, scoring and the gradient pass)",
+        ge=1,
+        le=MAX_BATCH,
+    )
+    seed: int = setting(
+        0, "seed of prompt order and sampling (each step derives its own)", ge=0, le=MAX_SEED
+    )
+    train_top_layers: int | None = setting(
+        None, "train only the top N blocks (and head) of the policy", ge=0
+    )
+    lora_r: int | None = setting(
+        None,
+        "train LoRA adapters (peft) of this rank on a frozen policy base, merged at the end; "
+        "a reference given as the policy itself is that base with the adapters off "
+        "(None: full fine-tuning)",
+        ge=1,
+    )
+    lora_alpha: int = setting(16, "LoRA alpha (adapters scale by alpha / r)", ge=1)
+    lora_target_modules: str = setting(
+        "q_proj,k_proj,v_proj,o_proj",
+        "comma-separated names of the linear layers that get LoRA adapters, or 'all-linear'",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward to save memory"
+    )
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.lora_r is not None and self.train_top_layers is not None:
+            raise ValueError(
+                "RLOOConfig.train_top_layers and lora_r exclude each other: "
+                "with LoRA only the adapters train"
+            )
+        if not self.lora_target_modules.strip(", "):
+            raise ValueError("RLOOConfig.lora_target_modules must name at least one layer")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of its type or range."""
+        self.__post_init__()
+
+
+@dataclass
+class BestOfNConfig(SFTConfig):
+    """Best-of-N (rejection sampling, Llama 2 section 3.2.3): sample `n` responses for each
+    of `num_prompts` prompts, keep the one the reward model scores highest, then SFT on the
+    kept ones. The SFT fields are SFTConfig's (`sft_config()`)."""
+
+    n: int = setting(4, "responses sampled per prompt; the best-scored one is kept", ge=1, le=256)
+    num_prompts: int | None = setting(
+        None,
+        "prompts sampled (a seeded random subset; None or more than there are: all)",
+        ge=1,
+    )
+    max_new_tokens: int = setting(64, "length limit of a sampled response", ge=1, le=MAX_TOKENS)
+    max_prompt_length: int = setting(256, "prompt tokens kept (the last ones)", ge=1, le=MAX_TOKENS)
+    temperature: float = setting(
+        1.0, "sampling temperature (> 0: N greedy samples would all be the same)", gt=0
+    )
+    top_p: float = setting(1.0, "nucleus sampling mass", ge=0, le=1)
+    sample_batch_size: int = setting(
+        8, "responses per forward pass while sampling and scoring", ge=1, le=MAX_BATCH
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of its type or range."""
+        check_config(self)
+
+    def sft_config(self) -> SFTConfig:
+        """The SFT part of the settings."""
+        names = {f.name for f in dataclasses.fields(SFTConfig)}
+        return SFTConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})

@@ -30,8 +30,13 @@ class AdaptiveKLController:
         beta  <- beta * (1 + K_beta * e_t),   K_beta = n_steps / horizon
 
     `n_steps` is the number of episodes (rollouts) since the last update, so the horizon
-    is counted in episodes as in the paper (horizon 10,000).
+    is counted in episodes as in the paper (horizon 10,000). The gain K_beta is capped at
+    `MAX_GAIN` (4), so one update multiplies beta by a factor in [0.2, 1.8] and beta stays
+    positive even when a horizon shorter than a quarter of the episodes per update is set
+    (uncapped, 1 - 0.2 * K_beta is negative for K_beta > 5).
     """
+
+    MAX_GAIN = 4.0
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
         if target <= 0:
@@ -44,7 +49,8 @@ class AdaptiveKLController:
 
     def update(self, current_kl: float, n_steps: int) -> float:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        gain = min(n_steps / self.horizon, self.MAX_GAIN)
+        self.value *= 1.0 + error * gain
         return self.value
 
 

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from training.ml.data import Demonstration, PromptInput
+from training.ml.distributed import SINGLE, Distributed
 from training.ml.gae import masked_mean
 from training.ml.kl import kl_penalty
-from training.ml.sft import build_sft_example, collate_right_padded, response_nll
+from training.ml.sft import IGNORE_INDEX, build_sft_example, collate_right_padded, response_nll
 
 PtxItem = str | tuple[PromptInput, str] | Demonstration
 PtxExample = tuple[list[int], list[int]]  # (input_ids, labels), labels -100 where no loss
@@ -43,17 +44,21 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float,
+    count: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7) over masked tokens, all (B, R)."""
+    """Clipped surrogate (Schulman et al. 2017, eq. 7) over masked tokens, all (B, R).
+
+    The loss and stats are token means; with ``count`` they are token sums divided by
+    ``count`` (a minibatch's tokens over all ranks: this rank's share of its mean)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = token_mean(torch.maximum(unclipped, clipped), mask, count)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask).item(),  # k3, CleanRL
+            "clipfrac": token_mean((clipped > unclipped).float(), mask, count).item(),
+            "approx_kl": token_mean((ratio - 1) - log_ratio, mask, count).item(),  # k3, CleanRL
         }
     return loss, stats
 
@@ -64,14 +69,24 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     cliprange_value: float,
+    count: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2) over masked tokens."""
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2) over masked tokens (token
+    sums over ``count`` when given, as in ``policy_loss``)."""
     clipped = old_values + (new_values - old_values).clamp(-cliprange_value, cliprange_value)
     losses = torch.maximum((new_values - returns) ** 2, (clipped - returns) ** 2)
-    loss = 0.5 * masked_mean(losses, mask)
+    loss = 0.5 * token_mean(losses, mask, count)
     with torch.no_grad():
-        frac = masked_mean(((clipped - returns) ** 2 > (new_values - returns) ** 2).float(), mask)
+        worse = ((clipped - returns) ** 2 > (new_values - returns) ** 2).float()
+        frac = token_mean(worse, mask, count)
     return loss, {"vf_clipfrac": frac.item()}
+
+
+def token_mean(values: torch.Tensor, mask: torch.Tensor, count: float | None) -> torch.Tensor:
+    """``masked_mean(values, mask)``, or the masked sum over ``count`` tokens when given."""
+    if count is None:
+        return masked_mean(values, mask)
+    return (values * mask.to(values.dtype)).sum() / max(count, 1.0)
 
 
 def prompt_batch(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -117,11 +132,17 @@ def ptx_loss(
     batch_size: int,
     seed: int,
     pad_id: int,
-) -> torch.Tensor:
+    dist: Distributed = SINGLE,
+) -> torch.Tensor | None:
     """PPO-ptx: mean NLL of the labelled tokens of the `draw`-th ptx batch (InstructGPT
-    eq. 2's gamma * E[log pi(x)] term, as a loss)."""
-    picks = prompt_batch(len(examples), batch_size, draw, seed)
+    eq. 2's gamma * E[log pi(x)] term, as a loss). Under several processes this rank
+    forwards its slice of the batch, its NLL sum over the batch's labelled tokens of all
+    ranks (its share of the mean); None when its slice is empty."""
+    picks = [examples[i] for i in prompt_batch(len(examples), batch_size, draw, seed)]
+    count = sum(sum(label != IGNORE_INDEX for label in labels[1:]) for _, labels in picks)
+    local = dist.shard(picks)
+    if not local:
+        return None
     device = next(policy.parameters()).device
-    batch = collate_right_padded([examples[i] for i in picks], pad_id, device)
-    nll, count = response_nll(policy, batch)
+    nll, _ = response_nll(policy, collate_right_padded(local, pad_id, device))
     return nll / max(count, 1)

@@ -108,13 +108,21 @@ def response_logits(
 def token_logprobs(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float, entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(log pi(y_t), entropy_t or None), both (B, R), of the tempered softmax(z / T)."""
-    z = logits / temperature  # (B, R, V)
-    log_norm = z.logsumexp(-1)  # (B, R)
-    logp = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_norm
-    if not entropy:
-        return logp, None
-    return logp, log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
+    """(log pi(y_t), entropy_t or None), both (B, R), of the tempered softmax(z / T).
+
+    The full-vocabulary maths runs one row at a time, so besides `logits` it holds a few
+    (R, V) temporaries, never several (B, R, V) ones (z = logits / T is not materialised
+    at T = 1). Every caller (rollout policy and reference, the update's loss) goes through
+    this one code path, so equal models give bitwise equal log-probs (KL exactly 0)."""
+    logps: list[torch.Tensor] = []
+    entropies: list[torch.Tensor] = []
+    for row, row_tokens in zip(logits, tokens, strict=True):
+        z = row if temperature == 1.0 else row / temperature  # (R, V)
+        log_norm = z.logsumexp(-1)  # (R,)
+        logps.append(z.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1) - log_norm)
+        if entropy:
+            entropies.append(log_norm - (torch.softmax(z, dim=-1) * z).sum(-1))
+    return torch.stack(logps), torch.stack(entropies) if entropy else None
 
 
 def response_values(
@@ -232,9 +240,11 @@ def _forward_chunk(
         logits,
         lambda: response_logits(models.policy, ids, mask, r_len),
     )
+    del logits  # one (B, R, V) logits tensor alive at a time
     with top_only(models.ref_trunk, trunk):
         ref_logits = response_logits(models.ref_policy, ids, mask, r_len)
     ref_logp, _ = token_logprobs(ref_logits, tokens, temperature, entropy=False)
+    del ref_logits
     values = response_values(models.critic, ids, mask, r_len)
     trunk = _checked_trunk(
         models.critic_trunk,
@@ -264,17 +274,24 @@ def collect_rollout(
     step: int,
     rules: Sequence[Rule],
     reward_fn: RewardFn | None,
+    *,
+    offset: int = 0,
+    global_batch: int | None = None,
 ) -> Rollout:
-    """Sample one response per prompt, then score it and recompute log-probs and values."""
+    """Sample one response per prompt, then score it and recompute log-probs and values.
+
+    `prompts` are the episodes `offset ..` of the step's `global_batch` (default: all of
+    them), so a rank's slice samples what one process samples for those episodes."""
     models.policy.eval()
     started = time.perf_counter()
+    episodes = len(prompts) if global_batch is None else global_batch
     settings = GenerationSettings(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
-        # response i of step s gets seed base + i: disjoint ranges, so no two episodes of
+        # episode i of step s gets seed base + i: disjoint ranges, so no two episodes of
         # a run share a random stream (seed + step would reuse row i + 1's stream next step)
-        seed=config.seed * 1_000_003 + step * len(prompts),
+        seed=config.seed * 1_000_003 + step * episodes + offset,
         max_prompt_tokens=config.max_prompt_length,
     )
     samples = [

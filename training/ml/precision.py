@@ -47,6 +47,20 @@ class Precision:
         with torch.autocast(device_type=self.device_type, dtype=self.compute):
             yield
 
+    def frozen_dtype(self, setting: str = "auto") -> torch.dtype | None:
+        """The storage dtype of frozen weights (PPO's reference and RM, LoRA's bases under the
+        adapters): "auto" is the compute dtype under mixed precision (bf16 autocast stores
+        them in bf16, fp16 in fp16) and None in fp32 training (keep them as loaded);
+        "float32", "bfloat16" or "float16" choose one."""
+        if setting == "auto":
+            return self.compute if self.mixed else None
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if setting not in dtypes:
+            raise ValueError(
+                f"frozen dtype must be auto or one of {sorted(dtypes)}, got {setting!r}"
+            )
+        return dtypes[setting]
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler for fp16 (whose small gradients underflow); disabled otherwise."""
         return torch.amp.GradScaler(self.device_type, enabled=self.compute == torch.float16)
@@ -67,4 +81,16 @@ def master_weights(model: nn.Module) -> nn.Module:
     place (a no-op on an fp32 model); returns the model."""
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model.float()
+    return model
+
+
+def store_frozen(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Cast the frozen floating parameters (requires_grad False) of ``model`` to ``dtype`` in
+    place, leaving trained parameters (fp32 masters) and buffers alone; returns the model.
+    Tied weights are one parameter, cast once. ``dtype`` None changes nothing."""
+    if dtype is None:
+        return model
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
     return model
