@@ -5,7 +5,8 @@ The launched RM equals the in-process one for the same global batch: the saved w
 up to float reduction order (DDP sums the two ranks' gradients in another order than one
 backward does; the same 1e-5 as tests/ml/test_distributed.py), and so does the reward
 offset calibrated on the round's samples. A cancel, and a rank killed with SIGKILL, end every
-process of the launch and publish nothing.
+process of the launch and publish nothing. A launched PPO run (`ppo` on 2 ranks, each rolling
+out half of every batch) publishes the in-process run's policy within the same 1e-5.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from tests.factories import (
     RoundFactory,
 )
 from training.models import MetricPoint, ModelVersion, TrainingRun
-from training.services import launcher, runs
+from training.services import launcher, registry, runs
 from training.services.run_bodies.rm import rm_body
 
 TOLERANCE = 1e-5
+PPO_CONFIG = {
+    "steps": 2, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "lr": 1e-3,
+    "max_new_tokens": 4, "checkpoint_every": 1,
+}  # fmt: skip
 RM_CONFIG = {"batch_size": 2, "lr": 1e-3, "max_length": 32, "max_sequences_per_forward": 4}
 
 
@@ -172,6 +177,76 @@ def test_a_launched_sft_run_publishes_the_in_process_weights(db, settings, tmp_p
     assert max(float((left[k] - right[k]).abs().max()) for k in left) < TOLERANCE
 
 
+def _ppo_round(tmp_path: Path):
+    """A round at its PPO stage: 4 prompts, the tiny base as policy and reference, a saved
+    tiny RM (its head drawn once, so both runs load the same one)."""
+    import torch
+
+    from tests.factories import ModelVersionFactory, PromptFactory
+    from training.ml.reward.model import load_reward_model, save_reward_model
+
+    project = ProjectFactory(base_model="tiny", max_new_tokens=4)
+    for text in ["Name a fruit.", "Say hi.", "Count to three.", "Describe a river."]:
+        PromptFactory(project=project, text=text)
+    torch.manual_seed(0)
+    rm, tokenizer = load_reward_model("tiny", device="cpu", dtype="float32")
+    folder = tmp_path / f"rm-{project.pk}"
+    save_reward_model(rm, tokenizer, folder)
+    version = ModelVersionFactory(project=project, kind="rm", role="reward", artifact=str(folder))
+    return RoundFactory(project=project, stage="training_ppo", reward_model=version)
+
+
+@pytest.mark.slow
+def test_a_launched_ppo_run_publishes_the_in_process_policy(db, settings, tmp_path) -> None:
+    from training.services.run_bodies.ppo import ppo_body, ppo_checkpoints
+
+    settings.RLHF_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.RLHF_PROGRESS_INTERVAL = 0.2
+    finished = []
+    for processes in (1, 2):  # two rounds with the same prompts, policy and RM
+        round_ = _ppo_round(tmp_path)
+        settings.RLHF_GPUS_PER_RUN = processes
+        if processes == 2:  # a failed attempt's checkpoint that cannot be loaded
+            start = registry.reference_policy(project=round_.project)
+            broken = ppo_checkpoints(round_, start) / "step-000001"
+            broken.mkdir(parents=True)
+            (broken / "state.json").write_text('{"step": 1, "kl_coef": 0.2}')
+        run = TrainingRun.objects.create(
+            project=round_.project, round=round_, kind="ppo", config=PPO_CONFIG
+        )
+        run = runs.run_execute(run_id=run.pk, body=ppo_body)
+        assert run.status == "succeeded", run.error
+        finished.append(run)
+    alone, launched = finished
+    assert launched.logs.count("launching ppo on 2 processes") == 2  # again, from the start
+    assert f"cannot resume from checkpoint {broken}" in launched.logs
+    assert "set aside, going on from the checkpoint before it" in launched.logs
+    assert "trains in the worker's process" not in launched.logs
+    assert (launched.progress_done, launched.progress_total) == (2, 2)
+    steps = MetricPoint.objects.filter(run=launched).order_by("step")
+    assert [p.step for p in steps] == [1, 2] and "objective/kl" in steps[0].values
+    assert launched.metrics["processes"] == 2 and launched.metrics["step"] == 2
+    one, two = alone.output, launched.output
+    assert two.kind == "ppo" and two.status == "ready" and not two.is_current  # the gate's call
+    assert "out" not in two.metrics and "checkpoint_dir" not in two.metrics
+    left, right = _weights(one), _weights(two)
+    assert left.keys() == right.keys()
+    assert max(float((left[k] - right[k]).abs().max()) for k in left) < TOLERANCE
+    base = _tiny()  # PPO moved the policy: the two are not untouched copies of the start
+    assert max(float((left[k] - base[k]).abs().max()) for k in left if k in base) > 1e-3
+    checkpoints = ppo_checkpoints(launched.round, ModelVersion.objects.get(pk=two.parent_id))
+    assert checkpoints.is_dir() and not list(checkpoints.glob("step-*"))  # removed once published
+    assert len(list(checkpoints.glob(".corrupt-step-000001-*"))) == 1  # kept to inspect
+    assert not (settings.RLHF_ARTIFACT_DIR / "runs" / f"run-{launched.pk}").exists()
+
+
+def _tiny() -> dict:
+    from training.ml.loading import load_causal_lm
+
+    model, _ = load_causal_lm("tiny", device="cpu", dtype="float32")
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_launch_dies_with_the_worker_that_started_it() -> None:
     """A stand-in worker starts a child through the launcher's wrapper, then is SIGKILLed."""
@@ -247,3 +322,25 @@ def test_the_cli_takes_a_config_file_and_refuses_unknown_fields(tmp_path: Path, 
     config.write_text('{"lr": 7}')
     assert main([*argv, "--config", str(config)]) == 2
     assert "RMConfig.lr must be <= 1" in capsys.readouterr().err
+
+
+def test_the_ppo_command_reads_a_config_file_that_its_flags_override(tmp_path: Path) -> None:
+    """What the launcher writes (the run's PPOConfig fields) is what `ppo` trains with."""
+    from training.ml.cli import build_parser
+    from training.ml.commands.common import CommandError
+    from training.ml.commands.ppo import _config
+
+    config = tmp_path / "config.json"
+    config.write_text('{"steps": 3, "batch_size": 4, "kl_target": null, "ptx_coef": 0.5}')
+    argv = ["ppo", "--data", "p.jsonl", "--out", "o", "--config", str(config)]
+    parser = build_parser()
+    read = _config(parser.parse_args(argv), n_prompts=8)
+    assert (read.steps, read.batch_size, read.kl_target, read.ptx_coef) == (3, 4, None, 0.5)
+    given = _config(parser.parse_args([*argv, "--kl-target", "2", "--epochs", "2"]), 8)
+    assert (given.kl_target, given.steps) == (2.0, 4)  # 2 passes over 8 prompts, 4 a batch
+    config.write_text('{"steps": 0}')
+    with pytest.raises(CommandError, match="steps"):
+        _config(parser.parse_args(argv), n_prompts=8)
+    config.write_text('{"warp_drive": 1}')
+    with pytest.raises(CommandError, match="unknown PPOConfig field 'warp_drive'"):
+        _config(parser.parse_args(argv), n_prompts=8)

@@ -1,7 +1,7 @@
 """A run over RLHF_GPUS_PER_RUN devices: `accelerate launch` as a supervised child process.
 
 With RLHF_GPUS_PER_RUN = 1 (the default) every run body trains in the worker's process.
-Above 1, the RM and SFT bodies write their inputs to files in the run's folder
+Above 1, the RM, SFT and PPO bodies write their inputs to files in the run's folder
 (`RLHF_ARTIFACT_DIR/runs/run-ID`) and `launch` starts
 
     python -m accelerate.commands.launch (--multi_gpu ... | --config_file RLHF_ACCELERATE_CONFIG)
@@ -65,6 +65,15 @@ _PARENT_DEATH_SIGNAL = (
 MetricsCallback = Callable[[int, dict[str, Any]], None]
 
 
+class LaunchFailed(ApplicationError):
+    """A launch that died or exited non-zero; `refusals` holds the `error: ...` lines the
+    command printed for bad input (training.ml.cli), from anywhere in its stderr."""
+
+    def __init__(self, message: str, refusals: list[str]) -> None:
+        super().__init__(message)
+        self.refusals = refusals
+
+
 def gpus_per_run() -> int:
     """RLHF_GPUS_PER_RUN: the processes (devices) a training run is launched on."""
     count = int(settings.RLHF_GPUS_PER_RUN)
@@ -74,7 +83,7 @@ def gpus_per_run() -> int:
 
 
 def is_launched() -> bool:
-    """Whether RM and SFT runs go through `launch` (RLHF_GPUS_PER_RUN > 1)."""
+    """Whether RM, SFT and PPO runs go through `launch` (RLHF_GPUS_PER_RUN > 1)."""
     return gpus_per_run() > 1
 
 
@@ -151,6 +160,54 @@ def sft_launched(
         yield folder / "out", result
 
 
+@contextlib.contextmanager
+def ppo_launched(
+    *,
+    run: TrainingRun,
+    reporter: RunReporter,
+    init: str,
+    reference: str,
+    reward_model: str,
+    prompts: Sequence[Any],
+    rules: Sequence[str],
+    ptx: Sequence[tuple[Any, str]] | None,
+    checkpoints: Path,
+    values: dict[str, Any],
+    on_metrics: MetricsCallback,
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """PPO of the policy `init` against `reward_model` (also the critic's start), KL to
+    `reference`, through `ppo`; yields the saved policy folder (to publish before the
+    context ends) and the trainer's result.
+
+    The checkpoints go to `checkpoints` and stay there (`--keep-checkpoints`): a retried
+    run resumes from the newest (`--resume`), and the body removes them once it published.
+    With LoRA the reference must be `init` (its base with the adapters off)."""
+    with run_folder(run) as folder:
+        args = ["--data", str(write_prompts(folder / "prompts.jsonl", prompts))]
+        args += ["--reward-model", reward_model, "--checkpoint-dir", str(checkpoints)]
+        args += ["--resume", "--keep-checkpoints"]
+        if reference != init:
+            args += ["--ref-model", reference]
+        for rule in rules:
+            args += ["--rule", rule]
+        if ptx is not None:
+            path = folder / "ptx.jsonl"
+            with path.open("w", encoding="utf-8") as out:
+                for prompt, response in ptx:
+                    out.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+            args += ["--ptx-data", str(path)]
+        result = launch(
+            reporter=reporter,
+            command="ppo",
+            args=[*args, *_common_args(init, folder, values)],
+            folder=folder,
+            on_metrics=on_metrics,
+        )
+        for key in ("out", "checkpoint_dir"):
+            result.pop(key, None)
+        yield folder / "out", result
+
+
 def _common_args(init: str, folder: Path, values: dict[str, Any]) -> list[str]:
     config = folder / "config.json"
     config.write_text(json.dumps(values), encoding="utf-8")
@@ -200,6 +257,14 @@ def write_rankings(path: Path, examples: Sequence[Any]) -> Path:
     return path
 
 
+def write_prompts(path: Path, prompts: Sequence[Any]) -> Path:
+    """Prompts (text or chat messages) as `{"prompt"}` records (training.ml.data)."""
+    with path.open("w", encoding="utf-8") as out:
+        for prompt in prompts:
+            out.write(json.dumps({"prompt": prompt}) + "\n")
+    return path
+
+
 def write_demonstrations(path: Path, demonstrations: Sequence[Any]) -> Path:
     """Demonstrations as `{"prompt", "response"}` records (formats.demonstrations)."""
     with path.open("w", encoding="utf-8") as out:
@@ -241,7 +306,7 @@ def launch(
     its result line; relays metrics, logs and heartbeats while it runs.
 
     Raises RunCancelled when the run is cancelled (the launch is stopped first) and
-    ApplicationError with the last lines of its stderr when the launch fails.
+    LaunchFailed with the last lines of its stderr when the launch fails.
     """
     processes = gpus_per_run()
     metrics_path, stderr_path = folder / "metrics.jsonl", folder / "stderr.log"
@@ -268,6 +333,7 @@ def launch(
         )
     metrics, errors = _Tail(metrics_path), _Tail(stderr_path)
     last_errors: deque[str] = deque(maxlen=ERROR_LINES)
+    refusals: list[str] = []
     try:
         while True:
             code = child.poll()  # read the files after a last poll: nothing is left out
@@ -277,6 +343,7 @@ def launch(
             logged = [text for text in errors.lines() if text.strip()]
             if logged:
                 last_errors.extend(logged)
+                refusals += [text for text in logged if text.startswith("error: ")]
                 reporter.log("\n".join(logged))
             if code is not None:
                 break
@@ -287,9 +354,10 @@ def launch(
     finally:
         stop_launch(child, launch_id)
     if code != 0:
-        raise ApplicationError(
+        raise LaunchFailed(
             f"The {command} launch on {processes} processes {_describe_exit(code)}; nothing "
-            "it produced was made current. Its last lines:\n" + "\n".join(last_errors)
+            "it produced was made current. Its last lines:\n" + "\n".join(last_errors),
+            refusals,
         )
     return _result_line(stdout_path, command)
 

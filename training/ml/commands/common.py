@@ -124,8 +124,14 @@ def distributed_from_args(args: argparse.Namespace, *, global_batch: int | None 
     return dist
 
 
-def config_from_args(args: argparse.Namespace, cls: type, flag_to_field: dict[str, str]) -> Any:
-    """A validated trainer config ``cls``: ``--config``'s fields, then the flags given; an
+def config_from_args(
+    args: argparse.Namespace,
+    cls: type,
+    flag_to_field: dict[str, str],
+    flag_fields: dict[str, Any] | None = None,
+) -> Any:
+    """A validated trainer config ``cls``: ``--config``'s fields, then the flags given
+    (``flag_to_field``, and ``flag_fields``: fields a command derived from its flags); an
     unknown field or a value out of range is a CommandError."""
     import dataclasses
 
@@ -143,12 +149,14 @@ def config_from_args(args: argparse.Namespace, cls: type, flag_to_field: dict[st
             name = f"{cls.__name__} field {unknown[0]!r}"
             raise CommandError(f"--config {args.config}: unknown {name}")
     values.update(overrides(args, flag_to_field))
+    values.update(flag_fields or {})
     if getattr(args, "gradient_checkpointing", False):
         values["gradient_checkpointing"] = True
-    config = cls(**values)
     try:
-        config.validate()
-    except ValueError as error:
+        config = cls(**values)  # a config without validate() checks its fields here
+        if hasattr(config, "validate"):
+            config.validate()
+    except (TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
     return config
 
@@ -177,17 +185,23 @@ class MetricsLines:
         self.inner.__exit__(*exc)
 
 
-def main_progress(dist: Any, desc: str, keys: list[str], metrics_jsonl: str | None = None) -> Any:
+def main_progress(
+    dist: Any,
+    desc: str,
+    keys: list[str],
+    metrics_jsonl: str | None = None,
+    total: int | None = None,
+) -> Any:
     """A context giving the ``on_metrics`` callback: on rank 0 a ``MetricsProgress`` bar
-    (which also appends each step to ``metrics_jsonl`` when given), None on the other
-    ranks (one bar and one metrics file per run)."""
+    (of ``total`` steps when known; it also appends each step to ``metrics_jsonl`` when
+    given), None on the other ranks (one bar and one metrics file per run)."""
     import contextlib
 
     from training.ml.progress import MetricsProgress
 
     if not dist.is_main:
         return contextlib.nullcontext()
-    bar = MetricsProgress(desc, keys=keys)
+    bar = MetricsProgress(desc, total=total, keys=keys)
     return MetricsLines(metrics_jsonl, bar) if metrics_jsonl else bar
 
 

@@ -15,7 +15,9 @@ in --dtype. The adapters are merged into the saved policy.
 Under ``accelerate launch --num_processes N`` (DDP) ``--batch-size`` is the global batch of
 prompts (divisible by N): each rank rolls out and trains on its slice of every step and the
 run is the one-process run (``training.ml.ppo_ranks``); rank 0 alone shows progress,
-writes checkpoints and the policy, and prints the result line.
+writes checkpoints and the policy, and prints the result line. ``--config`` and
+``--metrics-jsonl`` work as for ``train-rm`` and ``sft`` (``common.config_from_args``): the
+gpu worker launches the command with them when RLHF_GPUS_PER_RUN > 1.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from training.ml.commands.common import (
     CommandError,
     add_model_args,
     check_out_dir,
+    config_from_args,
     device_from_args,
     distributed_from_args,
     emit_result,
-    overrides,
+    main_progress,
     precision_from_args,
     quiet_transformers,
     set_threads_from_env,
@@ -104,7 +107,12 @@ def register(subparsers: Any) -> None:
     add("--mini-batch-size", type=int, help="episodes per gradient step")
     add("--ppo-epochs", type=int, help="passes over each rollout")
     add("--lr", type=float, help="learning rate of policy and critic")
-    add("--kl-target", type=kl_target, default="6", help="KL target in nats, or 'none'")
+    add(
+        "--kl-target",
+        type=kl_target,
+        default=argparse.SUPPRESS,
+        help="KL target in nats, or 'none' (default 6)",
+    )
     add("--init-kl-coef", type=float, help="initial beta of the KL penalty")
     add("--kl-horizon", type=int, help="adaptive KL horizon, in episodes")
     add("--cliprange", type=float)
@@ -136,6 +144,17 @@ def register(subparsers: Any) -> None:
     add("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.checkpoints)")
     add("--resume", action="store_true", help="continue from the newest checkpoint")
     add("--keep-checkpoints", action="store_true", help="keep checkpoints after success")
+    add(
+        "--config",
+        metavar="FILE",
+        help="JSON object of PPOConfig fields (as a project's training_config.ppo); "
+        "flags given override it",
+    )
+    add(
+        "--metrics-jsonl",
+        metavar="FILE",
+        help='append one line {"step", "values"} per PPO step (rank 0), for a supervising process',
+    )
     parser.set_defaults(handler=run)
 
 
@@ -151,18 +170,18 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
         raise CommandError(f"--rule: {error}") from None
     if args.reward_model is None and not rules:
         raise CommandError("give --reward-model, --rule, or both: nothing would score responses")
-    if (ptx is None) != (not args.ptx_coef):
-        raise CommandError("--ptx-data and --ptx-coef > 0 go together")
     out = check_out_dir(args.out)
-    checkpoints = _checkpoint_dir(args, out)
     config = _config(args, len(prompts))
+    if (ptx is None) != (not config.ptx_coef):
+        raise CommandError("--ptx-data and --ptx-coef > 0 go together")
+    checkpoints = _checkpoint_dir(args, out, config)
     set_threads_from_env()
     quiet_transformers()
     dist = distributed_from_args(args, global_batch=config.batch_size)
     import torch
 
     torch.manual_seed(config.seed)  # a new value head's init: the same on every run
-    models = _load_models(args)
+    models = _load_models(args, lora=config.lora_r is not None)
     result = _train(
         models,
         prompts,
@@ -173,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
         resume=args.resume,
         precision=precision_from_args(args),
         dist=dist,
+        metrics_jsonl=args.metrics_jsonl,
     )
     result["processes"] = dist.world_size
     if result["status"] != "completed":
@@ -190,25 +210,31 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
 
 
 def _config(args: argparse.Namespace, n_prompts: int) -> Any:
+    """``--config``'s fields, then the flags (common.config_from_args); ``--epochs`` sets
+    the steps from the batch size either gives."""
+    import dataclasses
+
     from training.ml.ppo import PPOConfig
 
-    fields = overrides(args, FLAG_TO_FIELD)
-    fields["kl_target"] = args.kl_target
-    fields["whiten_rewards"] = args.whiten_rewards
-    fields["gradient_checkpointing"] = args.gradient_checkpointing
-    if args.steps is None and args.epochs is not None:
-        batch = args.batch_size or PPOConfig.batch_size
-        fields["steps"] = max(1, round(args.epochs * n_prompts / max(batch, 1)))
     if args.train_top_layers is not None and args.train_top_layers < 0:
         raise CommandError("--train-top-layers must be >= 0")
-    if args.lora_r is not None:
+    derived: dict[str, Any] = {}
+    if hasattr(args, "kl_target"):  # given: a number, or None for a fixed beta
+        derived["kl_target"] = args.kl_target
+    if args.whiten_rewards:
+        derived["whiten_rewards"] = True
+    config = config_from_args(args, PPOConfig, FLAG_TO_FIELD, derived)
+    if args.steps is None and args.epochs is not None:
+        steps = max(1, round(args.epochs * n_prompts / max(config.batch_size, 1)))
+        try:
+            config = dataclasses.replace(config, steps=steps)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    if config.lora_r is not None:
         _check_lora_models(args)
     elif args.lora_alpha is not None or args.lora_target_modules is not None:
         raise CommandError("--lora-alpha and --lora-target-modules need --lora-r")
-    try:
-        return PPOConfig(**fields)
-    except (TypeError, ValueError) as error:
-        raise CommandError(str(error)) from None
+    return config
 
 
 def _check_lora_models(args: argparse.Namespace) -> None:
@@ -225,11 +251,11 @@ def _check_lora_models(args: argparse.Namespace) -> None:
         )
 
 
-def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
+def _checkpoint_dir(args: argparse.Namespace, out: Path, config: Any) -> Path | None:
     """The checkpoint folder, or None when checkpointing is off; refuses stale ones."""
     from training.ml.ppo_checkpoint import latest_checkpoint
 
-    if not (args.checkpoint_every or args.resume or args.checkpoint_dir):
+    if not (config.checkpoint_every or args.resume or args.checkpoint_dir):
         return None
     folder = Path(args.checkpoint_dir or f"{out}.checkpoints").expanduser()
     if folder.exists() and not folder.is_dir():
@@ -241,13 +267,13 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     return folder
 
 
-def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
+def _load_models(args: argparse.Namespace, *, lora: bool) -> tuple[Any, Any, Any, Any, Any]:
     """(policy, ref_policy, critic, reward_model or None, tokenizer) on --device/--dtype."""
     from training.ml.loading import load_causal_lm
     from training.ml.reward.model import load_reward_model
 
     device = device_from_args(args)  # this rank's device under a launcher
-    if args.lora_r is not None:  # frozen bases under the adapters, in --dtype
+    if lora:  # frozen bases under the adapters, in --dtype
         return _load_lora_models(args, device)
     trained = weights_dtype(args, trained=True)  # policy and critic: fp32 master weights
     policy, tokenizer = load_causal_lm(args.model, device=device, dtype=trained)
@@ -292,14 +318,12 @@ def _train(
     resume: bool,
     precision: Any,
     dist: Any,
+    metrics_jsonl: str | None,
 ) -> dict[str, Any]:
-    """train_ppo with progress bars (rank 0's); the first Ctrl-C stops after the current
-    step."""
-    import contextlib
-
+    """train_ppo with progress bars (rank 0's, which also appends each step to
+    ``metrics_jsonl`` when given); the first Ctrl-C stops after the current step."""
     from training.ml.ppo import train_ppo
     from training.ml.ppo_checkpoint import CheckpointError
-    from training.ml.progress import MetricsProgress
 
     stop = {"requested": False}
 
@@ -311,9 +335,7 @@ def _train(
     previous = signal.signal(signal.SIGINT, request_stop)
     policy, ref_policy, critic, reward_model, tokenizer = models
     try:
-        bar: Any = contextlib.nullcontext()
-        if dist.is_main:
-            bar = MetricsProgress("ppo", total=config.steps, keys=METRIC_KEYS)
+        bar = main_progress(dist, "ppo", METRIC_KEYS, metrics_jsonl, total=config.steps)
         with bar as progress:
             return train_ppo(
                 policy,

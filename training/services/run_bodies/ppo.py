@@ -72,13 +72,16 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     With `lora_r` (LoRA PPO) two base copies load, in RLHF_DTYPE: the start policy, whose
     adapters-off base is the reference when PPO starts from the reference, and the RM,
     whose adapters-off base scores (a policy-started run loads the reference as a third).
+
+    With RLHF_GPUS_PER_RUN > 1 the run launches the `ppo` command on that many processes
+    (`launcher.ppo_launched`, the same checkpoint folder), except LoRA PPO started from the
+    policy, whose third copy the command does not load: that one trains in-process.
     """
     from training.ml.devices import release_memory
     from training.ml.loading import load_causal_lm
     from training.ml.ppo import PPOConfig, train_ppo
     from training.ml.ppo_checkpoint import (
         CheckpointError,
-        remove_checkpoints,
         set_aside_foreign_checkpoints,
         set_aside_newest_checkpoint,
     )
@@ -87,16 +90,28 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
 
     round_ = round_of(run, "project", "sampling_policy", "reward_model")
     project = run.project
-    launcher.log_in_process(reporter, "ppo", "PPO runs are not launched over processes yet")
     start = ppo_init_version(round_, run.config)
     rm_version = required(round_.reward_model, "a reward model")
     device, dtype = device_and_dtype()
     values = {"max_new_tokens": project.max_new_tokens, "temperature": project.temperature,
               "top_p": project.top_p, **run.config}  # fmt: skip
-    config = PPOConfig(**known_fields(PPOConfig, values))
+    fields = known_fields(PPOConfig, values)
+    config = PPOConfig(**fields)
     lora = config.lora_r is not None
     ref_version = reference_policy(project=project)
     shares_reference = lora and ref_version.pk == start.pk
+    if "checkpoint_every" not in run.config:
+        config.checkpoint_every = max(1, config.steps // 4)
+    checkpoints = ppo_checkpoints(round_, start, run.config.get("rules"))
+    set_aside_foreign_checkpoints(checkpoints, config, reporter.log)
+    if launcher.is_launched() and (shares_reference or not lora):
+        fields["checkpoint_every"] = config.checkpoint_every
+        launched = (start, ref_version, config, fields, checkpoints)
+        return _ppo_launched(run, reporter, round_, *launched)
+    if launcher.is_launched():
+        launcher.log_in_process(
+            reporter, "ppo", "LoRA PPO from the policy loads its reference as a third copy"
+        )
     # LoRA trains adapters on frozen bases, which may be stored in RLHF_DTYPE
     base_dtype = dtype if lora else TRAINED_DTYPE
 
@@ -121,13 +136,9 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
     reporter.phase(progress.LOADING)
     policy, tokenizer, critic = load_trained()
     ref_policy, reward_model = load_frozen(policy, critic)
-    if "checkpoint_every" not in run.config:
-        config.checkpoint_every = max(1, config.steps // 4)
     rules = parse_rules(run.config.get("rules", []))
     prompts = training_data.training_prompts(project=project)
     ptx = training_data.demonstration_pairs(project=project) if config.ptx_coef else None
-    checkpoints = ppo_checkpoints(round_, start, run.config.get("rules"))
-    set_aside_foreign_checkpoints(checkpoints, config, reporter.log)
     reporter.progress(0, config.steps)
 
     def on_metrics(step: int, values: dict[str, Any]) -> None:
@@ -168,15 +179,95 @@ def ppo_body(run: TrainingRun, reporter: RunReporter) -> dict[str, Any]:
         policy, tokenizer, critic = load_trained()
         if lora:
             ref_policy, reward_model = load_frozen(policy, critic)
+    return _publish(run, reporter, start, result, saver(policy, tokenizer), checkpoints)
+
+
+def _ppo_launched(
+    run: TrainingRun,
+    reporter: RunReporter,
+    round_: Round,
+    start: ModelVersion,
+    ref_version: ModelVersion,
+    config: Any,
+    fields: dict[str, Any],
+    checkpoints: Path,
+) -> dict[str, Any]:
+    """The PPO run on RLHF_GPUS_PER_RUN processes: `ppo` launched as a child (launcher),
+    its config file the run's PPOConfig fields. A newest checkpoint the command cannot
+    load is set aside (as in-process) and the launch starts again from the one before."""
+    from training.ml.ppo_checkpoint import latest_checkpoint, set_aside_newest_checkpoint
+
+    project = run.project
+    rm_version = required(round_.reward_model, "a reward model")
+    ptx = training_data.demonstration_pairs(project=project) if config.ptx_coef else None
+    reporter.progress(0, config.steps)
+    while True:
+        try:
+            return _launch_and_publish(run, reporter, start, ref_version, rm_version,
+                                       config, fields, checkpoints, ptx)  # fmt: skip
+        except launcher.LaunchFailed as exc:
+            # the command refuses a checkpoint it cannot load, naming it: go on without it
+            newest = latest_checkpoint(checkpoints)
+            refused = f"error: cannot resume from checkpoint {newest}:"
+            if newest is None or not any(line.startswith(refused) for line in exc.refusals):
+                raise
+            set_aside_newest_checkpoint(checkpoints, exc, reporter.log)
+
+
+def _launch_and_publish(
+    run: TrainingRun,
+    reporter: RunReporter,
+    start: ModelVersion,
+    ref_version: ModelVersion,
+    rm_version: ModelVersion,
+    config: Any,
+    fields: dict[str, Any],
+    checkpoints: Path,
+    ptx: Any,
+) -> dict[str, Any]:
+    project = run.project
+
+    def on_metrics(step: int, values: dict[str, Any]) -> None:
+        reporter.metrics(step, values)
+        reporter.train_step(step, config.steps)
+
+    with launcher.ppo_launched(
+        run=run,
+        reporter=reporter,
+        init=start.artifact,
+        reference=ref_version.artifact,
+        reward_model=rm_version.artifact,
+        prompts=training_data.training_prompts(project=project),
+        rules=run.config.get("rules", []),
+        ptx=ptx,
+        checkpoints=checkpoints,
+        values=fields,
+        on_metrics=on_metrics,
+    ) as (saved, result):
+        return _publish(run, reporter, start, result, launcher.move_into_place(saved), checkpoints)
+
+
+def _publish(
+    run: TrainingRun,
+    reporter: RunReporter,
+    start: ModelVersion,
+    result: dict[str, Any],
+    save: Any,
+    checkpoints: Path,
+) -> dict[str, Any]:
+    """The trained policy as a new, ready PPO version of `start`, written by `save` (the
+    round's promotion gate decides whether it becomes current); then the checkpoints go."""
+    from training.ml.ppo_checkpoint import remove_checkpoints
+
     if result.get("resumed_from"):
         reporter.log(f"resumed from the checkpoint of step {result['resumed_from']}")
     if result.get("status") == "cancelled":
         raise RunCancelled()
     metrics = scalar_metrics(result)
     version = model_version_create(
-        project=project, kind=ModelVersion.Kind.PPO, parent=start, metrics=metrics
+        project=run.project, kind=ModelVersion.Kind.PPO, parent=start, metrics=metrics
     )
     reporter.phase(progress.SAVING)
-    published = publish(run, version, saver(policy, tokenizer), metrics)
+    published = publish(run, version, save, metrics)
     remove_checkpoints(checkpoints)  # the published version is the final state
     return published
