@@ -177,9 +177,12 @@ def test_phone_tray_leaves_the_last_card_visible_and_says_tap_submit(
     for button in page.locator(".card__place").all():
         button.tap()
     assert "Tap Submit" in page.text_content("#tray-status")
-    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
-    page.wait_for_timeout(100)
-    last_bottom = page.eval_on_selector(".card:last-child", "c => c.getBoundingClientRect().bottom")
-    tray_top = page.eval_on_selector("#tray", "t => t.getBoundingClientRect().top")
-    assert last_bottom <= tray_top
+    # The tray's height reaches the page's bottom padding through a ResizeObserver (after
+    # layout), so scroll to the bottom until the layout settles; the card must end up clear.
+    clear = """() => {
+        window.scrollTo(0, document.documentElement.scrollHeight);
+        const card = document.querySelector(".card:last-child").getBoundingClientRect();
+        return card.bottom <= document.querySelector("#tray").getBoundingClientRect().top;
+    }"""
+    page.wait_for_function(clear, timeout=5000, polling=100)
     _screenshot(page, "rank-polish-phone.png")
