@@ -205,19 +205,6 @@ def main_progress(
     return MetricsLines(metrics_jsonl, bar) if metrics_jsonl else bar
 
 
-def single_process_only(command: str) -> None:
-    """Refuse a multi-process launch of a command whose trainer does not shard its work
-    yet: N processes would otherwise train N independent copies."""
-    from training.ml.distributed import launched_world_size
-
-    world = launched_world_size()
-    if world > 1:
-        raise CommandError(
-            f"{command} runs in one process only (rollouts are not sharded over ranks yet); "
-            f"it was launched on {world}: launch it without --num_processes"
-        )
-
-
 def device_from_args(args: argparse.Namespace) -> Any:
     """``--device``, or this rank's device under a multi-process launcher."""
     from training.ml.devices import resolve_device
