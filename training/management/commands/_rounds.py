@@ -4,7 +4,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.core.management.base import CommandError
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from labeling.management.cli import get_project, user_errors
@@ -13,7 +14,7 @@ from training.models import Round
 from training.services.progress import QUEUED, round_progress
 from training.services.rounds import ACTIVE
 
-__all__ = ["follow", "get_project", "latest_round", "user_errors"]
+__all__ = ["RoundDecisionCommand", "follow", "get_project", "latest_round", "user_errors"]
 
 # Stages at which `--wait` stops: people have to label or review, or the round ended.
 RESTING = {
@@ -23,6 +24,28 @@ RESTING = {
     Round.Stage.FAILED,
     Round.Stage.CANCELLED,
 }
+
+
+class RoundDecisionCommand(BaseCommand):
+    """approve_round and reject_round: an admin's decision on the project's round that the
+    promotion gate stopped in needs_review (`decide` is the rounds service)."""
+
+    decide: Callable[..., Round]
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("project", help="project slug")
+        parser.add_argument("--by", default=None, help="username recorded as the reviewer")
+
+    @user_errors
+    def handle(self, *args: object, **opts: object) -> None:
+        reviewer = None
+        if opts["by"] is not None:
+            reviewer = get_user_model().objects.filter(username=str(opts["by"])).first()
+            if reviewer is None:
+                raise CommandError(f"No user {opts['by']}.")
+        round_ = latest_round(get_project(str(opts["project"])))
+        round_ = self.decide(round_=round_, user=reviewer)
+        self.stdout.write(f"Round {round_.number} is {round_.stage} ({round_.review_decision}).")
 
 
 def latest_round(project: Project) -> Round:
