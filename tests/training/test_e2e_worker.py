@@ -521,9 +521,14 @@ def test_a_round_cancelled_mid_generation_stops_sampling_and_serves_nothing(
     project.save(update_fields=["training_config", "max_new_tokens"])
     labeler = MembershipFactory(project=project, role="labeler").user
     first = round_start(project=project)
+    # Cancel once the second batch is decoding (its sub-step label is written at its first
+    # token), not when the first batch's task appears: a cancel landing between batches is
+    # seen by the loop, before the sampler, and would not test the sampler at all.
     wait_for(
-        lambda: RankingTask.objects.filter(round=first).count() >= 1,
-        what="the first batch's task",
+        lambda: TrainingRun.objects.filter(
+            round=first, kind="generate", progress_detail__step="batch 2/3"
+        ).exists(),
+        what="the second batch to start decoding",
         round_id=first.pk,
         worker=worker,
     )
