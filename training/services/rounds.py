@@ -455,9 +455,10 @@ def round_on_ranking_submitted(*, task: RankingTask) -> None:
     """
     if task.round_id is None:
         return
-    labeling = Round.objects.filter(pk=task.round_id, stage=Stage.LABELING)
-    if not labeling.update(progress_done=F("progress_done") + 1):
-        return  # the round is not labeling (advanced early, cancelled)
+    # Counted whatever the stage: the ranking was stored while its task was open, and the
+    # round may have moved on since then (another labeler's last submission committed
+    # after ours but counted first, an admin's early advance or cancel).
+    Round.objects.filter(pk=task.round_id).update(progress_done=F("progress_done") + 1)
     if task.status == RankingTask.Status.OPEN:
         return
     if RankingTask.objects.filter(round_id=task.round_id, status=RankingTask.Status.OPEN).count():
