@@ -97,26 +97,36 @@ def access_project(*, user: Any, slug: str, admin: bool = False) -> Project:
     """The project `slug` if `user` is a member (Http404 otherwise).
 
     With `admin=True` a member who is not an admin of the project gets PermissionDenied.
+    One query for a member (the membership with its project): every project URL of the
+    API and of the ranking screen starts here.
     """
-    project = Project.objects.filter(slug=slug).first()
-    if project is None or not getattr(user, "is_authenticated", False):
+    if not getattr(user, "is_authenticated", False):
         raise Http404("No such project.")
     if user.is_superuser:
+        project = Project.objects.filter(slug=slug).first()
+        if project is None:
+            raise Http404("No such project.")
         return project
-    membership = membership_for(user=user, project=project)
+    membership = (
+        Membership.objects.select_related("project").filter(project__slug=slug, user=user).first()
+    )
     if membership is None:
         raise Http404("No such project.")
     if admin and membership.role != Membership.Role.ADMIN:
         raise PermissionDenied("Only project admins may do this.")
-    return project
+    return membership.project
 
 
 def access_task(*, user: Any, task_id: int) -> RankingTask:
-    """The ranking task `task_id` if `user` is a member of its project (Http404 otherwise)."""
-    task = RankingTask.objects.select_related("project", "prompt").filter(pk=task_id).first()
-    if task is None or not getattr(user, "is_authenticated", False):
+    """The ranking task `task_id` if `user` is a member of its project (Http404 otherwise),
+    in one query (the membership is a join: one row per project and user)."""
+    if not getattr(user, "is_authenticated", False):
         raise Http404("No such task.")
-    if not user.is_superuser and membership_for(user=user, project=task.project) is None:
+    tasks = RankingTask.objects.select_related("project").filter(pk=task_id)
+    if not user.is_superuser:
+        tasks = tasks.filter(project__memberships__user=user)
+    task = tasks.first()
+    if task is None:
         raise Http404("No such task.")
     return task
 

@@ -81,9 +81,7 @@ def task_skip(*, task: RankingTask, labeler: Any) -> None:
 def _current_lease(
     project: Project, labeler: Any, now: datetime, *, exclude_task_id: int | None = None
 ) -> Assignment | None:
-    leases = Assignment.objects.select_related(
-        "task__prompt", "task__project", "task__round"
-    ).filter(
+    leases = Assignment.objects.filter(
         task__project=project,
         task__status=RankingTask.Status.OPEN,
         labeler=labeler,
@@ -92,7 +90,15 @@ def _current_lease(
     )
     if exclude_task_id is not None:
         leases = leases.exclude(task_id=exclude_task_id)
-    return leases.order_by("id").first()
+    # Most requests come after a submission and find no lease: ask for the id alone, and
+    # load the lease with its task only when there is one.
+    lease_id = leases.order_by("id").values_list("pk", flat=True).first()
+    if lease_id is None:
+        return None
+    # The project is known: a join on it would only load its many columns again.
+    lease = Assignment.objects.select_related("task__prompt", "task__round").get(pk=lease_id)
+    lease.task.project = project
+    return lease
 
 
 def _lock_membership(project: Project, labeler: Any) -> None:
@@ -113,7 +119,10 @@ def _lock_candidate(
     candidates = _candidates(project, labeler, now).exclude(pk__in=exclude).order_by("id")
     if connection.features.has_select_for_update_skip_locked:
         candidates = candidates.select_for_update(skip_locked=True, of=of_self())
-    return candidates.select_related("prompt", "project", "round").first()
+    task = candidates.select_related("prompt", "round").first()
+    if task is not None:
+        task.project = project
+    return task
 
 
 def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[RankingTask]:
@@ -131,7 +140,8 @@ def _candidates(project: Project, labeler: Any, now: datetime) -> QuerySet[Ranki
     return (
         RankingTask.objects.filter(project=project, status=RankingTask.Status.OPEN)
         .filter(~Exists(done_by_labeler))
-        .annotate(used=Coalesce(Subquery(slots, output_field=IntegerField()), 0))
+        # alias, not annotate: the count is compiled once, into WHERE, and not selected.
+        .alias(used=Coalesce(Subquery(slots, output_field=IntegerField()), 0))
         .filter(used__lt=F("overlap"))
     )
 

@@ -70,7 +70,7 @@ def ranking_submit(
     if task.rankings_count >= task.overlap:
         task.status = RankingTask.Status.COMPLETE
     task.save(update_fields=["rankings_count", "status", "updated_at"])
-    comparisons_from_ranking(ranking=ranking)
+    Comparison.objects.bulk_create(build_comparisons(ranking))  # a new ranking has none yet
     return ranking
 
 

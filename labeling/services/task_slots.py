@@ -43,11 +43,12 @@ def lock_task(task: RankingTask) -> RankingTask:
     Call inside a transaction. On SQLite there are no row locks; its single writer
     serialises the transactions instead.
     """
-    return (
-        RankingTask.objects.select_for_update(of=of_self())
-        .select_related("project")
-        .get(pk=task.pk)
-    )
+    locked = RankingTask.objects.select_for_update(of=of_self())
+    if RankingTask.project.is_cached(task):  # the caller's project row (loaded with access)
+        row = locked.get(pk=task.pk)
+        row.project = task.project
+        return row
+    return locked.select_related("project").get(pk=task.pk)
 
 
 def of_self() -> tuple[str, ...]:

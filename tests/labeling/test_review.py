@@ -449,11 +449,11 @@ def test_submit_in_a_round_has_a_query_budget(
     RankingTaskFactory.create_batch(3, project=project, round=live_round)
     task = labeler_client.get(f"{API}/projects/{project.slug}/tasks/next/").json()
     body = {"order": [[r["id"]] for r in task["responses"]], "time_spent_ms": 5}
-    # 14 for the submission (test_api.py's budget) + 2 for the round: the F() update and,
+    # 11 for the submission (test_api.py's budget) + 2 for the round: the F() update and,
     # as this ranking completes its task, the indexed count of the round's open tasks;
     # never an aggregate over the round's rankings, nor a lock on the round.
     with (
-        django_assert_max_num_queries(16) as captured,
+        django_assert_max_num_queries(13) as captured,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = labeler_client.post(f"{API}/tasks/{task['id']}/rankings/", body, format="json")
