@@ -125,7 +125,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_gunicorn(url: str, port: int, workers: int) -> subprocess.Popen:
+def _start_gunicorn(url: str, port: int, workers: int | None) -> subprocess.Popen:
+    """The app as deployed: gunicorn with the product's config/gunicorn.conf.py (sync
+    workers, 2 x cores + 1 unless `workers` is given), the production settings, and its
+    access log (to a file the bench throws away)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -134,11 +137,14 @@ def _start_gunicorn(url: str, port: int, workers: int) -> subprocess.Popen:
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_SSL_REDIRECT": "false",
         "DJANGO_LOG_LEVEL": "WARNING",
+        "GUNICORN_ACCESS_LOG": os.devnull,
     }
     cmd = [
-        str(ROOT / ".venv" / "bin" / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{port}",
-        "-w", str(workers), "-k", "gthread", "--threads", "8", "--log-level", "warning",
+        str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "config" / "gunicorn.conf.py"),
+        "config.wsgi", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
     ]  # fmt: skip
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -308,7 +314,7 @@ def load_test(args: argparse.Namespace, think_ms: float, *, in_round: bool = Fal
         "in_round": in_round,
         "labelers": args.labelers,
         "think_ms": think_ms,
-        "gunicorn_workers": args.workers,
+        "gunicorn_workers": args.workers or 2 * len(os.sched_getaffinity(0)) + 1,
         "duration_s": round(elapsed, 1),
         "submissions": len(cycles),
         "submissions_per_s": round(len(cycles) / elapsed, 1),
@@ -517,7 +523,9 @@ def main() -> None:
         help="pause between a labeler's tasks; 0 saturates the server (a person takes 30 s+)",
     )
     parser.add_argument("--tasks", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (default: its config's)"
+    )
     parser.add_argument("--export-rows", type=int, default=100_000)
     parser.add_argument(
         "--repeat", type=int, default=1, help="alternate the no-round and in-round runs N times"
