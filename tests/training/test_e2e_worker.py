@@ -227,7 +227,13 @@ def _describe(round_id: int) -> str:
 
 
 def wait_for(
-    check: Callable[[], Any], *, what: str, round_id: int, worker: Worker, timeout: float = 300
+    check: Callable[[], Any],
+    *,
+    what: str,
+    round_id: int,
+    worker: Worker,
+    timeout: float = 300,
+    poll: float = 0.5,
 ) -> Any:
     """Poll `check` until it returns something truthy; fail with the round and worker log."""
     deadline = time.monotonic() + timeout
@@ -237,7 +243,7 @@ def wait_for(
             return value
         if worker.exited():
             break
-        time.sleep(0.5)
+        time.sleep(poll)
     status = "the worker exited" if worker.exited() else f"timed out after {timeout}s"
     raise AssertionError(f"{status} waiting for {what}\n{_describe(round_id)}\n{worker.log_tail()}")
 
@@ -512,7 +518,9 @@ def test_a_round_cancelled_mid_generation_stops_sampling_and_serves_nothing(
 
     worker = start_worker()
     project = _loop_project()
-    project.max_new_tokens = 128  # ~3 s a batch for tiny on one core
+    # A batch must outlast the poll below and the run's cancel checks (every 0.2 s): tiny
+    # decodes 128 tokens in well under a second on a fast core.
+    project.max_new_tokens = 1024
     project.training_config = {
         **FAST_CONFIG,
         "prompts_per_round": 3,
@@ -531,6 +539,7 @@ def test_a_round_cancelled_mid_generation_stops_sampling_and_serves_nothing(
         what="the second batch to start decoding",
         round_id=first.pk,
         worker=worker,
+        poll=0.05,
     )
     round_cancel(round_=first)
     run = first.runs.get(kind="generate")
