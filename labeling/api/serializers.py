@@ -19,6 +19,7 @@ from labeling.models import (
     Prompt,
     validate_guidelines_size,
 )
+from labeling.services.projects import UPDATABLE_FIELDS
 
 
 class StrictInput(serializers.Serializer):
@@ -47,25 +48,7 @@ TRAINING_CONFIG_HELP = (
 class ProjectOut(serializers.ModelSerializer):
     class Meta:
         model = Project
-        fields = [
-            "slug",
-            "name",
-            "guidelines",
-            "k",
-            "overlap",
-            "flag_vocabulary",
-            "base_model",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "lease_seconds",
-            "training_config",
-            "gate_min_rm_accuracy",
-            "gate_max_rm_drop",
-            "gate_kl_factor",
-            "moderation_rules",
-            "created_at",
-        ]
+        fields = ["slug", *UPDATABLE_FIELDS, "created_at"]
         read_only_fields = fields
 
 

@@ -13,7 +13,8 @@ from labeling import seams
 from labeling.models import Membership, Project
 from labeling.services.moderation import check_moderation_rules, moderation_rescan
 
-UPDATABLE_FIELDS = {
+# The settings a project admin may change (project_update; the API shows them all).
+UPDATABLE_FIELDS = (
     "name",
     "guidelines",
     "k",
@@ -29,7 +30,7 @@ UPDATABLE_FIELDS = {
     "gate_max_rm_drop",
     "gate_kl_factor",
     "moderation_rules",
-}
+)
 MAX_FLAG_LENGTH = 40
 
 
@@ -66,7 +67,7 @@ def project_create(
 def project_update(*, project: Project, **fields: Any) -> Project:
     """Change the settings in `fields` (see UPDATABLE_FIELDS). Existing tasks keep their
     overlap and responses; new tasks use the new settings."""
-    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    unknown = sorted(set(fields) - set(UPDATABLE_FIELDS))
     if unknown:
         raise ApplicationError(f"{unknown[0]}: this field cannot be changed")
     if "base_model" in fields:
