@@ -63,6 +63,67 @@ def add_training_args(parser: argparse.ArgumentParser, *, out_help: str) -> None
     add_memory_args(parser)
 
 
+def kl_target(value: str) -> float | None:
+    """A positive float, or "none"/"fixed" for a constant beta."""
+    if value.lower() in {"none", "fixed"}:
+        return None
+    try:
+        target = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'none'") from None
+    if not target > 0:
+        raise argparse.ArgumentTypeError("must be > 0 (or 'none' for a fixed beta)")
+    return target
+
+
+# The flags of the RL commands (ppo, rloo) that set the same config fields, flag -> field.
+RL_FLAG_TO_FIELD = {
+    "init_kl_coef": "init_kl_coef",
+    "kl_horizon": "kl_horizon",
+    "missing_eos_penalty": "missing_eos_penalty",
+    "max_new_tokens": "max_new_tokens",
+    "max_length": "max_prompt_length",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "train_top_layers": "train_top_layers",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_target_modules": "lora_target_modules",
+}
+
+
+def add_rl_args(parser: argparse.ArgumentParser, *, lora_help: str) -> None:
+    """The flags the RL commands share: the KL controller, sampling, reward rules and what
+    trains (``RL_FLAG_TO_FIELD``, plus ``--kl-target``, ``--rule`` and
+    ``--gradient-checkpointing``, which each command reads itself)."""
+    add = parser.add_argument
+    add(
+        "--kl-target",
+        type=kl_target,
+        default=argparse.SUPPRESS,
+        help="KL target in nats, or 'none' for a fixed beta (default 6)",
+    )
+    add("--init-kl-coef", type=float, help="initial beta of the KL penalty")
+    add("--kl-horizon", type=int, help="adaptive KL horizon, in episodes")
+    add("--max-new-tokens", type=int)
+    add("--max-length", type=int, help="prompt tokens kept (the last ones)")
+    add("--temperature", type=float)
+    add("--top-p", type=float)
+    add(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON',
+    )
+    add("--missing-eos-penalty", type=float, help="subtracted when a response lacks EOS")
+    add("--train-top-layers", type=int, metavar="N", help="train only the top N blocks")
+    add("--lora-r", type=int, metavar="N", help=lora_help)
+    add("--lora-alpha", type=int, metavar="A", help="LoRA alpha (adapters scale by A / N)")
+    add("--lora-target-modules", metavar="NAMES", help="comma-separated layers, or all-linear")
+    add("--gradient-checkpointing", action="store_true")
+
+
 def add_memory_args(parser: argparse.ArgumentParser) -> None:
     """``--train-top-layers``, ``--gradient-checkpointing``, ``--lora-r``."""
     parser.add_argument(

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.commands.common import (
+    RL_FLAG_TO_FIELD,
     CommandError,
     add_model_args,
+    add_rl_args,
     check_out_dir,
     config_from_args,
     device_from_args,
@@ -45,46 +47,23 @@ from training.ml.commands.common import (
 )
 
 FLAG_TO_FIELD = {
+    **RL_FLAG_TO_FIELD,
     "steps": "steps",
     "batch_size": "batch_size",
     "mini_batch_size": "mini_batch_size",
     "ppo_epochs": "ppo_epochs",
     "lr": "lr",
-    "init_kl_coef": "init_kl_coef",
-    "kl_horizon": "kl_horizon",
     "cliprange": "cliprange",
     "cliprange_value": "cliprange_value",
     "vf_coef": "vf_coef",
     "gamma": "gamma",
     "lam": "lam",
-    "missing_eos_penalty": "missing_eos_penalty",
     "ptx_coef": "ptx_coef",
-    "max_new_tokens": "max_new_tokens",
-    "max_length": "max_prompt_length",
-    "temperature": "temperature",
-    "top_p": "top_p",
     "seed": "seed",
-    "train_top_layers": "train_top_layers",
-    "lora_r": "lora_r",
-    "lora_alpha": "lora_alpha",
-    "lora_target_modules": "lora_target_modules",
     "checkpoint_every": "checkpoint_every",
 }
 METRIC_KEYS = ["env/score_mean", "objective/kl", "objective/kl_coef", "charts/tokens_per_s"]
 EXIT_CANCELLED = 130
-
-
-def kl_target(value: str) -> float | None:
-    """A positive float, or "none"/"fixed" for a constant beta."""
-    if value.lower() in {"none", "fixed"}:
-        return None
-    try:
-        target = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'none'") from None
-    if not target > 0:
-        raise argparse.ArgumentTypeError("must be > 0 (or 'none' for a fixed beta)")
-    return target
 
 
 def register(subparsers: Any) -> None:
@@ -107,39 +86,15 @@ def register(subparsers: Any) -> None:
     add("--mini-batch-size", type=int, help="episodes per gradient step")
     add("--ppo-epochs", type=int, help="passes over each rollout")
     add("--lr", type=float, help="learning rate of policy and critic")
-    add(
-        "--kl-target",
-        type=kl_target,
-        default=argparse.SUPPRESS,
-        help="KL target in nats, or 'none' (default 6)",
-    )
-    add("--init-kl-coef", type=float, help="initial beta of the KL penalty")
-    add("--kl-horizon", type=int, help="adaptive KL horizon, in episodes")
+    add_rl_args(parser, lora_help="LoRA PPO: adapters of rank N, two base copies")
     add("--cliprange", type=float)
     add("--cliprange-value", type=float)
     add("--vf-coef", type=float)
     add("--gamma", type=float, help="GAE discount")
     add("--lam", type=float, help="GAE lambda")
     add("--whiten-rewards", action="store_true")
-    add("--max-new-tokens", type=int)
-    add("--max-length", type=int, help="prompt tokens kept (the last ones)")
-    add("--temperature", type=float)
-    add("--top-p", type=float)
-    add(
-        "--rule",
-        action="append",
-        default=[],
-        metavar="RULE",
-        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON',
-    )
-    add("--missing-eos-penalty", type=float, help="subtracted when a response lacks EOS")
     add("--ptx-data", metavar="FILE", help="demonstrations for the PPO-ptx term")
     add("--ptx-coef", type=float, help="gamma of PPO-ptx")
-    add("--train-top-layers", type=int, metavar="N", help="train only the top N blocks")
-    add("--lora-r", type=int, metavar="N", help="LoRA PPO: adapters of rank N, two base copies")
-    add("--lora-alpha", type=int, metavar="A", help="LoRA alpha (adapters scale by A / N)")
-    add("--lora-target-modules", metavar="NAMES", help="comma-separated layers, or all-linear")
-    add("--gradient-checkpointing", action="store_true")
     add("--checkpoint-every", type=int, metavar="STEPS", help="save a checkpoint every N steps")
     add("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.checkpoints)")
     add("--resume", action="store_true", help="continue from the newest checkpoint")

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.commands.common import (
+    RL_FLAG_TO_FIELD,
     CommandError,
     add_model_args,
+    add_rl_args,
     check_out_dir,
     config_from_args,
     device_from_args,
@@ -35,26 +37,15 @@ from training.ml.commands.common import (
     set_threads_from_env,
     weights_dtype,
 )
-from training.ml.commands.ppo import kl_target
 
 FLAG_TO_FIELD = {
+    **RL_FLAG_TO_FIELD,
     "steps": "steps",
     "batch_size": "batch_size",
     "num_samples": "num_samples",
     "lr": "lr",
-    "init_kl_coef": "init_kl_coef",
-    "kl_horizon": "kl_horizon",
-    "missing_eos_penalty": "missing_eos_penalty",
-    "max_new_tokens": "max_new_tokens",
-    "max_length": "max_prompt_length",
-    "temperature": "temperature",
-    "top_p": "top_p",
     "forward_batch_size": "forward_batch_size",
     "seed": "seed",
-    "train_top_layers": "train_top_layers",
-    "lora_r": "lora_r",
-    "lora_alpha": "lora_alpha",
-    "lora_target_modules": "lora_target_modules",
 }
 METRIC_KEYS = ["env/score_mean", "objective/kl", "objective/kl_coef", "losses/policy_loss"]
 EXIT_CANCELLED = 130
@@ -79,33 +70,9 @@ def register(subparsers: Any) -> None:
     add("--batch-size", type=int, help="prompts per step, global under accelerate launch")
     add("--num-samples", type=int, metavar="N", help="responses per prompt (>= 2)")
     add("--lr", type=float, help="learning rate of the policy")
-    add(
-        "--kl-target",
-        type=kl_target,
-        default=argparse.SUPPRESS,
-        help="KL target in nats, or 'none' for a fixed beta (default 6)",
-    )
-    add("--init-kl-coef", type=float, help="initial beta of the KL penalty")
-    add("--kl-horizon", type=int, help="adaptive KL horizon, in episodes")
+    add_rl_args(parser, lora_help="LoRA adapters of rank N on a frozen base")
     add("--normalize-advantages", action="store_true", help="unit-std advantages per step")
-    add("--max-new-tokens", type=int)
-    add("--max-length", type=int, help="prompt tokens kept (the last ones)")
-    add("--temperature", type=float)
-    add("--top-p", type=float)
     add("--forward-batch-size", type=int, help="episodes per forward pass")
-    add(
-        "--rule",
-        action="append",
-        default=[],
-        metavar="RULE",
-        help='reward rule, repeatable: "regex:PATTERN:W", "length:<=64:W", or JSON',
-    )
-    add("--missing-eos-penalty", type=float, help="subtracted when a response lacks EOS")
-    add("--train-top-layers", type=int, metavar="N", help="train only the top N blocks")
-    add("--lora-r", type=int, metavar="N", help="LoRA adapters of rank N on a frozen base")
-    add("--lora-alpha", type=int, metavar="A", help="LoRA alpha (adapters scale by A / N)")
-    add("--lora-target-modules", metavar="NAMES", help="comma-separated layers, or all-linear")
-    add("--gradient-checkpointing", action="store_true")
     add(
         "--config",
         metavar="FILE",
