@@ -146,6 +146,30 @@ def test_rows_that_end_early_leave_the_batch_without_disturbing_the_others(tiny_
             assert sample.logprobs == pytest.approx(reference.logprobs, abs=1e-4)
 
 
+def test_a_prompts_samples_share_its_prefill(tiny_lm):
+    """K rows of one prompt forward it once; the first step's batch holds each distinct
+    prompt once, and the samples equal those of rows prefilled one by one (the test above
+    checks the same against batch_size=1)."""
+    model, tokenizer = tiny_lm
+    batches: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: batches.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    settings = GenerationSettings(max_new_tokens=3, seed=5)
+    try:
+        shared = sample_responses(model, tokenizer, PROMPTS[:2], k=4, settings=settings)
+    finally:
+        hook.remove()
+    assert batches[0] == 2 and batches[1] == 8  # prefill of 2 prompts, then 8 rows decode
+    one_by_one = sample_responses(
+        model, tokenizer, PROMPTS[:2], k=4, settings=settings, batch_size=1
+    )
+    assert [[s.token_ids for s in g] for g in shared] == [
+        [s.token_ids for s in g] for g in one_by_one
+    ]
+
+
 def test_without_eos_the_limit_leaves_it_unfinished(tiny_lm):
     model, tokenizer = tiny_lm
     force_hello = torch.zeros(len(tokenizer))

@@ -200,13 +200,23 @@ def _decode_batch(
     """Sample one response per prompt row; a row leaves the batch at EOS. ``should_stop``
     is asked before every decoding step; True raises ``SamplingStopped``. ``on_step(used)``
     follows every step with the batch's token budget used: the tokens decoded by rows
-    still running plus ``max_new_tokens`` for each row that ended (its whole budget)."""
+    still running plus ``max_new_tokens`` for each row that ended (its whole budget).
+
+    Rows with the same prompt (a prompt's K samples) share its prefill: each distinct
+    prompt is forwarded once and its KV cache and last logits are copied to its rows, so
+    a batch of 2 prompts x 4 samples prefills 2 sequences, not 8."""
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
+    distinct: dict[tuple[int, ...], int] = {}
+    of_row = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    ids, mask = left_pad([list(p) for p in distinct], pad_id, device)  # (U, P)
     positions = position_ids_from_attention_mask(mask)
-    out = model(  # logits of the last position only: (B, 1, V), not (B, P, V)
+    out = model(  # logits of the last position only: (U, 1, V), not (U, P, V)
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
     )
+    if len(distinct) < len(prompts):
+        lines = torch.tensor(of_row, device=device)
+        out.past_key_values.batch_select_indices(lines)  # a distinct prompt's KV, per row
+        out.logits, mask, positions = out.logits[lines], mask[lines], positions[lines]
     rows = [_Row([], []) for _ in prompts]
     live = _Live(
         index=list(range(len(prompts))),
