@@ -6,10 +6,12 @@ policy move, for each recipe of the policy stage (ppo, dpo, best_of_n, rloo)?
         [--quick] [--model default] [--preference length:shorter] [--noise 5] [--rounds 2]
         [--ppo-steps 24] [--max-new-tokens 32] [--threads 2]
 
-Every recipe gets the same labelers, prompts, RM and budget: RLOO samples as many
-episodes per step as PPO (ppo_batch / K prompts x K samples, the same steps), best-of-N
-samples as many responses (K per prompt, steps x ppo_batch / K prompts), DPO trains on the
-same rankings the RM does. Each (recipe, seed) is its own project in one database; the
+Every recipe gets the same labelers, prompts, preference, RM settings and budget: RLOO
+samples as many episodes per step as PPO (ppo_batch / K prompts x K samples, the same
+steps), best-of-N samples as many responses (K per prompt, steps x ppo_batch / K
+prompts), DPO trains on the rankings its RM trains on. The round's samples are seeded by
+the project's id, so each (recipe, seed) ranks its own samples and trains its own RM.
+Each (recipe, seed) is its own project in one database; the
 table has one row per recipe, the mean over seeds of the held-out z, the KL to SFT on the
 held-out samples and the CPU-seconds (process time, every thread) per round. Where the
 promotion gate stops a round in needs_review the bench approves it, as an admin would, and
