@@ -215,6 +215,16 @@ def test_a_failed_round_shows_its_error_as_text(page, project, project_admin) ->
     assert page.title() != "pwned"
 
 
+def test_the_policy_stage_is_named_by_the_rounds_recipe(page, project, project_admin) -> None:
+    RoundFactory(project=project, number=1, stage="training_ppo", recipe="dpo")
+    log_in(page, project_admin.username)
+    page.goto(f"/projects/{project.slug}/rounds/")
+    page.wait_for_selector("#stages .stage.is-current")
+    assert page.text_content("#stages .stage.is-current .stage__label") == "DPO"
+    assert page.text_content("#round-title") == "Round 1 · Training DPO"
+    assert "PPO" not in page.text_content("#stages")
+
+
 def test_the_playground_chat_with_thumbs_and_a_better_answer(page, project, labeler) -> None:
     project.max_new_tokens = 10
     project.save()

@@ -5,7 +5,7 @@
 
 import { el } from "../studio/dom.js";
 import { Curves, perRoundCharts } from "./curves.js";
-import { duration, stageLabel, when } from "./format.js";
+import { duration, recipeLabel, stageLabel, when } from "./format.js";
 import { fill, makeClient, readConfig } from "./http.js";
 import { renderReview, reviewNote } from "./review.js";
 import { renderLabelers, renderModels, renderRounds, rmAccuracy } from "./tables.js";
@@ -59,7 +59,7 @@ function renderStages(round) {
     }
     return el("li", { className: `stage ${status}`, attrs: { "aria-current": status === "is-current" ? "step" : null } }, [
       el("span", { className: "stage__dot", attrs: { "aria-hidden": "true" } }),
-      el("span", { className: "stage__label", text: label }),
+      el("span", { className: "stage__label", text: stage === "training_ppo" && round ? recipeLabel(round.recipe) : label }),
     ]);
   });
   $("stages").replaceChildren(...items);
@@ -117,7 +117,7 @@ function renderProgress(round) {
   // so the dashboard never shows other counters than the API does.
   if (round && round.stage !== "labeling" && active.length) {
     const waiting = active.every((run) => run.status === "queued");
-    const stage = stageLabel(round.stage);
+    const stage = stageLabel(round.stage, round.recipe);
     const label = active.length === 1
       ? `${active[0].kind.toUpperCase()} run #${active[0].id}`
       : `${stage[0].toUpperCase()}${stage.slice(1)}: ${active.length} runs`;
@@ -136,7 +136,7 @@ function renderCurrent(round) {
   renderStages(round);
   renderProgress(round);
   const active = round && ACTIVE.has(round.stage);
-  const stage = stageLabel(round ? round.stage : "");
+  const stage = stageLabel(round ? round.stage : "", round && round.recipe);
   $("round-title").textContent = round ? `Round ${round.number} · ${stage[0].toUpperCase()}${stage.slice(1)}` : "No round yet";
   if (round) {
     const parts = [`sampled from ${round.sampling_policy ? round.sampling_policy.label : "—"}`,

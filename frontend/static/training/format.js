@@ -36,7 +36,15 @@ export function duration(seconds) {
 }
 
 const STAGE_NAMES = { training_rm: "training RM", training_ppo: "training PPO" };
+const RECIPE_NAMES = { ppo: "PPO", dpo: "DPO", best_of_n: "Best-of-N", rloo: "RLOO" };
 
-export function stageLabel(stage) {
+/** The policy stage's name for a round's recipe ("PPO" when the recipe is unknown). */
+export function recipeLabel(recipe) {
+  return RECIPE_NAMES[recipe] || "PPO";
+}
+
+/** A stage for people; the policy stage (training_ppo) is named by the round's recipe. */
+export function stageLabel(stage, recipe) {
+  if (stage === "training_ppo" && recipe) return `training ${recipeLabel(recipe)}`;
   return STAGE_NAMES[stage] || String(stage || "").replace(/_/g, " ");
 }
