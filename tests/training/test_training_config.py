@@ -202,6 +202,11 @@ def test_checking_a_config_does_not_load_torch(tmp_path) -> None:
     "config, message",
     [
         ({"ppo": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"rm": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"sft": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"dpo": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"best_of_n": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
+        ({"rloo": {"lora_r": 4, "train_top_layers": 2}}, "exclude each other"),
         ({"ppo": {"lora_target_modules": " , "}}, "at least one layer"),
         ({"rm": {"seed": 10**40}}, "rm.seed: must be <="),
         ({"ppo": {"seed": 2**31}}, "ppo.seed: must be <="),
@@ -212,3 +217,7 @@ def test_the_door_refuses_what_the_trainer_config_would(config, message) -> None
     hours later in a worker."""
     with pytest.raises(ApplicationError, match=message):
         training_config_check(config)
+
+
+def test_sft_lora_r_zero_is_off_and_mixes_with_top_layers() -> None:
+    training_config_check({"sft": {"lora_r": 0, "train_top_layers": 2}})

@@ -95,6 +95,20 @@ def _range_problem(metadata: typing.Mapping[str, Any], value: Any) -> str | None
     return None
 
 
+def check_trained_parts(config: Any, *, lora_trains: str = "the adapters") -> None:
+    """Raise ValueError when `config` asks for LoRA and for the top N blocks at once (the
+    two ways of choosing what trains exclude each other), or names no LoRA layer."""
+    name = type(config).__name__
+    if config.lora_r and config.train_top_layers is not None:  # SFT's lora_r 0 is off
+        raise ValueError(
+            f"{name}.train_top_layers and lora_r exclude each other: "
+            f"with LoRA only {lora_trains} train"
+        )
+    modules = getattr(config, "lora_target_modules", None)
+    if modules is not None and not modules.strip(", "):
+        raise ValueError(f"{name}.lora_target_modules must name at least one layer")
+
+
 def check_config(config: Any) -> None:
     """Raise ValueError naming the first field of the dataclass `config` that is out of
     its type or range ("PPOConfig.batch_size must be >= 1, got 0")."""
@@ -172,8 +186,9 @@ class RMConfig:
     seed: int = setting(0, "Seed of the batch order (and of the eval split).", ge=0, le=MAX_SEED)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field out of its type or range."""
+        """Raise ValueError naming the first field out of its type or range, or a bad mix."""
         check_config(self)
+        check_trained_parts(self, lora_trains="the adapters (and the score head)")
 
 
 @dataclass
@@ -273,13 +288,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-        if self.lora_r is not None and self.train_top_layers is not None:
-            raise ValueError(
-                "PPOConfig.train_top_layers and lora_r exclude each other: "
-                "with LoRA only the adapters (and the value head) train"
-            )
-        if not self.lora_target_modules.strip(", "):
-            raise ValueError("PPOConfig.lora_target_modules must name at least one layer")
+        check_trained_parts(self, lora_trains="the adapters (and the value head)")
 
 
 @dataclass
@@ -330,8 +339,9 @@ class SFTConfig:
     lora_alpha: int = setting(16, "LoRA alpha.", ge=1)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field out of its type or range."""
+        """Raise ValueError naming the first field out of its type or range, or a bad mix."""
         check_config(self)
+        check_trained_parts(self)
 
     def memory(self) -> "MemoryConfig":
         from training.ml.memory import MemoryConfig  # torch: only where SFT trains
@@ -411,11 +421,7 @@ class DPOConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first field out of its type or range, or a bad mix."""
         check_config(self)
-        if self.lora_r is not None and self.train_top_layers is not None:
-            raise ValueError(
-                "DPOConfig.train_top_layers and lora_r exclude each other: "
-                "with LoRA only the adapters train"
-            )
+        check_trained_parts(self)
 
     def memory(self) -> "MemoryConfig":
         from training.ml.memory import MemoryConfig  # torch: only where DPO trains
@@ -510,13 +516,7 @@ class RLOOConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-        if self.lora_r is not None and self.train_top_layers is not None:
-            raise ValueError(
-                "RLOOConfig.train_top_layers and lora_r exclude each other: "
-                "with LoRA only the adapters train"
-            )
-        if not self.lora_target_modules.strip(", "):
-            raise ValueError("RLOOConfig.lora_target_modules must name at least one layer")
+        check_trained_parts(self)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field out of its type or range."""
@@ -546,8 +546,9 @@ class BestOfNConfig(SFTConfig):
     )
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field out of its type or range."""
+        """Raise ValueError naming the first field out of its type or range, or a bad mix."""
         check_config(self)
+        check_trained_parts(self)
 
     def sft_config(self) -> SFTConfig:
         """The SFT part of the settings."""
