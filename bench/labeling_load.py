@@ -127,7 +127,7 @@ def _free_port() -> int:
 
 def _start_gunicorn(url: str, port: int, workers: int | None) -> subprocess.Popen:
     """The app as deployed: gunicorn with the product's config/gunicorn.conf.py (sync
-    workers, 2 x cores + 1 unless `workers` is given), the production settings, and its
+    workers, its count unless `workers` is given), the production settings, and its
     access log (to a file the bench throws away)."""
     env = {
         **os.environ,
@@ -155,6 +155,13 @@ def _start_gunicorn(url: str, port: int, workers: int | None) -> subprocess.Pope
             time.sleep(0.3)
     proc.kill()
     raise SystemExit("gunicorn did not start")
+
+
+def _configured_workers() -> int:
+    """The worker count config/gunicorn.conf.py gives this machine."""
+    import runpy
+
+    return int(runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))["workers"])
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -314,7 +321,7 @@ def load_test(args: argparse.Namespace, think_ms: float, *, in_round: bool = Fal
         "in_round": in_round,
         "labelers": args.labelers,
         "think_ms": think_ms,
-        "gunicorn_workers": args.workers or 2 * len(os.sched_getaffinity(0)) + 1,
+        "gunicorn_workers": args.workers or _configured_workers(),
         "duration_s": round(elapsed, 1),
         "submissions": len(cycles),
         "submissions_per_s": round(len(cycles) / elapsed, 1),

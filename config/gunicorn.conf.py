@@ -3,9 +3,11 @@
 config/gunicorn.conf.py config.wsgi`. Command-line flags override these.
 
 Sync workers, one request at a time each, `2 x cores + 1` of them (gunicorn's own
-advice): the ranking screen's requests are short and CPU-bound, so threads in one
-process would only queue behind its GIL. Streamed exports hold a worker while they run;
-raise GUNICORN_WORKERS where many run at once.
+advice), at most 9 unless GUNICORN_WORKERS says otherwise: the ranking screen's requests
+are short and CPU-bound, so threads in one process would only queue behind its GIL, and
+on a many-core host each worker's memory would add up with no gain for the labelers.
+Streamed exports hold a worker while they run; raise GUNICORN_WORKERS where many run at
+once.
 """
 
 import os
@@ -13,7 +15,7 @@ import os
 # The cores this process may run on (a container's CPU set), not the host's count.
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", 2 * cores + 1))
+workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * cores + 1, 9)))
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None

@@ -118,3 +118,25 @@ def test_nginx_proxies_to_the_web_service() -> None:
     conf = (DOCKER / "nginx.conf").read_text()
     assert re.search(r"upstream rlhf_web \{\s*server web:8000;", conf)
     assert "proxy_pass http://rlhf_web;" in conf
+
+
+def test_the_web_process_runs_under_the_one_gunicorn_config(compose: dict[str, Any]) -> None:
+    """The image, compose and bench.labeling_load start gunicorn with one config file."""
+    web = _command(compose["services"]["web"])
+    assert _option(web[web.index("gunicorn") :], "-c") == "config/gunicorn.conf.py"
+    image = (DOCKER / "Dockerfile").read_text()
+    assert '"gunicorn", "-c", "config/gunicorn.conf.py"' in image
+    bench = (ROOT / "bench" / "labeling_load.py").read_text()
+    assert '"gunicorn.conf.py"' in bench
+
+
+def test_the_gunicorn_config_runs_sync_workers_capped_unless_told(monkeypatch) -> None:
+    import runpy
+
+    conf = str(ROOT / "config" / "gunicorn.conf.py")
+    monkeypatch.delenv("GUNICORN_WORKERS", raising=False)
+    settings = runpy.run_path(conf)
+    assert settings["worker_class"] == "sync"
+    assert settings["workers"] == min(2 * settings["cores"] + 1, 9)
+    monkeypatch.setenv("GUNICORN_WORKERS", "17")
+    assert runpy.run_path(conf)["workers"] == 17
