@@ -109,6 +109,19 @@ def check_trained_parts(config: Any, *, lora_trains: str = "the adapters") -> No
         raise ValueError(f"{name}.lora_target_modules must name at least one layer")
 
 
+def memory_of(config: Any) -> "MemoryConfig":
+    """The memory options (what trains, checkpointing, LoRA) of a trainer config that has
+    `train_top_layers`, `gradient_checkpointing`, `lora_r` and `lora_alpha`."""
+    from training.ml.memory import MemoryConfig  # torch: only where a model trains
+
+    return MemoryConfig(
+        train_top_layers=config.train_top_layers,
+        gradient_checkpointing=config.gradient_checkpointing,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+    )
+
+
 def check_config(config: Any) -> None:
     """Raise ValueError naming the first field of the dataclass `config` that is out of
     its type or range ("PPOConfig.batch_size must be >= 1, got 0")."""
@@ -344,14 +357,7 @@ class SFTConfig:
         check_trained_parts(self)
 
     def memory(self) -> "MemoryConfig":
-        from training.ml.memory import MemoryConfig  # torch: only where SFT trains
-
-        return MemoryConfig(
-            train_top_layers=self.train_top_layers,
-            gradient_checkpointing=self.gradient_checkpointing,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-        )
+        return memory_of(self)
 
 
 @dataclass
@@ -424,14 +430,7 @@ class DPOConfig:
         check_trained_parts(self)
 
     def memory(self) -> "MemoryConfig":
-        from training.ml.memory import MemoryConfig  # torch: only where DPO trains
-
-        return MemoryConfig(
-            train_top_layers=self.train_top_layers,
-            gradient_checkpointing=self.gradient_checkpointing,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-        )
+        return memory_of(self)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from training.ml.commands.common import (
     precision_from_args,
     set_threads_from_env,
 )
+from training.ml.commands.sft import FLAG_TO_FIELD as SFT_FLAG_TO_FIELD
 
 FLAG_TO_FIELD = {
     "n": "n",
@@ -39,17 +40,7 @@ FLAG_TO_FIELD = {
     "temperature": "temperature",
     "top_p": "top_p",
     "sample_batch_size": "sample_batch_size",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "max_length": "max_length",
-    "eval_fraction": "eval_fraction",
-    "warmup_ratio": "warmup_ratio",
-    "grad_accum_steps": "grad_accum_steps",
-    "seed": "seed",
-    "train_top_layers": "train_top_layers",
-    "lora_r": "lora_r",
-    "lora_alpha": "lora_alpha",
+    **SFT_FLAG_TO_FIELD,  # the SFT on the picks takes sft's flags
 }
 METRIC_KEYS = ["sft/loss", "sft/eval_loss", "sft/lr"]
 
