@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.labeling_load [--labelers 50] [--duration 30]
 
-1. 50 simulated labelers (threads, one HTTP session and API token each) loop
+1. 50 simulated labelers (one HTTP session and API token each; threads spread over
+   `--client-processes` processes, so that no labeler waits for another's GIL: the 50
+   people this stands for use 50 browsers) loop
    `GET tasks/next/` + `POST tasks/{id}/rankings/` against the app served by gunicorn on
    PostgreSQL; we report p50/p95/p99 latency of each request and of the pair, errors, and
    then check the database: no task over-leased, no accepted submission lost. Each load
@@ -112,11 +114,13 @@ def _seed(
 
 
 def _analyze() -> None:
-    """Fresh planner statistics: right after a bulk seed PostgreSQL would plan on empty ones."""
+    """Fresh planner statistics (right after a bulk seed PostgreSQL would plan on empty
+    ones), and the previous run's deleted rows vacuumed now: left to autovacuum, it would
+    run during the next measurement and take CPU from it."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+        cursor.execute("VACUUM ANALYZE")
 
 
 def _free_port() -> int:
@@ -241,6 +245,74 @@ class Labeler(threading.Thread):
                 time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
 
 
+def _client_process(
+    base: str,
+    slug: str,
+    keys: list[tuple[int, str]],
+    think_ms: float,
+    ready: Any,
+    go: Any,
+    until: Any,
+    results: Any,
+) -> None:
+    """One client process: its share of the labelers as threads, started together with
+    the other processes' (`go`), results sent back on `results`."""
+    threads = [Labeler(base, slug, key, 0.0, seed=i, think_ms=think_ms) for i, key in keys]
+    ready.put(True)
+    go.wait()
+    for t in threads:
+        t.until = until.value
+        t.start()
+    for t in threads:
+        t.join()
+    fields = ("next_ms", "submit_ms", "cycle_ms", "errors", "accepted")
+    results.put([{name: getattr(t, name) for name in fields} for t in threads])
+
+
+def _run_labelers(
+    base: str,
+    slug: str,
+    keys: list[str],
+    think_ms: float,
+    duration: float,
+    processes: int,
+    server: subprocess.Popen,
+    database: str,
+) -> tuple[list[dict[str, list]], float, float]:
+    """Run the labelers for `duration` seconds over `processes` client processes; return
+    their results, the elapsed wall time and the server's CPU-seconds meanwhile."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no Django state or DB socket inherited
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    until = context.Value("d", 0.0)
+    shares = [list(enumerate(keys))[i::processes] for i in range(processes)]
+    clients = [
+        context.Process(
+            target=_client_process,
+            args=(base, slug, share, think_ms, ready, go, until, results),
+            daemon=True,
+        )
+        for share in shares
+        if share
+    ]
+    for client in clients:
+        client.start()
+    for _ in clients:
+        ready.get(timeout=120)
+    cpu_before = _cpu_seconds(server, database)
+    started = time.perf_counter()
+    until.value = time.time() + duration
+    go.set()
+    labelers = [row for _ in clients for row in results.get(timeout=duration + 300)]
+    elapsed = time.perf_counter() - started
+    cpu_after = _cpu_seconds(server, database)
+    for client in clients:
+        client.join(timeout=30)
+    cpu_s = sum(max(0.0, s - cpu_before.get(pid, 0.0)) for pid, s in cpu_after.items())
+    return labelers, elapsed, cpu_s
+
+
 def _cpu_seconds(server: subprocess.Popen, database: str) -> dict[int, float]:
     """CPU seconds (user + system) so far of gunicorn's processes and of the PostgreSQL
     backends connected to `database`, by pid."""
@@ -289,38 +361,29 @@ def load_test(args: argparse.Namespace, think_ms: float, *, in_round: bool = Fal
         base = f"http://127.0.0.1:{port}"
         warm = Labeler(base, slug, keys[0], time.time() + 2, seed=0)  # warm connections
         warm.run()
-        until = time.time() + args.duration
-        threads = [
-            Labeler(base, slug, key, until, seed=i, think_ms=think_ms) for i, key in enumerate(keys)
-        ]
-        cpu_before = _cpu_seconds(server, database)
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
-        cpu_after = _cpu_seconds(server, database)
+        labelers, elapsed, cpu_s = _run_labelers(
+            base, slug, keys, think_ms, args.duration, args.client_processes, server, database
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
-    cpu_s = sum(max(0.0, s - cpu_before.get(pid, 0.0)) for pid, s in cpu_after.items())
 
-    accepted = [tid for t in [warm, *threads] for tid in t.accepted]
+    accepted = warm.accepted + [tid for t in labelers for tid in t["accepted"]]
     tasks = RankingTask.objects.filter(project__slug=slug).annotate(
         leased=Count("assignments", filter=~Q(assignments__status="skipped"), distinct=True),
         ranked=Count("rankings", distinct=True),
     )
     over_leased = sum(1 for t in tasks if t.ranked > t.overlap or t.leased > t.overlap)
     stored = Ranking.objects.filter(task__project__slug=slug).count()
-    cycles = [c for t in threads for c in t.cycle_ms]
-    nexts = [c for t in threads for c in t.next_ms]
-    submits = [c for t in threads for c in t.submit_ms]
-    errors = [e for t in threads for e in t.errors]
+    cycles = [c for t in labelers for c in t["cycle_ms"]]
+    nexts = [c for t in labelers for c in t["next_ms"]]
+    submits = [c for t in labelers for c in t["submit_ms"]]
+    errors = [e for t in labelers for e in t["errors"]]
     report = {
         "in_round": in_round,
         "labelers": args.labelers,
         "think_ms": think_ms,
+        "client_processes": args.client_processes,
         "gunicorn_workers": args.workers or _configured_workers(),
         "duration_s": round(elapsed, 1),
         "submissions": len(cycles),
@@ -530,6 +593,13 @@ def main() -> None:
         help="pause between a labeler's tasks; 0 saturates the server (a person takes 30 s+)",
     )
     parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=10,
+        help="processes the labelers' threads are spread over (1: all in one, whose GIL "
+        "then delays their requests)",
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="gunicorn workers (default: its config's)"
     )

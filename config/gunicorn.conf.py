@@ -19,3 +19,13 @@ workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * cores + 1, 9)))
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+
+
+def post_worker_init(worker: object) -> None:
+    """Build Django's URL resolver (which imports every view module) before the worker
+    takes its first request, which would otherwise pay for it: in-process, with the
+    production settings, a first `tasks/next` took 181 ms without this and 25 ms with it
+    (2026-12-01)."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 (a cached property: reading it builds it)

@@ -140,3 +140,17 @@ def test_the_gunicorn_config_runs_sync_workers_capped_unless_told(monkeypatch) -
     assert settings["workers"] == min(2 * settings["cores"] + 1, 9)
     monkeypatch.setenv("GUNICORN_WORKERS", "17")
     assert runpy.run_path(conf)["workers"] == 17
+
+
+def test_a_gunicorn_worker_builds_the_url_resolver_before_its_first_request() -> None:
+    """`post_worker_init` leaves every view module imported and the URL patterns built,
+    so a fresh worker's first labeler does not wait for them."""
+    import runpy
+
+    from django.urls import clear_url_caches, get_resolver
+
+    clear_url_caches()
+    assert "url_patterns" not in vars(get_resolver())
+    runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))["post_worker_init"](object())
+    assert "url_patterns" in vars(get_resolver())
+    assert get_resolver().resolve("/api/v1/tasks/1/rankings/").url_name
