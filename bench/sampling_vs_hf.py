@@ -4,11 +4,14 @@
         [--batch-size 8] [--max-new-tokens 128] [--repeats 2] [--threads 1]
 
 Both sides get the same model (loaded once), the same rows (each prompt's chat template
-encoded by `training.ml.chat.encode_prompt`, K copies, longest first, `--batch-size` rows
-left-padded per call: the batches `training.ml.sampling.sample_responses` makes) and the
-same settings: the product's defaults (max_new_tokens 128, temperature 1, top_p 1; HF's
-own top_k of 50 turned off), and greedy decoding, where both sides produce the same
-tokens. A response's tokens are counted up to and including its EOS. Ours also computes
+encoded by `training.ml.chat.encode_prompt`, K copies, longest first), at most
+`--batch-size` rows decoding at once, and the same settings. `model.generate` takes the
+rows in consecutive left-padded batches of `--batch-size` and runs each batch until its
+longest row ends; `training.ml.sampling.sample_responses` keeps `--batch-size` lines busy
+(a row that ends gives its line to the next waiting row) and forwards a prompt once for
+its K rows. The settings are the product's defaults (max_new_tokens 128, temperature 1,
+top_p 1; HF's own top_k of 50 turned off), and greedy decoding, where both sides produce
+the same tokens. A response's tokens are counted up to and including its EOS. Ours also computes
 each token's log-prob (PPO needs them); HF is asked for none. The sides alternate
 `--repeats` times after one warm-up each; figures are the totals over the repeats:
 new tokens per wall second and per CPU second of the process (`time.process_time`, all
@@ -56,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def batches(tokenizer: Any, prompts: list[str], k: int, size: int, max_prompt: int) -> list:
-    """The row batches `sample_responses` decodes: K copies per prompt, longest first."""
+    """The rows in `sample_responses`' order (K copies per prompt, longest first), cut
+    into `model.generate` calls of `size` rows."""
     encoded = [encode_prompt(tokenizer, p, max_prompt) for p in prompts]
     order = sorted(range(len(prompts) * k), key=lambda r: -len(encoded[r // k]))
     rows = [encoded[r // k] for r in order]

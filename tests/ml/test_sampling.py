@@ -170,6 +170,42 @@ def test_a_prompts_samples_share_its_prefill(tiny_lm):
     ]
 
 
+def test_a_row_that_ends_gives_its_line_to_the_next_waiting_row(tiny_lm):
+    """More rows than lines: as soon as a row ends, the next waiting one joins the batch
+    (its prompt's prefill is the very next forward), instead of the batch shrinking until
+    all its rows end; and the samples equal those decoded one row at a time."""
+    model, tokenizer = tiny_lm
+    prompts = [*PROMPTS, "Tell me a story.", "What is two plus two?", "Name a colour."]
+    bias = peaked_bias(len(tokenizer), tokenizer.eos_token_id, eos_prob=0.15)
+    settings = GenerationSettings(max_new_tokens=12, seed=7)
+    forwards: list[tuple[str, int]] = []
+
+    def record(_module, _args, kwargs):
+        ids = kwargs["input_ids"]
+        forwards.append(("decode" if ids.shape[1] == 1 else "prefill", ids.shape[0]))
+
+    with logit_bias(model, bias):
+        hook = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            pooled = sample_responses(
+                model, tokenizer, prompts, k=1, settings=settings, batch_size=2
+            )
+        finally:
+            hook.remove()
+        one_by_one = sample_responses(
+            model, tokenizer, prompts, k=1, settings=settings, batch_size=1
+        )
+    assert len({g[0].token_count for g in pooled}) > 2, "rows should end at different steps"
+    last_prefill = max(i for i, (kind, _) in enumerate(forwards) if kind == "prefill")
+    assert sum(n for kind, n in forwards if kind == "prefill") == len(prompts)  # each once
+    for i, (kind, lines) in enumerate(forwards[:last_prefill]):
+        if kind == "decode" and lines < 2:  # a row ended at this step: the next one joins
+            assert forwards[i + 1][0] == "prefill", forwards
+    for group, solo in zip(pooled, one_by_one, strict=True):
+        assert group[0].token_ids == solo[0].token_ids
+        assert group[0].logprobs == pytest.approx(solo[0].logprobs, abs=1e-4)
+
+
 def test_without_eos_the_limit_leaves_it_unfinished(tiny_lm):
     model, tokenizer = tiny_lm
     force_hello = torch.zeros(len(tokenizer))

@@ -8,9 +8,9 @@ passes that chose the tokens.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,87 +169,274 @@ class _Row:
 
 
 @dataclass
+class _Prefill:
+    """A prompt's forward: its key/value cache without padding (per layer ``(1, H, P,
+    D)``) and its last logits ``(1, V)``, kept until all its rows have joined the batch."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor
+    rows_left: int
+
+
+@dataclass
 class _Live:
-    """The rows still decoding: batch line ``i`` is ``rows[index[i]]``."""
+    """The rows decoding now: batch line ``i`` is row ``index[i]``. ``logits`` ``(b, V)``
+    give each line's next token; ``cache`` holds ``mask.shape[1]`` positions a line."""
 
     index: list[int]
     generators: list[torch.Generator]
-    mask: torch.Tensor  # (b, P + steps) attention mask
+    cache: Any
+    mask: torch.Tensor  # (b, L) attention mask over the cached positions
     next_pos: torch.Tensor  # (b, 1) position of the next token
+    logits: torch.Tensor  # (b, V)
+    refills: bool
+    """Rows may join while others decode (a cache of full-attention layers, which can be
+    cut and concatenated). Sliding-window caches do not allow it: their rows go in
+    batches of whole ``batch_size``."""
 
-    def keep(self, lines: torch.Tensor, cache: Any) -> None:
-        """Drop finished lines from the batch and from the KV cache."""
+    def keep(self, lines: torch.Tensor) -> None:
+        """Keep only ``lines`` (the others ended), and cut cache columns that no kept line
+        attends to (the left padding of lines that have left)."""
         kept = lines.tolist()
-        cache.batch_select_indices(lines)
+        self.cache.batch_select_indices(lines)
         self.index = [self.index[i] for i in kept]
         self.generators = [self.generators[i] for i in kept]
         self.mask, self.next_pos = self.mask[lines], self.next_pos[lines]
+        self.logits = self.logits[lines]
+        if self.refills:
+            used = self.mask.any(0)
+            first = int(used.to(torch.int8).argmax()) if kept else self.mask.shape[1]
+            if first:
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                self.mask = self.mask[:, first:]
+
+
+def _plain_layers(cache: Any) -> bool:
+    """Whether every layer of ``cache`` is a full-attention DynamicLayer (keys and values
+    of every position, ``(b, H, L, D)``), whose lines can be cut and joined."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _left_padded(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """``tensor`` with zeros prepended along dim -2 (keys, values) up to ``width``."""
+    missing = width - tensor.shape[-2]
+    if missing == 0:
+        return tensor
+    pad = tensor.new_zeros((*tensor.shape[:-2], missing, tensor.shape[-1]))
+    return torch.cat([pad, tensor], dim=-2)
+
+
+class _Pool:
+    """Up to ``batch_size`` rows decoding at once. Whenever rows end, the next waiting rows
+    join in their place, so the batch stays full until the queue is empty: on a CPU a
+    decoding step costs nearly the same for 2 rows as for 8 (the weights are read once
+    either way), so a full batch makes more tokens per second than one that empties
+    as its rows end. A prompt is forwarded once (its prefill) for all its rows, whenever
+    they join; its cache is copied into each row's line."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prompts: Sequence[list[int]],
+        seeds: Sequence[int],
+        pad_id: int,
+        batch_size: int,
+    ) -> None:
+        self.model, self.prompts, self.seeds, self.pad_id = model, prompts, seeds, pad_id
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.waiting = deque(range(len(prompts)))
+        self.rows_of: dict[tuple[int, ...], int] = {}
+        for prompt in prompts:
+            self.rows_of[tuple(prompt)] = self.rows_of.get(tuple(prompt), 0) + 1
+        self.prefills: dict[tuple[int, ...], _Prefill] = {}
+        self.live: _Live | None = None
+
+    def admit(self) -> None:
+        """Fill the free lines with waiting rows (a batch that cannot take rows while it
+        decodes takes them only once empty)."""
+        live = self.live
+        busy = len(live.index) if live is not None else 0
+        free = min(self.batch_size - busy, len(self.waiting))
+        if free <= 0 or (live is not None and busy and not live.refills):
+            return
+        rows = [self.waiting.popleft() for _ in range(free)]
+        keys = [tuple(self.prompts[r]) for r in rows]
+        missing = [key for key in dict.fromkeys(keys) if key not in self.prefills]
+        if not missing:
+            self._join(rows, keys, None)
+            return
+        cache, mask, logits = self._prefill(missing)
+        if _plain_layers(cache):
+            self._join(rows, keys, cache)
+        else:
+            self.live = self._batch_of(rows, keys, missing, cache, mask, logits)
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Forward `prompts` (left-padded together): the cache, the mask ``(U, P)`` and the
+        last logits ``(U, V)`` (the LM head runs on the last position only). A cache that
+        can be cut and joined is also kept per prompt, unpadded, for its rows to join."""
+        ids, mask = left_pad([list(p) for p in prompts], self.pad_id, self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_attention_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        if _plain_layers(cache):
+            width = mask.shape[1]
+            for u, prompt in enumerate(prompts):
+                start = width - len(prompt)
+                self.prefills[prompt] = _Prefill(
+                    keys=[layer.keys[u : u + 1, :, start:] for layer in cache.layers],
+                    values=[layer.values[u : u + 1, :, start:] for layer in cache.layers],
+                    logits=out.logits[u : u + 1, -1, :],
+                    rows_left=self.rows_of[prompt],
+                )
+        return cache, mask, out.logits[:, -1, :]
+
+    def _batch_of(
+        self,
+        rows: list[int],
+        keys: list[tuple[int, ...]],
+        prompts: list[tuple[int, ...]],
+        cache: Any,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> _Live:
+        """A new batch straight from the prefill of `prompts`: each row takes its prompt's
+        line (for caches whose layers cannot be cut and joined)."""
+        line_of = {prompt: u for u, prompt in enumerate(prompts)}
+        lines = torch.tensor([line_of[key] for key in keys], device=self.device)
+        if lines.tolist() != list(range(len(prompts))):
+            cache.batch_select_indices(lines)
+        mask = mask[lines]
+        return _Live(
+            index=rows,
+            generators=self._generators(rows),
+            cache=cache,
+            mask=mask,
+            next_pos=position_ids_from_attention_mask(mask)[:, -1:] + 1,
+            logits=logits[lines],
+            refills=_plain_layers(cache),
+        )
+
+    def _join(self, rows: list[int], keys: list[tuple[int, ...]], cache: Any) -> None:
+        """Add `rows` to the batch: every line is left-padded to the longest, so the cache,
+        the mask and the positions stay one tensor each."""
+        live = self.live
+        new = [self.prefills[key] for key in keys]
+        width = max(p.keys[0].shape[-2] for p in new)
+        if live is not None:
+            width = max(width, live.mask.shape[1])
+            cache = live.cache
+        layers = cache.layers
+        for i, layer in enumerate(layers):
+            parts_k = [_left_padded(p.keys[i], width) for p in new]
+            parts_v = [_left_padded(p.values[i], width) for p in new]
+            if live is not None:
+                parts_k.insert(0, _left_padded(layer.keys, width))
+                parts_v.insert(0, _left_padded(layer.values, width))
+            layer.keys, layer.values = torch.cat(parts_k), torch.cat(parts_v)
+        lengths = torch.tensor([p.keys[0].shape[-2] for p in new], device=self.device)
+        columns = torch.arange(width, device=self.device)
+        mask = (columns[None, :] >= (width - lengths)[:, None]).long()
+        next_pos = lengths[:, None]
+        logits = torch.cat([p.logits for p in new])
+        for key in keys:
+            self._used(key)
+        if live is None:
+            self.live = _Live(
+                rows, self._generators(rows), cache, mask, next_pos, logits, refills=True
+            )
+            return
+        old = live.mask
+        live.mask = torch.cat([old.new_zeros((old.shape[0], width - old.shape[1])), old], 1)
+        live.mask = torch.cat([live.mask, mask.to(old)])
+        live.next_pos = torch.cat([live.next_pos, next_pos.to(live.next_pos)])
+        live.logits = torch.cat([live.logits, logits.to(live.logits)])
+        live.index = live.index + rows
+        live.generators = live.generators + self._generators(rows)
+
+    def _used(self, key: tuple[int, ...]) -> None:
+        prefill = self.prefills.get(key)
+        if prefill is not None:
+            prefill.rows_left -= 1
+            if prefill.rows_left == 0:
+                del self.prefills[key]
+
+    def _generators(self, rows: list[int]) -> list[torch.Generator]:
+        return [torch.Generator(device=self.device).manual_seed(self.seeds[r]) for r in rows]
 
 
 @torch.inference_mode()
-def _decode_batch(
+def _decode_rows(
     model: nn.Module,
     prompts: Sequence[list[int]],
     seeds: Sequence[int],
     settings: GenerationSettings,
     eos_ids: set[int],
     pad_id: int,
+    batch_size: int,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_ended: Callable[[list[int], list[_Row]], None] | None = None,
 ) -> list[_Row]:
-    """Sample one response per prompt row; a row leaves the batch at EOS. ``should_stop``
-    is asked before every decoding step; True raises ``SamplingStopped``. ``on_step(used)``
-    follows every step with the batch's token budget used: the tokens decoded by rows
-    still running plus ``max_new_tokens`` for each row that ended (its whole budget).
-
-    Rows with the same prompt (a prompt's K samples) share its prefill: each distinct
-    prompt is forwarded once and its KV cache and last logits are copied to its rows, so
-    a batch of 2 prompts x 4 samples prefills 2 sequences, not 8."""
-    device = next(model.parameters()).device
-    distinct: dict[tuple[int, ...], int] = {}
-    of_row = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-    ids, mask = left_pad([list(p) for p in distinct], pad_id, device)  # (U, P)
-    positions = position_ids_from_attention_mask(mask)
-    out = model(  # logits of the last position only: (U, 1, V), not (U, P, V)
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
-    if len(distinct) < len(prompts):
-        lines = torch.tensor(of_row, device=device)
-        out.past_key_values.batch_select_indices(lines)  # a distinct prompt's KV, per row
-        out.logits, mask, positions = out.logits[lines], mask[lines], positions[lines]
+    """Sample one response per prompt row, ``batch_size`` rows at a time (``_Pool``): a
+    row leaves the batch at EOS or at ``max_new_tokens``, and the next waiting row takes
+    its line. ``should_stop`` is asked before every decoding step; True raises
+    ``SamplingStopped``. ``on_step(used)`` follows every step with the token budget used:
+    the tokens decoded by rows still running plus ``max_new_tokens`` for each row that
+    ended (its whole budget). ``on_ended(rows, all_rows)`` names the rows that ended at a
+    step."""
+    pool = _Pool(model, prompts, seeds, pad_id, batch_size)
     rows = [_Row([], []) for _ in prompts]
-    live = _Live(
-        index=list(range(len(prompts))),
-        generators=[torch.Generator(device=device).manual_seed(s) for s in seeds],
-        mask=mask,
-        next_pos=positions[:, -1:] + 1,
-    )
+    device = pool.device
     eos = torch.tensor(sorted(eos_ids), device=device)
-    for step in range(settings.max_new_tokens):
+    limit = settings.max_new_tokens
+    ended_budget = 0
+    while True:
+        pool.admit()
+        live = pool.live
+        if live is None or not live.index:
+            break
         if should_stop is not None and should_stop():
             raise SamplingStopped()
-        logits = out.logits[:, -1, :].float()  # (b, V)
+        logits = live.logits.float()  # (b, V)
         tokens = pick_tokens(logits, settings, live.generators)  # (b,)
         token_logp = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)  # (b,)
-        ended = torch.isin(tokens, eos)  # (b,)
-        _append(rows, live.index, tokens, token_logp, ended)
+        at_eos = torch.isin(tokens, eos)  # (b,)
+        _append(rows, live.index, tokens, token_logp, at_eos)
+        lengths = torch.tensor([len(rows[r].token_ids) for r in live.index], device=device)
+        ended = at_eos | (lengths >= limit)
         running = (~ended).nonzero().squeeze(-1)  # (b',) lines still decoding
-        if running.numel() == 0 or step == settings.max_new_tokens - 1:
-            break
-        if on_step is not None:
-            alive = running.numel()
-            on_step((len(rows) - alive) * settings.max_new_tokens + alive * (step + 1))
         if running.numel() < len(live.index):
-            live.keep(running, out.past_key_values)
+            gone = [live.index[i] for i in ended.nonzero().squeeze(-1).tolist()]
+            ended_budget += len(gone) * limit
+            if on_ended is not None:
+                on_ended(gone, rows)
+            live.keep(running)
             tokens = tokens[running]
+        if on_step is not None:
+            on_step(ended_budget + sum(len(rows[r].token_ids) for r in live.index))
+        if not live.index:
+            continue
         live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
         out = model(
             input_ids=tokens[:, None],
             attention_mask=live.mask,
             position_ids=live.next_pos,
-            past_key_values=out.past_key_values,
+            past_key_values=live.cache,
             use_cache=True,
         )
+        live.cache, live.logits = out.past_key_values, out.logits[:, -1, :]
         live.next_pos = live.next_pos + 1
     return rows
 
@@ -288,13 +475,15 @@ def sample_responses(
 ) -> list[list[Sample]]:
     """``k`` responses for each prompt (chat template applied); ``result[i][j]``.
 
-    Rows are batched ``batch_size`` at a time, longest prompts first, left-padded. The
-    same settings and seed give the same texts. ``seeds``, one per prompt, replaces
+    At most ``batch_size`` rows decode at once, longest prompts first, left-padded; when
+    a row ends the next one takes its place (``_Pool``). The same settings and seed give
+    the same texts. ``seeds``, one per prompt, replaces
     ``settings.seed``: response ``j`` of prompt ``i`` then uses ``seeds[i] + j``, so a
     prompt's responses keep their seeds whichever prompts share the call.
-    ``on_progress(done, total)`` counts responses. The model is put in eval mode and
-    restored afterwards. ``should_stop()`` is asked before every decoding step (a cheap
-    callback: it runs once per token); when it answers True the call raises
+    ``on_progress(done, total)`` counts responses, after each step in which some ended.
+    The model is put in eval mode and restored afterwards. ``should_stop()`` is asked
+    before every decoding step (a cheap callback: it runs once per token); when it
+    answers True the call raises
     ``SamplingStopped`` and returns nothing, so a cancelled run stops within one step.
     ``on_tokens(used, budget)`` follows every decoding step: ``budget`` is
     ``max_new_tokens`` per response, ``used`` the budget spent so far (a response that
@@ -317,38 +506,30 @@ def sample_responses(
     was_training = model.training
     model.eval()
     budget = total * settings.max_new_tokens
+
+    def ended(lines: list[int], rows: list[_Row]) -> None:
+        for line in lines:
+            r = order[line]
+            results[r] = _to_sample(tokenizer, rows[line], row_seeds[r])
+        if on_progress is not None:
+            on_progress(sum(s is not None for s in results), total)
+
     try:
-        for start in range(0, total, batch_size):
-            chunk = order[start : start + batch_size]
-            on_step = None
-            if on_tokens is not None:
-                spent = start * settings.max_new_tokens
-                on_step = functools.partial(_spent_tokens, on_tokens, spent, budget)
-            rows = _decode_batch(
-                model,
-                [encoded[r // k] for r in chunk],
-                [row_seeds[r] for r in chunk],
-                settings,
-                eos_ids,
-                pad_id,
-                should_stop,
-                on_step,
-            )
-            for r, row in zip(chunk, rows, strict=True):
-                results[r] = _to_sample(tokenizer, row, row_seeds[r])
-            if on_tokens is not None:
-                on_tokens((start + len(chunk)) * settings.max_new_tokens, budget)
-            if on_progress is not None:
-                on_progress(min(start + batch_size, total), total)
+        _decode_rows(
+            model,
+            [encoded[r // k] for r in order],
+            [row_seeds[r] for r in order],
+            settings,
+            eos_ids,
+            pad_id,
+            batch_size,
+            should_stop,
+            (lambda used: on_tokens(used, budget)) if on_tokens is not None else None,
+            ended,
+        )
     finally:
         model.train(was_training)
     return [[s for s in results[i * k : (i + 1) * k] if s is not None] for i in range(len(prompts))]
-
-
-def _spent_tokens(
-    on_tokens: Callable[[int, int], None], spent: int, budget: int, used: int
-) -> None:
-    on_tokens(spent + used, budget)
 
 
 def _to_sample(tokenizer: PreTrainedTokenizerBase, row: _Row, seed: int) -> Sample:
