@@ -96,3 +96,22 @@ def test_tiny_tokenizer_cache_is_built_from_the_gguf(tiny_lm, tmp_path, monkeypa
     assert not (tmp_path / "models" / "smollm2").exists()  # weights were not de-quantised
     assert built.get_vocab() == tokenizer.get_vocab()
     assert chat_text(built, "hi") == chat_text(tokenizer, "hi")
+
+
+@pytest.mark.parametrize("logits_to_keep", [1, 3])
+def test_the_lm_head_gets_its_kept_positions_contiguous(logits_to_keep: int):
+    """`logits_to_keep` slices the hidden states; a loaded model's head sees them
+    contiguous (torch's CPU linear is slow and memory-hungry on a strided input when the
+    weight is frozen, as a reference's or a LoRA base's is), with the same logits."""
+    model, _ = load_causal_lm("tiny", dtype="bfloat16")
+    model.requires_grad_(False)
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0].is_contiguous())
+    )
+    ids = torch.randint(0, 1000, (3, 9))
+    with torch.inference_mode():
+        kept = model(input_ids=ids, logits_to_keep=logits_to_keep).logits
+        every = model(input_ids=ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, every[:, -logits_to_keep:])

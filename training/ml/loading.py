@@ -55,6 +55,28 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> PreTrainedModel:
         raise ModelLoadError(f"cannot load model from {folder}: {exc}") from exc
 
 
+def contiguous_lm_head_input(model: PreTrainedModel) -> None:
+    """Give the LM head a contiguous input.
+
+    ``logits_to_keep`` (the prefill's last position, a rollout's response positions)
+    hands the head a slice of the hidden states. On CPU, torch 2.13's linear takes a slow
+    path for such a strided input when the weight needs no gradient (a frozen
+    reference, a LoRA base). For SmolLM2's 49k x 576 head at 8 rows x 250 positions,
+    keeping the last one cost 577 ms and 432 MB of transient memory in bf16, against
+    10 ms after ``.contiguous()``; fp32 took 61 ms against 18 ms (measured 2026-12-01).
+    The copy is only the kept positions.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_first_input)
+
+
+def _contiguous_first_input(_module: torch.nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
 def load_causal_lm(
     spec: str,
     *,
@@ -73,6 +95,7 @@ def load_causal_lm(
         model = _load_folder(folder, torch_dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    contiguous_lm_head_input(model)
     model.to(target)  # type: ignore[arg-type]  # transformers types .to() as PreTrainedModel-only
     model.eval()
     return model, tokenizer
