@@ -32,6 +32,7 @@ from training.ml.memory import (
     AdaptersDisabled,
     apply_lora,
     enable_gradient_checkpointing,
+    float_in_place,
     freeze_all_but_top_layers,
     is_peft,
     lora_targets,
@@ -186,7 +187,8 @@ def merge_adapters(models: PPOModels) -> None:
     is exact as it is (`RewardModel` scores and saves through a peft wrapper, merging into
     a copy), and merging it in fp32 would hold a third full-precision base at the end of
     the run, its peak memory."""
-    merged = models.policy.float().merge_and_unload()  # type: ignore[operator]  # a PeftModel
+    float_in_place(models.policy)
+    merged = models.policy.merge_and_unload()  # type: ignore[operator]  # a PeftModel
     merged.requires_grad_(True)
 
 
