@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.labeling_load [--labelers 50] [--duration 30]
 
 1. 50 simulated labelers (one HTTP session and API token each; threads spread over
-   `--client-processes` processes, so that no labeler waits for another's GIL: the 50
-   people this stands for use 50 browsers) loop
+   `--client-processes` processes, 5 labelers to a GIL by default, since the 50 people
+   this stands for use 50 browsers) loop
    `GET tasks/next/` + `POST tasks/{id}/rankings/` against the app served by gunicorn on
    PostgreSQL; we report p50/p95/p99 latency of each request and of the pair, errors, and
    then check the database: no task over-leased, no accepted submission lost. Each load
