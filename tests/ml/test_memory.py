@@ -10,7 +10,6 @@ from training.ml.memory import (
     apply_lora,
     count_trainable,
     decoder_layers,
-    float_in_place,
     freeze_all_but_top_layers,
 )
 from training.ml.saving import save_pretrained_atomic
@@ -50,20 +49,3 @@ def test_lora_trains_adapters_only_and_saves_merged(fresh_tiny_lm, tmp_path):
     out = save_pretrained_atomic(wrapped, tokenizer, tmp_path / "lora")
     reloaded, _ = load_causal_lm(str(out))
     assert torch.allclose(_logits(reloaded, tokenizer), expected, atol=1e-4)
-
-
-def test_float_in_place_converts_every_tensor_and_keeps_ties():
-    """`float_in_place` is `.float()` a module at a time: the same Parameter objects, now
-    fp32 with the same values, the tied embedding still one tensor, the same logits."""
-    model, tokenizer = load_causal_lm("tiny", dtype="bfloat16")
-    params = dict(model.named_parameters())
-    values = {name: p.detach().clone() for name, p in params.items()}
-    expected = _logits(model, tokenizer).float()
-    float_in_place(model)
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert all(p is params[name] for name, p in model.named_parameters())
-    for name, p in model.named_parameters():
-        assert torch.equal(p, values[name].float()), name
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    assert head.weight.data_ptr() == embedding.weight.data_ptr()
-    torch.testing.assert_close(_logits(model, tokenizer), expected, atol=0.1, rtol=0.05)

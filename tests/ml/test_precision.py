@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.ml.chat import encode_prompt
 from training.ml.configs import RMConfig
 from training.ml.loading import load_causal_lm
 from training.ml.ppo import PPOConfig, train_ppo
-from training.ml.precision import FP32, Precision, master_weights, resolve_precision
+from training.ml.precision import (
+    FP32,
+    Precision,
+    float_in_place,
+    master_weights,
+    resolve_precision,
+)
 from training.ml.preferences import RankedExample
 from training.ml.reward.model import RewardModel
 from training.ml.reward.train import train_reward_model
@@ -176,3 +183,24 @@ def test_fp16_ppo_checkpoints_keep_the_loss_scale(tmp_path: Path) -> None:
     (state_file,) = tmp_path.glob("*/state.json")
     saved = json.loads(state_file.read_text())["grad_scaler"]
     assert saved["scale"] > 0
+
+
+def test_float_in_place_converts_every_tensor_and_keeps_ties():
+    """`float_in_place` is `.float()` a module at a time: the same Parameter objects, now
+    fp32 with the same values, the tied embedding still one tensor, the same logits."""
+    model, tokenizer = load_causal_lm("tiny", dtype="bfloat16")
+    params = dict(model.named_parameters())
+    values = {name: p.detach().clone() for name, p in params.items()}
+    ids = torch.tensor([encode_prompt(tokenizer, "Hello there", 64)])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits.float()
+    float_in_place(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(p is params[name] for name, p in model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, values[name].float()), name
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight.data_ptr() == embedding.weight.data_ptr()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, expected, atol=0.1, rtol=0.05)

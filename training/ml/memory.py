@@ -6,14 +6,9 @@ adapters through peft, gradient checkpointing); ``prepare_for_training`` applies
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -22,39 +17,6 @@ def unwrap_peft(model: nn.Module) -> Any:
     """The transformers model inside a peft wrapper (or ``model`` itself), typed loosely."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
-
-
-def float_in_place(model: nn.Module) -> None:
-    """``model.float()``, one module at a time, giving each module's freed
-    lower-precision tensors back to the OS before the next is converted (glibc
-    ``malloc_trim``; a no-op elsewhere).
-
-    ``.float()`` of a whole model keeps most of the old copies in the allocator's heap
-    until the end. For SmolLM2-135M in bf16 under LoRA, that was a peak of +459 MB for a
-    final +260 MB (measured 2026-12-01). Tied weights are converted once."""
-    release = _heap_release()
-    for module in model.modules():
-        converted = False
-        for param in module.parameters(recurse=False):
-            if param.is_floating_point() and param.dtype != torch.float32:
-                param.data = param.data.float()  # the same Parameter: ties hold
-                converted = True
-        for name, buffer in module.named_buffers(recurse=False):
-            if buffer.is_floating_point() and buffer.dtype != torch.float32:
-                setattr(module, name, buffer.float())
-                converted = True
-        if converted:
-            release()
-
-
-@functools.cache
-def _heap_release() -> Callable[[], None]:
-    """glibc's ``malloc_trim(0)`` (hand freed heap pages back to the OS), or a no-op."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is None:
-        return lambda: None
-    return lambda: trim(0) and None
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

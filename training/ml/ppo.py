@@ -32,7 +32,6 @@ from training.ml.memory import (
     AdaptersDisabled,
     apply_lora,
     enable_gradient_checkpointing,
-    float_in_place,
     freeze_all_but_top_layers,
     is_peft,
     lora_targets,
@@ -65,7 +64,7 @@ from training.ml.ppo_rollout import (
     token_logprobs,
     top_only,
 )
-from training.ml.precision import FP32, Precision, master_weights, store_frozen
+from training.ml.precision import FP32, Precision, float_in_place, master_weights, store_frozen
 from training.ml.reward.model import RewardModel
 from training.ml.rules import Rule
 

@@ -14,7 +14,10 @@ means bf16 autocast over fp32 weights, never pure bf16 training.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,8 +83,41 @@ def master_weights(model: nn.Module) -> nn.Module:
     """Cast every floating parameter and buffer of a model that will be trained to fp32, in
     place (a no-op on an fp32 model); returns the model."""
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
-        model.float()
+        float_in_place(model)
     return model
+
+
+def float_in_place(model: nn.Module) -> None:
+    """``model.float()``, one module at a time, giving each module's freed
+    lower-precision tensors back to the OS before the next is converted (glibc
+    ``malloc_trim``; a no-op elsewhere).
+
+    ``.float()`` of a whole model keeps most of the old copies in the allocator's heap
+    until the end. For SmolLM2-135M in bf16 under LoRA, that was a peak of +459 MB for a
+    final +260 MB (measured 2026-12-01). Tied weights are converted once."""
+    release = _heap_release()
+    for module in model.modules():
+        converted = False
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()  # the same Parameter: ties hold
+                converted = True
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and buffer.dtype != torch.float32:
+                setattr(module, name, buffer.float())
+                converted = True
+        if converted:
+            release()
+
+
+@functools.cache
+def _heap_release() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)`` (hand freed heap pages back to the OS), or a no-op."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is None:
+        return lambda: None
+    return lambda: trim(0) and None
 
 
 def store_frozen(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:

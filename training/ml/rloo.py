@@ -50,7 +50,7 @@ from training.ml.memory import (
 )
 from training.ml.ppo_losses import prompt_batch
 from training.ml.ppo_rollout import RewardFn, pack_episodes, response_logits, token_logprobs
-from training.ml.precision import FP32, Precision, master_weights
+from training.ml.precision import FP32, Precision, float_in_place, master_weights
 from training.ml.rules import Rule, rule_rewards
 from training.ml.sampling import GenerationSettings, SamplingStopped, sample_responses
 
@@ -193,7 +193,8 @@ def _finish(models: RLOOModels, config: RLOOConfig) -> None:
     if config.gradient_checkpointing:
         disable_gradient_checkpointing(models.trained)
     if config.lora_r is not None:
-        models.trained.float().merge_and_unload()  # type: ignore[operator]  # a PeftModel
+        float_in_place(models.trained)
+        models.trained.merge_and_unload()  # type: ignore[operator]  # a PeftModel
     for param in models.policy.parameters():
         param.requires_grad_(True)
     models.policy.eval()
