@@ -544,11 +544,6 @@ class BestOfNConfig(SFTConfig):
         8, "responses per forward pass while sampling and scoring", ge=1, le=MAX_BATCH
     )
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first field out of its type or range, or a bad mix."""
-        check_config(self)
-        check_trained_parts(self)
-
     def sft_config(self) -> SFTConfig:
         """The SFT part of the settings."""
         names = {f.name for f in dataclasses.fields(SFTConfig)}
