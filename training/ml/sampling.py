@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -251,9 +251,7 @@ class _Pool:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.waiting = deque(range(len(prompts)))
-        self.rows_of: dict[tuple[int, ...], int] = {}
-        for prompt in prompts:
-            self.rows_of[tuple(prompt)] = self.rows_of.get(tuple(prompt), 0) + 1
+        self.rows_of = Counter(tuple(prompt) for prompt in prompts)
         self.prefills: dict[tuple[int, ...], _Prefill] = {}
         self.live: _Live | None = None
 
